@@ -1,0 +1,59 @@
+# PLUM Stream. The two commands: `make demo` and `make test`. Everything else is setup.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+JVM_DIR := build/jvm
+STAMP_PY := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
+STAMP_JVM := $(JVM_DIR)/.resolved-$(shell sha1sum deploy/jvm/pom.xml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-unit lint lock bench clean-state check-tools
+
+setup: $(STAMP_PY) $(STAMP_JVM)
+
+check-tools:
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11 (python3, python3-venv)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { echo "error: Python 3.11 is required (apache-flink 2.3 wheels); found $$($(PYTHON) --version)"; exit 1; }
+	@command -v java >/dev/null || { echo "error: java not found: install a JDK 17 (apt-get install openjdk-17-jdk-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "error: mvn not found: install Maven (apt-get install maven)"; exit 1; }
+
+$(STAMP_PY): requirements.lock pyproject.toml | check-tools
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip==24.3.1
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@rm -f $(VENV)/.installed-*; touch $@
+
+$(STAMP_JVM): deploy/jvm/pom.xml | check-tools
+	@mkdir -p $(JVM_DIR)
+	rm -rf $(JVM_DIR)/kafka $(JVM_DIR)/flink
+	mvn -q -B -f deploy/jvm/pom.xml -Pkafka dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JVM_DIR)/kafka
+	mvn -q -B -f deploy/jvm/pom.xml -Pflink dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JVM_DIR)/flink
+	@rm -f $(JVM_DIR)/.resolved-*; touch $@
+
+demo: setup
+	$(VENV)/bin/plum demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(VENV)/bin/plum bench kafka
+
+# Re-resolve requirements.in into requirements.lock in a scratch venv.
+lock: | check-tools
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install --quiet -r requirements.in
+	{ echo "# Every Python dependency, pinned (pip freeze of requirements.in resolved on Python 3.11)."; \
+	  echo "# Regenerate: make lock"; build/lock-venv/bin/pip freeze; } > requirements.lock
+
+clean-state:
+	rm -rf state

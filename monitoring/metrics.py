@@ -1,0 +1,136 @@
+"""The metric catalogue: every metric name, type, labels and unit in one place.
+
+Components never create prometheus_client metrics directly. They build a `Metrics`
+object on their own `CollectorRegistry` (no process-global registry: two components in
+one test process must not collide) and look metrics up by catalogue name:
+
+    metrics = Metrics.for_component("simulator")
+    metrics.counter("plum_simulator_events_total").labels(topic="plum.watches.v1").inc()
+    serve_metrics(metrics, port=9101)   # /metrics for Prometheus
+
+Adding a metric means adding a `MetricDef` to `CATALOGUE`; asking for a name that is not
+in the catalogue, or one that belongs to another component, is an error.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
+from prometheus_client.exposition import MetricsHandler
+
+Kind = Literal["counter", "gauge", "histogram", "summary"]
+
+LATENCY_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str
+    kind: Kind
+    component: str
+    help: str
+    unit: str = ""
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = field(default=LATENCY_BUCKETS_S)
+
+
+CATALOGUE: tuple[MetricDef, ...] = (
+    # --- kafka (broker manager and clients)
+    MetricDef("plum_kafka_broker_up", "gauge", "kafka", "1 when the local broker answers", labels=("bootstrap",)),
+    MetricDef("plum_kafka_produced_records_total", "counter", "kafka", "records produced", labels=("topic",)),
+    MetricDef("plum_kafka_produced_bytes_total", "counter", "kafka", "value bytes produced", "bytes", ("topic",)),
+    MetricDef("plum_kafka_consumed_records_total", "counter", "kafka", "records consumed", labels=("topic",)),
+    MetricDef("plum_kafka_consumer_lag_records", "gauge", "kafka", "end offset minus committed offset", "records", ("topic", "partition", "group")),
+    # --- simulator
+    MetricDef("plum_simulator_events_total", "counter", "simulator", "events produced, by topic and kind (valid or the bad kind injected)", labels=("topic", "kind")),
+    MetricDef("plum_simulator_rate_events_per_second", "gauge", "simulator", "achieved produce rate over the last progress interval", "events/s"),
+    MetricDef("plum_simulator_event_time_ms", "gauge", "simulator", "event time of the newest produced event", "ms"),
+    MetricDef("plum_simulator_videos", "gauge", "simulator", "videos uploaded so far"),
+    # --- data import
+    MetricDef("plum_import_records_total", "counter", "import", "records written by a data import", labels=("dataset", "topic")),
+    # --- dead letters (every component that validates input)
+    MetricDef("plum_deadletter_total", "counter", "deadletter", "records sent to the dead-letter topic", labels=("component", "source_topic", "reason")),
+)
+
+BY_NAME = {m.name: m for m in CATALOGUE}
+
+
+class Metrics:
+    """The metrics of one component, registered on a private registry."""
+
+    def __init__(self, component: str, registry: CollectorRegistry | None = None):
+        self.component = component
+        self.registry = registry or CollectorRegistry()
+        self._made: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_component(cls, component: str) -> Metrics:
+        return cls(component)
+
+    def _get(self, name: str, kind: Kind):
+        try:
+            spec = BY_NAME[name]
+        except KeyError:
+            raise KeyError(f"metric {name!r} is not in monitoring.metrics.CATALOGUE") from None
+        if spec.kind != kind:
+            raise TypeError(f"metric {name!r} is a {spec.kind}, not a {kind}")
+        if spec.component not in (self.component, "deadletter", "kafka"):
+            raise KeyError(f"metric {name!r} belongs to {spec.component!r}, not {self.component!r}")
+        with self._lock:
+            if name not in self._made:
+                doc = f"{spec.help} [{spec.unit}]" if spec.unit else spec.help
+                common = dict(name=name, documentation=doc, labelnames=spec.labels, registry=self.registry)
+                if kind == "counter":
+                    self._made[name] = Counter(**common)
+                elif kind == "gauge":
+                    self._made[name] = Gauge(**common)
+                elif kind == "histogram":
+                    self._made[name] = Histogram(**common, buckets=spec.buckets)
+                else:
+                    self._made[name] = Summary(**common)
+            return self._made[name]
+
+    def counter(self, name: str) -> Counter:
+        return self._get(name, "counter")
+
+    def gauge(self, name: str) -> Gauge:
+        return self._get(name, "gauge")
+
+    def histogram(self, name: str) -> Histogram:
+        return self._get(name, "histogram")
+
+    def summary(self, name: str) -> Summary:
+        return self._get(name, "summary")
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a counter/gauge sample (0.0 when never set); for tests and logs."""
+        spec = BY_NAME[name]
+        sample = name + ("_total" if spec.kind == "counter" and not name.endswith("_total") else "")
+        got = self.registry.get_sample_value(sample, labels or None)
+        return 0.0 if got is None else got
+
+
+class MetricsServer:
+    """Serves a component's registry on http://host:port/metrics in a daemon thread."""
+
+    def __init__(self, metrics: Metrics, port: int, host: str = "127.0.0.1"):
+        handler = type("Handler", (MetricsHandler,), {"registry": metrics.registry})
+        self._httpd = ThreadingHTTPServer((host, port), handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"metrics-{port}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def serve_metrics(metrics: Metrics, port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Start /metrics for `metrics` (port 0 picks a free one; see `.port`)."""
+    return MetricsServer(metrics, port, host)

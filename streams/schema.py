@@ -1,0 +1,447 @@
+"""Event contracts: one frozen dataclass per topic, JSON encode/decode, validation.
+
+Every topic carries UTF-8 JSON objects with a `schema` version field. Decoding is the
+edge where bad input is caught: `decode_watch(raw, ...)` either returns a valid
+`WatchEvent` or raises `ValidationError` whose `reason` is one of `REASONS` and whose
+message names the offending value. Inside the system events are trusted.
+
+The dead-letter record carries what is needed to find and re-drive a rejected record:
+source topic, partition, offset, the reason code, a human message and the raw bytes
+(base64, since a rejected record need not be valid UTF-8).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+SCHEMA_VERSION = 1
+
+# Reason codes, stable strings used as the `reason` label of dead-letter metrics.
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+OVERSIZED_PAYLOAD = "oversized_payload"
+UNKNOWN_SCHEMA = "unknown_schema"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+EMPTY_ID = "empty_id"
+NEGATIVE_DURATION = "negative_duration"
+WATCH_TIME_EXCEEDS_DURATION = "watch_time_exceeds_duration"
+FUTURE_TIMESTAMP = "future_timestamp"
+BAD_SATISFACTION = "bad_satisfaction"
+NAN_EMBEDDING = "nan_embedding"
+WRONG_EMBEDDING_LENGTH = "wrong_embedding_length"
+UNKNOWN_MODALITY = "unknown_modality"
+MISSING_MODALITY = "missing_modality"
+LATE = "late"
+
+REASONS = (
+    NOT_JSON,
+    NOT_OBJECT,
+    OVERSIZED_PAYLOAD,
+    UNKNOWN_SCHEMA,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    EMPTY_ID,
+    NEGATIVE_DURATION,
+    WATCH_TIME_EXCEEDS_DURATION,
+    FUTURE_TIMESTAMP,
+    BAD_SATISFACTION,
+    NAN_EMBEDDING,
+    WRONG_EMBEDDING_LENGTH,
+    UNKNOWN_MODALITY,
+    MISSING_MODALITY,
+    LATE,
+)
+
+# A watch may report somewhat more time than the video lasts (replays, seeking, clock
+# skew between player and CDN), but not arbitrarily more.
+MAX_WATCH_TO_DURATION = 1.5
+DEFAULT_MAX_FUTURE_MS = 5 * 60 * 1000
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+class ValidationError(ValueError):
+    """A record that breaks its topic's contract. `reason` is one of `REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ValidationLimits:
+    """Bounds applied at decode time; `now_ms` None means "do not check the future"."""
+
+    now_ms: int | None = None
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    # modality name -> embedding length; None accepts any modality of any length.
+    embedding_dims: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    event_id: str
+    user_id: str
+    video_id: str
+    ts: int  # event time, epoch milliseconds
+    watch_time_s: float
+    video_duration_s: float
+    clicked: bool
+    surface: str
+    context_video_id: str | None = None
+    satisfaction: float | None = None  # survey answer in [0, 1], when the user gave one
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def watch_ratio(self) -> float:
+        return self.watch_time_s / self.video_duration_s if self.video_duration_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class UploadEvent:
+    video_id: str
+    ts: int
+    title: str
+    description: str
+    channel: str
+    topics: tuple[str, ...]
+    duration_s: float
+    embeddings: Mapping[str, tuple[float, ...]]
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class SidAssignment:
+    video_id: str
+    sid: tuple[int, ...]
+    sid_version: str
+    ts: int
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class CooccurrencePair:
+    a: str  # canonical order: a < b
+    b: str
+    count: int
+    window_end: int  # epoch ms, exclusive end of the window the count covers
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    video_id: str
+    watch_ratio: float
+    watch_time_s: float
+    hours_since: float  # hours between this watch and the target watch
+
+
+@dataclass(frozen=True)
+class SftExample:
+    event_id: str  # the target watch's event id (unique per example)
+    user_id: str
+    history: tuple[HistoryItem, ...]  # oldest first, before the target
+    context_video_id: str | None
+    target_video_id: str
+    reward: float
+    ts: int
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    error: str
+    raw_b64: str
+    ts: int
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def raw(self) -> bytes:
+        return base64.b64decode(self.raw_b64)
+
+    @classmethod
+    def of(
+        cls, source_topic: str, partition: int, offset: int, err: ValidationError, raw: bytes, ts: int
+    ) -> DeadLetter:
+        return cls(
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            reason=err.reason,
+            error=err.message,
+            raw_b64=base64.b64encode(raw).decode("ascii"),
+            ts=ts,
+        )
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def to_dict(event: Any) -> dict[str, Any]:
+    """Plain-JSON form of an event (tuples become lists, nested dataclasses dicts)."""
+    return _plain(dataclasses.asdict(event))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode(event: Any) -> bytes:
+    """Compact UTF-8 JSON bytes of an event; stable for equal events."""
+    return json.dumps(to_dict(event), separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def encode_key(key: str | None) -> bytes | None:
+    return None if key is None else key.encode("utf-8")
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def parse_object(raw: bytes | str, limits: ValidationLimits = ValidationLimits()) -> dict[str, Any]:
+    """Bytes to a JSON object with a known schema version, or ValidationError."""
+    size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
+    if size > limits.max_payload_bytes:
+        raise ValidationError(
+            OVERSIZED_PAYLOAD, f"payload is {size} bytes, limit {limits.max_payload_bytes}"
+        )
+    try:
+        # json.loads accepts NaN/Infinity; they are kept so validation can name them
+        # (nan_embedding, wrong_type) rather than calling the whole record not_json.
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(NOT_JSON, f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValidationError(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    version = obj.get("schema", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ValidationError(UNKNOWN_SCHEMA, f"schema={version!r}, this code reads {SCHEMA_VERSION}")
+    return obj
+
+
+def _require(obj: Mapping[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
+    if name not in obj or obj[name] is None:
+        raise ValidationError(MISSING_FIELD, f"field {name!r} is missing")
+    return _typed(obj[name], name, kinds, what)
+
+
+def _optional(obj: Mapping[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
+    if obj.get(name) is None:
+        return None
+    return _typed(obj[name], name, kinds, what)
+
+
+def _typed(value: Any, name: str, kinds: tuple[type, ...], what: str) -> Any:
+    # bool is an int in Python; a JSON true is never a valid number here.
+    if isinstance(value, bool) and bool not in kinds:
+        raise ValidationError(WRONG_TYPE, f"field {name!r} must be {what}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ValidationError(WRONG_TYPE, f"field {name!r} must be {what}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError(WRONG_TYPE, f"field {name!r} must be finite, got {value!r}")
+    return value
+
+
+def _id(obj: Mapping[str, Any], name: str) -> str:
+    value = _require(obj, name, (str,), "a string")
+    if not value.strip():
+        raise ValidationError(EMPTY_ID, f"field {name!r} is empty")
+    return value
+
+
+def _timestamp(obj: Mapping[str, Any], limits: ValidationLimits) -> int:
+    ts = _require(obj, "ts", (int,), "an integer (epoch ms)")
+    if ts < 0:
+        raise ValidationError(WRONG_TYPE, f"field 'ts' must be a non-negative epoch ms, got {ts}")
+    if limits.now_ms is not None and ts > limits.now_ms + limits.max_future_ms:
+        ahead = (ts - limits.now_ms) / 1000.0
+        raise ValidationError(
+            FUTURE_TIMESTAMP,
+            f"ts={ts} is {ahead:.1f} s in the future (limit {limits.max_future_ms / 1000:.0f} s)",
+        )
+    return ts
+
+
+_NUMBER = (int, float)
+
+
+def watch_from_dict(obj: Mapping[str, Any], limits: ValidationLimits = ValidationLimits()) -> WatchEvent:
+    event_id = _id(obj, "event_id")
+    user_id = _id(obj, "user_id")
+    video_id = _id(obj, "video_id")
+    ts = _timestamp(obj, limits)
+    watch_time = float(_require(obj, "watch_time_s", _NUMBER, "a number of seconds"))
+    duration = float(_require(obj, "video_duration_s", _NUMBER, "a number of seconds"))
+    clicked = _require(obj, "clicked", (bool,), "true or false")
+    surface = _require(obj, "surface", (str,), "a string")
+    context = _optional(obj, "context_video_id", (str,), "a string")
+    satisfaction = _optional(obj, "satisfaction", _NUMBER, "a number in [0, 1]")
+    if watch_time < 0:
+        raise ValidationError(NEGATIVE_DURATION, f"watch_time_s={watch_time} is negative")
+    if duration <= 0:
+        raise ValidationError(NEGATIVE_DURATION, f"video_duration_s={duration} is not positive")
+    if watch_time > duration * MAX_WATCH_TO_DURATION:
+        raise ValidationError(
+            WATCH_TIME_EXCEEDS_DURATION,
+            f"watch_time_s={watch_time} > {MAX_WATCH_TO_DURATION} x video_duration_s={duration}",
+        )
+    if satisfaction is not None and not 0.0 <= satisfaction <= 1.0:
+        raise ValidationError(BAD_SATISFACTION, f"satisfaction={satisfaction} is outside [0, 1]")
+    return WatchEvent(
+        event_id=event_id,
+        user_id=user_id,
+        video_id=video_id,
+        ts=ts,
+        watch_time_s=watch_time,
+        video_duration_s=duration,
+        clicked=clicked,
+        surface=surface,
+        context_video_id=context,
+        satisfaction=None if satisfaction is None else float(satisfaction),
+    )
+
+
+def upload_from_dict(obj: Mapping[str, Any], limits: ValidationLimits = ValidationLimits()) -> UploadEvent:
+    video_id = _id(obj, "video_id")
+    ts = _timestamp(obj, limits)
+    title = _require(obj, "title", (str,), "a string")
+    description = _optional(obj, "description", (str,), "a string") or ""
+    channel = _optional(obj, "channel", (str,), "a string") or ""
+    topics = _optional(obj, "topics", (list,), "a list of strings") or []
+    for t in topics:
+        _typed(t, "topics[]", (str,), "a string")
+    duration = float(_require(obj, "duration_s", _NUMBER, "a number of seconds"))
+    if duration <= 0:
+        raise ValidationError(NEGATIVE_DURATION, f"duration_s={duration} is not positive")
+    raw_embeddings = _require(obj, "embeddings", (dict,), "an object of named float vectors")
+    embeddings = _embeddings(raw_embeddings, limits.embedding_dims)
+    return UploadEvent(
+        video_id=video_id,
+        ts=ts,
+        title=title,
+        description=description,
+        channel=channel,
+        topics=tuple(topics),
+        duration_s=duration,
+        embeddings=embeddings,
+    )
+
+
+def _embeddings(
+    raw: Mapping[str, Any], expected: Mapping[str, int] | None
+) -> dict[str, tuple[float, ...]]:
+    if not raw:
+        raise ValidationError(MISSING_MODALITY, "embeddings is empty")
+    out: dict[str, tuple[float, ...]] = {}
+    for name, vector in raw.items():
+        if expected is not None and name not in expected:
+            raise ValidationError(
+                UNKNOWN_MODALITY, f"embedding {name!r} is not one of {sorted(expected)}"
+            )
+        if not isinstance(vector, list):
+            raise ValidationError(WRONG_TYPE, f"embedding {name!r} must be a list of numbers")
+        values = []
+        for i, x in enumerate(vector):
+            if isinstance(x, bool) or not isinstance(x, _NUMBER):
+                raise ValidationError(WRONG_TYPE, f"embedding {name!r}[{i}]={x!r} is not a number")
+            if not math.isfinite(x):
+                raise ValidationError(NAN_EMBEDDING, f"embedding {name!r}[{i}]={x!r} is not finite")
+            values.append(float(x))
+        if expected is not None and len(values) != expected[name]:
+            raise ValidationError(
+                WRONG_EMBEDDING_LENGTH,
+                f"embedding {name!r} has length {len(values)}, expected {expected[name]}",
+            )
+        out[name] = tuple(values)
+    if expected is not None:
+        missing = sorted(set(expected) - set(out))
+        if missing:
+            raise ValidationError(MISSING_MODALITY, f"embeddings {missing} are missing")
+    return out
+
+
+def decode_watch(raw: bytes | str, limits: ValidationLimits = ValidationLimits()) -> WatchEvent:
+    return watch_from_dict(parse_object(raw, limits), limits)
+
+
+def decode_upload(raw: bytes | str, limits: ValidationLimits = ValidationLimits()) -> UploadEvent:
+    return upload_from_dict(parse_object(raw, limits), limits)
+
+
+def decode_sid_assignment(raw: bytes | str) -> SidAssignment:
+    obj = parse_object(raw)
+    sid = _require(obj, "sid", (list,), "a list of codes")
+    for code in sid:
+        _typed(code, "sid[]", (int,), "a non-negative integer")
+        if code < 0:
+            raise ValidationError(WRONG_TYPE, f"sid code {code} is negative")
+    return SidAssignment(
+        video_id=_id(obj, "video_id"),
+        sid=tuple(sid),
+        sid_version=_require(obj, "sid_version", (str,), "a string"),
+        ts=_timestamp(obj, ValidationLimits()),
+    )
+
+
+def decode_cooccurrence(raw: bytes | str) -> CooccurrencePair:
+    obj = parse_object(raw)
+    return CooccurrencePair(
+        a=_id(obj, "a"),
+        b=_id(obj, "b"),
+        count=_require(obj, "count", (int,), "an integer"),
+        window_end=_require(obj, "window_end", (int,), "an integer (epoch ms)"),
+    )
+
+
+def decode_sft_example(raw: bytes | str) -> SftExample:
+    obj = parse_object(raw)
+    history = []
+    for item in _require(obj, "history", (list,), "a list"):
+        _typed(item, "history[]", (dict,), "an object")
+        history.append(
+            HistoryItem(
+                video_id=_id(item, "video_id"),
+                watch_ratio=float(_require(item, "watch_ratio", _NUMBER, "a number")),
+                watch_time_s=float(_require(item, "watch_time_s", _NUMBER, "a number")),
+                hours_since=float(_require(item, "hours_since", _NUMBER, "a number")),
+            )
+        )
+    return SftExample(
+        event_id=_id(obj, "event_id"),
+        user_id=_id(obj, "user_id"),
+        history=tuple(history),
+        context_video_id=_optional(obj, "context_video_id", (str,), "a string"),
+        target_video_id=_id(obj, "target_video_id"),
+        reward=float(_require(obj, "reward", _NUMBER, "a number")),
+        ts=_require(obj, "ts", (int,), "an integer (epoch ms)"),
+    )
+
+
+def decode_dead_letter(raw: bytes | str) -> DeadLetter:
+    obj = parse_object(raw)
+    return DeadLetter(
+        source_topic=_require(obj, "source_topic", (str,), "a string"),
+        partition=_require(obj, "partition", (int,), "an integer"),
+        offset=_require(obj, "offset", (int,), "an integer"),
+        reason=_require(obj, "reason", (str,), "a reason code"),
+        error=_require(obj, "error", (str,), "a string"),
+        raw_b64=_require(obj, "raw_b64", (str,), "base64 text"),
+        ts=_require(obj, "ts", (int,), "an integer (epoch ms)"),
+    )
+
