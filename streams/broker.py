@@ -1,0 +1,348 @@
+"""A single-node Apache Kafka broker in KRaft mode, run from the jars `make setup` resolved.
+
+`LocalBroker(config).up()` formats storage once (`kafka.tools.StorageTool format
+--standalone`), starts `kafka.Kafka server.properties` as a child process in its own
+session, and waits until the broker answers a metadata request. Its pid, logs and data
+live under `config.state_dir`. Every failure is a `BrokerError` with the reason and the
+tail of the broker log: a busy port, a stale pid file, a JVM that exits, a broker that
+does not answer within `startup_timeout_s`. Nothing here ever waits without a deadline.
+
+Settings are those right for one node: replication factor 1 and min ISR 1 for the
+internal offsets/transaction topics (or exactly-once producers and Flink's transactional
+sinks hang waiting for replicas that do not exist), and a transaction timeout ceiling of
+one hour (Flink's Kafka sink asks for up to that by default).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from plum.config import load_section, state_dir
+from plum.jvm import java_binary, kafka_classpath
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be started, stopped or reached."""
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    host: str = "127.0.0.1"
+    port: int = 9092
+    controller_port: int = 9093
+    heap_mb: int = 512
+    startup_timeout_s: float = 60.0
+    shutdown_timeout_s: float = 30.0
+    state_dir: Path | None = None  # None: $PLUM_STATE_DIR/kafka
+    default_partitions: int = 1
+    internal_topic_partitions: int = 4  # offsets + transaction state; 50 is wasteful on one node
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def resolved_state_dir(self) -> Path:
+        return Path(self.state_dir) if self.state_dir else state_dir() / "kafka"
+
+
+def load_kafka_config(path: Path | str | None = None, **overrides) -> KafkaConfig:
+    return load_section(KafkaConfig, path, "kafka", **overrides)
+
+
+def server_properties(config: KafkaConfig, data_dir: Path) -> str:
+    """The broker's server.properties for one combined broker+controller node."""
+    h, p, c = config.host, config.port, config.controller_port
+    n = config.internal_topic_partitions
+    lines = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": f"{h}:{c}",
+        "listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
+        "advertised.listeners": f"PLAINTEXT://{h}:{p}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": str(config.default_partitions),
+        "auto.create.topics.enable": "false",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": str(n),
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": str(n),
+        "transaction.max.timeout.ms": str(60 * 60 * 1000),
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        # The compacted SID topic must really compact in a test's lifetime.
+        "log.cleaner.backoff.ms": "1000",
+    }
+    return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+
+def log4j2_properties(log_file: Path) -> str:
+    return (
+        "status = warn\n"
+        "appender.file.type = RollingFile\n"
+        "appender.file.name = FILE\n"
+        f"appender.file.fileName = {log_file}\n"
+        f"appender.file.filePattern = {log_file}.%i\n"
+        "appender.file.layout.type = PatternLayout\n"
+        "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+        "appender.file.policies.type = Policies\n"
+        "appender.file.policies.size.type = SizeBasedTriggeringPolicy\n"
+        "appender.file.policies.size.size = 50MB\n"
+        "appender.file.strategy.type = DefaultRolloverStrategy\n"
+        "appender.file.strategy.max = 3\n"
+        "rootLogger.level = INFO\n"
+        "rootLogger.appenderRef.file.ref = FILE\n"
+        "logger.request.name = kafka.request.logger\n"
+        "logger.request.level = WARN\n"
+    )
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _pid_cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class LocalBroker:
+    """One KRaft broker+controller process whose state lives in one directory."""
+
+    def __init__(self, config: KafkaConfig):
+        self.config = config
+        self.root = config.resolved_state_dir()
+        self.data_dir = self.root / "data"
+        self.logs_dir = self.root / "logs"
+        self.properties_path = self.root / "server.properties"
+        self.log4j_path = self.root / "log4j2.properties"
+        self.pid_path = self.root / "broker.pid"
+        self.log_file = self.logs_dir / "server.log"
+        self.stdout_file = self.logs_dir / "stdout.log"
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.config.bootstrap
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def up(self) -> None:
+        """Start the broker (idempotent if ours is already running and answering)."""
+        pid = self._read_pid()
+        if pid is not None:
+            if _pid_alive(pid) and "kafka.Kafka" in _pid_cmdline(pid):
+                if self._answers(timeout_s=5.0):
+                    log.info("broker already running (pid %d) at %s", pid, self.bootstrap)
+                    return
+                raise BrokerError(
+                    f"broker pid {pid} is alive but {self.bootstrap} does not answer; "
+                    f"`plum kafka down` and retry. Log tail:\n{self.log_tail()}"
+                )
+            log.warning("removing stale pid file %s (pid %d is not a running broker)", self.pid_path, pid)
+            self.pid_path.unlink(missing_ok=True)
+        for port in (self.config.port, self.config.controller_port):
+            if port_in_use(self.config.host, port):
+                raise BrokerError(
+                    f"port {self.config.host}:{port} is in use by another process; stop it or "
+                    f"choose other ports (PLUM_KAFKA__PORT / PLUM_KAFKA__CONTROLLER_PORT)"
+                )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.properties_path.write_text(server_properties(self.config, self.data_dir))
+        self.log4j_path.write_text(log4j2_properties(self.log_file))
+        if not (self.data_dir / "meta.properties").exists():
+            self._format_storage()
+        self._start_process()
+        self._wait_until_answering()
+
+    def down(self) -> bool:
+        """Stop the broker; True if one was running. Escalates to SIGKILL after the timeout."""
+        pid = self._read_pid()
+        if pid is None or not _pid_alive(pid):
+            self.pid_path.unlink(missing_ok=True)
+            return False
+        log.info("stopping broker pid %d", pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            log.warning("broker pid %d did not stop in %.0f s; killing", pid, self.config.shutdown_timeout_s)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self._reap(wait=True)
+        self.pid_path.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> dict:
+        pid = self._read_pid()
+        alive = pid is not None and _pid_alive(pid)
+        return {
+            "bootstrap": self.bootstrap,
+            "pid": pid,
+            "running": alive,
+            "answering": alive and self._answers(timeout_s=3.0),
+            "state_dir": str(self.root),
+            "log": str(self.log_file),
+        }
+
+    def log_tail(self, lines: int = 30) -> str:
+        out = []
+        for path in (self.stdout_file, self.log_file):
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {path}\n" + "\n".join(text))
+        return "\n".join(out) or "(no broker log yet)"
+
+    # ------------------------------------------------------------------ internals
+
+    def _java_cmd(self, main: str, *args: str) -> list[str]:
+        return [
+            java_binary(),
+            f"-Xmx{self.config.heap_mb}m",
+            f"-Xms{min(self.config.heap_mb, 256)}m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.log4j_path}",
+            f"-Dkafka.logs.dir={self.logs_dir}",
+            "-cp",
+            kafka_classpath(),
+            main,
+            *args,
+        ]
+
+    def _format_storage(self) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cmd = self._java_cmd(
+            "kafka.tools.StorageTool", "format", "--standalone",
+            "-t", cluster_id, "-c", str(self.properties_path),
+        )
+        log.info("formatting KRaft storage in %s (cluster %s)", self.data_dir, cluster_id)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerError("formatting Kafka storage took over 120 s") from exc
+        if done.returncode != 0:
+            raise BrokerError(
+                f"formatting Kafka storage failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
+
+    def _start_process(self) -> None:
+        cmd = self._java_cmd("kafka.Kafka", str(self.properties_path))
+        with open(self.stdout_file, "ab") as out:
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.root,
+            )
+        self.pid_path.write_text(str(self._proc.pid))
+        log.info("started broker pid %d at %s (logs %s)", self._proc.pid, self.bootstrap, self.logs_dir)
+
+    def _wait_until_answering(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                self.pid_path.unlink(missing_ok=True)
+                raise BrokerError(
+                    f"broker exited with code {self._proc.returncode} during start-up. "
+                    f"Log tail:\n{self.log_tail()}"
+                )
+            if self._answers(timeout_s=2.0):
+                log.info("broker answers at %s", self.bootstrap)
+                return
+            time.sleep(0.25)
+        self.down()
+        raise BrokerError(
+            f"broker did not answer at {self.bootstrap} within {self.config.startup_timeout_s:.0f} s; "
+            f"stopped it. Log tail:\n{self.log_tail()}"
+        )
+
+    def _answers(self, timeout_s: float) -> bool:
+        """True when the broker serves metadata (a TCP connect alone is not enough)."""
+        try:
+            with socket.create_connection((self.config.host, self.config.port), timeout=timeout_s):
+                pass
+        except OSError:
+            return False
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                request_timeout_ms=int(timeout_s * 1000),
+                client_id="plum-broker-probe",
+            )
+        except (KafkaError, OSError, ValueError):
+            return False
+        try:
+            cluster = admin.describe_cluster()
+            return bool(cluster.get("brokers"))
+        except (KafkaError, OSError, ValueError):
+            return False
+        finally:
+            admin.close()
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _reap(self, wait: bool = False) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5 if wait else 0.01)
+            except subprocess.TimeoutExpired:
+                pass
