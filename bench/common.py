@@ -1,0 +1,96 @@
+"""Shared by every benchmark: describe the machine, write bench/results/NAME.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from plum.config import REPO_ROOT
+
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (the bar: results carry the machine)."""
+    mem_gb = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    cpu_model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gb": mem_gb,
+        "accelerator": _accelerator(),
+        "python": platform.python_version(),
+        "java": _java_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _accelerator() -> str:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().replace("\n", ", ")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return "none"
+
+
+def _java_version() -> str:
+    try:
+        out = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=20)
+        return out.stderr.splitlines()[0] if out.stderr else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def write_result(
+    name: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    baseline: dict[str, Any] | None = None,
+    ratio: dict[str, Any] | None = None,
+    notes: str = "",
+    out_dir: Path | None = None,
+) -> Path:
+    """Write `{name, machine, config, metrics, baseline, ratio}` to bench/results/NAME.json."""
+    out_dir = out_dir or RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    doc = {
+        "name": name,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "config": config,
+        "metrics": metrics,
+        "baseline": baseline or {},
+        "ratio": ratio or {},
+    }
+    if notes:
+        doc["notes"] = notes
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path

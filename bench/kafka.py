@@ -1,0 +1,180 @@
+"""`plum bench kafka`: produce and consume rates, kafka-python next to Kafka's own Java
+perf tools, on the same broker and the same kind of topic, in one run.
+
+The Java tools (`org.apache.kafka.tools.ProducerPerformance` / `ConsumerPerformance`,
+from the kafka-tools jar `make setup` resolved) are the ceiling of this broker on this
+machine; the kafka-python numbers are what our Python components can get out of it.
+Later benchmarks (Flink, the SID service, the trainer's input) compare with these.
+
+By default the benchmark starts a private broker on free ports (nothing else on the
+machine is touched); `--bootstrap` uses an existing one instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+
+from bench.common import write_result
+from plum.jvm import java_binary, kafka_classpath
+from streams.broker import KafkaConfig, LocalBroker, free_port
+from streams.kafka_admin import ensure_topics
+from streams.kafka_clients import make_producer
+from streams.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def python_produce(bootstrap: str, topic: str, records: int, size: int) -> dict:
+    payload = os.urandom(size)
+    producer = make_producer(bootstrap, linger_ms=20, batch_size=512 * 1024)
+    start = time.perf_counter()
+    last = start
+    for i in range(records):
+        producer.send(topic, key=str(i % 1000).encode(), value=payload)
+        if time.perf_counter() - last > 5:
+            last = time.perf_counter()
+            rate = i / (last - start)
+            log.info("kafka-python produce: %d/%d (%.0f rec/s, ETA %.0f s)", i, records, rate, (records - i) / rate)
+    producer.flush()
+    elapsed = time.perf_counter() - start
+    producer.close()
+    return {"records": records, "seconds": round(elapsed, 3), "records_per_s": round(records / elapsed),
+            "mb_per_s": round(records * size / elapsed / 1e6, 2)}
+
+
+def python_consume(bootstrap: str, topic: str, partitions: int) -> dict:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+        fetch_max_bytes=50 * 1024 * 1024, max_partition_fetch_bytes=10 * 1024 * 1024,
+        max_poll_records=5000,
+    )
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    total_target = sum(ends.values())
+    count = nbytes = 0
+    start = time.perf_counter()
+    deadline = start + 300
+    while count < total_target and time.perf_counter() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            count += len(batch)
+            nbytes += sum(len(r.value) for r in batch)
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return {"records": count, "seconds": round(elapsed, 3), "records_per_s": round(count / elapsed),
+            "mb_per_s": round(nbytes / elapsed / 1e6, 2)}
+
+
+def _java(main: str, *args: str, timeout: float = 600) -> str:
+    cmd = [java_binary(), "-Xmx512m", "-cp", kafka_classpath(), main, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{main} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def java_produce(bootstrap: str, topic: str, records: int, size: int) -> dict:
+    out = _java(
+        "org.apache.kafka.tools.ProducerPerformance", "--topic", topic, "--num-records", str(records),
+        "--record-size", str(size), "--throughput", "-1", "--producer-props",
+        f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=20", "batch.size=524288",
+        "enable.idempotence=true",
+    )
+    # final line: "N records sent, R records/sec (M MB/sec), ..."
+    final = [line for line in out.splitlines() if "records sent" in line][-1]
+    m = re.search(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\)", final)
+    if not m:
+        raise RuntimeError(f"cannot parse ProducerPerformance output: {final!r}")
+    return {"records": int(m.group(1)), "records_per_s": round(float(m.group(2))),
+            "mb_per_s": round(float(m.group(3)) * 1.048576, 2), "raw": final.strip()}
+
+
+def java_consume(bootstrap: str, topic: str, records: int) -> dict:
+    out = _java(
+        "org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", bootstrap, "--topic", topic,
+        "--messages", str(records), "--timeout", "60000",
+    )
+    lines = [line for line in out.splitlines() if line.strip()]
+    header = [h.strip() for h in lines[-2].split(",")]
+    values = [v.strip() for v in lines[-1].split(",")]
+    row = dict(zip(header, values))
+    return {"records": int(row["data.consumed.in.nMsg"]), "records_per_s": round(float(row["nMsg.sec"])),
+            "mb_per_s": round(float(row["MB.sec"]) * 1.048576, 2), "raw": row}
+
+
+def run(bootstrap: str, records: int, size: int, partitions: int) -> dict:
+    py_topic = f"bench.kafka-python.{int(time.time())}"
+    java_topic = f"bench.kafka-java.{int(time.time())}"
+    ensure_topics(bootstrap, [TopicSpec(py_topic, partitions, -1), TopicSpec(java_topic, partitions, -1)])
+    log.info("kafka-python: producing %d records of %d bytes", records, size)
+    py_prod = python_produce(bootstrap, py_topic, records, size)
+    log.info("kafka-python produce: %s", py_prod)
+    py_cons = python_consume(bootstrap, py_topic, partitions)
+    log.info("kafka-python consume: %s", py_cons)
+    log.info("Java perf tools: producing %d records", records)
+    j_prod = java_produce(bootstrap, java_topic, records, size)
+    log.info("java produce: %s", j_prod)
+    j_cons = java_consume(bootstrap, java_topic, records)
+    log.info("java consume: %s", j_cons)
+    return {"python_produce": py_prod, "python_consume": py_cons, "java_produce": j_prod, "java_consume": j_cons}
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="plum bench kafka", description=__doc__)
+    parser.add_argument("--bootstrap", help="use this broker instead of starting a private one")
+    parser.add_argument("--records", type=int, default=300_000)
+    parser.add_argument("--size", type=int, default=300, help="value bytes (a watch event is ~250-300)")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--out-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    broker = None
+    bootstrap = args.bootstrap
+    tmp = None
+    if bootstrap is None:
+        tmp = tempfile.TemporaryDirectory(prefix="plum-bench-kafka-")
+        broker = LocalBroker(KafkaConfig(port=free_port(), controller_port=free_port(), state_dir=Path(tmp.name), heap_mb=1024))
+        broker.up()
+        bootstrap = broker.bootstrap
+    try:
+        results = run(bootstrap, args.records, args.size, args.partitions)
+    finally:
+        if broker is not None:
+            broker.down()
+            tmp.cleanup()
+    metrics = {
+        "python_produce_records_per_s": results["python_produce"]["records_per_s"],
+        "python_consume_records_per_s": results["python_consume"]["records_per_s"],
+    }
+    baseline = {
+        "java_produce_records_per_s": results["java_produce"]["records_per_s"],
+        "java_consume_records_per_s": results["java_consume"]["records_per_s"],
+    }
+    ratio = {
+        "python_over_java_produce": round(metrics["python_produce_records_per_s"] / baseline["java_produce_records_per_s"], 3),
+        "python_over_java_consume": round(metrics["python_consume_records_per_s"] / baseline["java_consume_records_per_s"], 3),
+    }
+    path = write_result(
+        "kafka",
+        config={"records": args.records, "value_bytes": args.size, "partitions": args.partitions,
+                "acks": "all", "idempotent": True, "broker": "single-node KRaft, kafka 4.1.2",
+                "python_client": "kafka-python 3.0.12"},
+        metrics={**metrics, "detail": results},
+        baseline=baseline,
+        ratio=ratio,
+        notes="Broker, producer and consumer share the same machine's cores.",
+        out_dir=args.out_dir,
+    )
+    print(f"wrote {path}")
+    for k, v in {**metrics, **baseline, **ratio}.items():
+        print(f"  {k}: {v}")
+    return 0

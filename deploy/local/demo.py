@@ -1,0 +1,154 @@
+"""`plum demo`: the embedded single-machine stack on simulated traffic.
+
+Brings up the local KRaft broker, creates every topic, then runs each built component
+as a child process (its output in state/demo/logs/NAME.log) and reports progress until
+the simulator finishes or Ctrl-C. On Ctrl-C / SIGTERM every child gets SIGTERM (so it
+can flush or checkpoint), then SIGKILL after a grace period, and the broker is stopped
+unless `--keep-kafka` is given. Nothing is left running.
+
+Components join the demo as they are built: the `[demo]` config lists which to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from plum.config import load_section, state_dir
+from streams.broker import BrokerError, LocalBroker, load_kafka_config
+from streams.kafka_admin import ensure_topics
+from streams.topics import topic_set
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    seconds: float = 0.0  # 0: run the simulator's configured duration
+    rate: float = 500.0  # simulated events per wall-clock second
+    bad_fraction: float = 0.01
+    seed: int = 7
+    components: tuple[str, ...] = ("simulator",)
+    grace_s: float = 20.0
+    simulator_metrics_port: int = 9101
+
+
+class Child:
+    """One component process with its log file."""
+
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str]):
+        self.name = name
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        )
+        log.info("started %s (pid %d), log %s", name, self.proc.pid, self.log_path)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace_s: float) -> int:
+        if self.running():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s; killing", self.name, grace_s)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def last_line(self) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(max(0, fh.seek(0, 2) - 4096))
+                lines = fh.read().decode(errors="replace").strip().splitlines()
+            return lines[-1] if lines else ""
+        except OSError:
+            return ""
+
+
+def component_command(name: str, config: DemoConfig, bootstrap: str, config_path: str | None) -> list[str]:
+    plum = [sys.executable, "-m", "plum.cli"]
+    common = ["--bootstrap", bootstrap] + (["--config", config_path] if config_path else [])
+    if name == "simulator":
+        cmd = plum + ["simulate", *common, "--seed", str(config.seed), "--rate", str(config.rate),
+                      "--bad-fraction", str(config.bad_fraction),
+                      "--metrics-port", str(config.simulator_metrics_port),
+                      "--truth", str(state_dir() / "demo" / "simulator-truth.json")]
+        if config.seconds:
+            cmd += ["--seconds", str(config.seconds)]
+        return cmd
+    if name == "flink":
+        return plum + ["flink", "run", *common, "--checkpoint-dir", str(state_dir() / "flink" / "checkpoints")]
+    raise ValueError(f"unknown demo component {name!r}")
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="plum demo", description=__doc__)
+    parser.add_argument("--config", help="TOML config (default configs/demo.toml)")
+    parser.add_argument("--seconds", type=float, help="stop after this many wall-clock seconds")
+    parser.add_argument("--keep-kafka", action="store_true", help="leave the broker running at the end")
+    args = parser.parse_args(argv)
+    config = load_section(DemoConfig, args.config, "demo")
+    kafka = load_kafka_config(args.config)
+    broker = LocalBroker(kafka)
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+        log.info("received %s: stopping the stack", signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    children: list[Child] = []
+    try:
+        broker.up()
+        created = ensure_topics(kafka.bootstrap, topic_set())
+        log.info("kafka up at %s; %d topics created, %d existed", kafka.bootstrap, len(created),
+                 len(topic_set()) - len(created))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log_dir = state_dir() / "demo" / "logs"
+        for name in config.components:
+            children.append(Child(name, component_command(name, config, kafka.bootstrap, args.config), log_dir, env))
+        started = time.monotonic()
+        last_report = 0.0
+        while stop["signal"] is None:
+            time.sleep(0.5)
+            if args.seconds and time.monotonic() - started > args.seconds:
+                log.info("demo ran %.0f s: stopping", args.seconds)
+                break
+            simulator = next((c for c in children if c.name == "simulator"), None)
+            if simulator is not None and not simulator.running():
+                log.info("simulator finished (exit %s)", simulator.proc.returncode)
+                break
+            dead = [c for c in children if not c.running() and c.name != "simulator"]
+            if dead:
+                log.error("%s exited with %s; see %s", dead[0].name, dead[0].proc.returncode, dead[0].log_path)
+                break
+            if time.monotonic() - last_report > 5:
+                last_report = time.monotonic()
+                for c in children:
+                    log.info("[%s] %s", c.name, c.last_line()[-200:])
+    except BrokerError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        codes = {c.name: c.stop(config.grace_s) for c in reversed(children)}
+        if codes:
+            log.info("components stopped: %s", codes)
+        if not args.keep_kafka:
+            broker.down()
+    failed = {n: c for n, c in ((c.name, c.proc.returncode) for c in children) if c not in (0, None, -15)}
+    return 1 if failed else 0
