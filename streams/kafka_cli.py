@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 from plum.jvm import JvmSetupError
 from streams.broker import BrokerError, LocalBroker, load_kafka_config
@@ -14,9 +16,11 @@ from streams.topics import topic_set
 
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plum kafka", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status", "topics"])
+    parser.add_argument("action", choices=["up", "down", "status", "topics", "exporter"])
     parser.add_argument("--config", help="TOML config (default $PLUM_CONFIG or configs/demo.toml)")
     parser.add_argument("--prefix", default="", help="topics: create a prefixed copy of the set")
+    parser.add_argument("--metrics-port", type=int, default=9102, help="exporter: /metrics port")
+    parser.add_argument("--interval", type=float, default=10.0, help="exporter: seconds between polls")
     args = parser.parse_args(argv)
     config = load_kafka_config(args.config)
     broker = LocalBroker(config)
@@ -39,7 +43,26 @@ def cli(argv: list[str]) -> int:
                 policy = topic_configs(config.bootstrap, s.name)["cleanup.policy"]
                 mark = "created" if s.name in created else "exists"
                 print(f"{s.name:<32} partitions={counts[s.name]} cleanup={policy:<8} {mark}")
+        elif args.action == "exporter":
+            return _run_exporter(config.bootstrap, args.metrics_port, args.interval)
     except (BrokerError, JvmSetupError, TimeoutError) as exc:
         print(f"plum kafka {args.action}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _run_exporter(bootstrap: str, port: int, interval_s: float) -> int:
+    from monitoring.metrics import Metrics, serve_metrics
+    from streams.kafka_exporter import run_exporter
+
+    metrics = Metrics.for_component("kafka")
+    server = serve_metrics(metrics, port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"kafka exporter for {bootstrap} on http://127.0.0.1:{server.port}/metrics")
+    try:
+        run_exporter(bootstrap, metrics, interval_s, stop)
+    finally:
+        server.close()
     return 0
