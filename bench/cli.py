@@ -20,7 +20,10 @@ def cli(argv: list[str]) -> int:
         return 0
     name = argv[0]
     if name not in BENCHMARKS:
-        print(f"plum bench: unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"plum bench: unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
         return 2
     try:
         module = importlib.import_module(BENCHMARKS[name])

@@ -43,18 +43,31 @@ def python_produce(bootstrap: str, topic: str, records: int, size: int) -> dict:
         if time.perf_counter() - last > 5:
             last = time.perf_counter()
             rate = i / (last - start)
-            log.info("kafka-python produce: %d/%d (%.0f rec/s, ETA %.0f s)", i, records, rate, (records - i) / rate)
+            log.info(
+                "kafka-python produce: %d/%d (%.0f rec/s, ETA %.0f s)",
+                i,
+                records,
+                rate,
+                (records - i) / rate,
+            )
     producer.flush()
     elapsed = time.perf_counter() - start
     producer.close()
-    return {"records": records, "seconds": round(elapsed, 3), "records_per_s": round(records / elapsed),
-            "mb_per_s": round(records * size / elapsed / 1e6, 2)}
+    return {
+        "records": records,
+        "seconds": round(elapsed, 3),
+        "records_per_s": round(records / elapsed),
+        "mb_per_s": round(records * size / elapsed / 1e6, 2),
+    }
 
 
 def python_consume(bootstrap: str, topic: str, partitions: int) -> dict:
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
-        fetch_max_bytes=50 * 1024 * 1024, max_partition_fetch_bytes=10 * 1024 * 1024,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        fetch_max_bytes=50 * 1024 * 1024,
+        max_partition_fetch_bytes=10 * 1024 * 1024,
         max_poll_records=5000,
     )
     tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -71,8 +84,12 @@ def python_consume(bootstrap: str, topic: str, partitions: int) -> dict:
             nbytes += sum(len(r.value) for r in batch)
     elapsed = time.perf_counter() - start
     consumer.close()
-    return {"records": count, "seconds": round(elapsed, 3), "records_per_s": round(count / elapsed),
-            "mb_per_s": round(nbytes / elapsed / 1e6, 2)}
+    return {
+        "records": count,
+        "seconds": round(elapsed, 3),
+        "records_per_s": round(count / elapsed),
+        "mb_per_s": round(nbytes / elapsed / 1e6, 2),
+    }
 
 
 def _java(main: str, *args: str, timeout: float = 600) -> str:
@@ -85,9 +102,20 @@ def _java(main: str, *args: str, timeout: float = 600) -> str:
 
 def java_produce(bootstrap: str, topic: str, records: int, size: int) -> dict:
     out = _java(
-        "org.apache.kafka.tools.ProducerPerformance", "--topic", topic, "--num-records", str(records),
-        "--record-size", str(size), "--throughput", "-1", "--producer-props",
-        f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=20", "batch.size=524288",
+        "org.apache.kafka.tools.ProducerPerformance",
+        "--topic",
+        topic,
+        "--num-records",
+        str(records),
+        "--record-size",
+        str(size),
+        "--throughput",
+        "-1",
+        "--producer-props",
+        f"bootstrap.servers={bootstrap}",
+        "acks=all",
+        "linger.ms=20",
+        "batch.size=524288",
         "enable.idempotence=true",
     )
     # final line: "N records sent, R records/sec (M MB/sec), ..."
@@ -95,27 +123,44 @@ def java_produce(bootstrap: str, topic: str, records: int, size: int) -> dict:
     m = re.search(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\)", final)
     if not m:
         raise RuntimeError(f"cannot parse ProducerPerformance output: {final!r}")
-    return {"records": int(m.group(1)), "records_per_s": round(float(m.group(2))),
-            "mb_per_s": round(float(m.group(3)) * 1.048576, 2), "raw": final.strip()}
+    return {
+        "records": int(m.group(1)),
+        "records_per_s": round(float(m.group(2))),
+        "mb_per_s": round(float(m.group(3)) * 1.048576, 2),
+        "raw": final.strip(),
+    }
 
 
 def java_consume(bootstrap: str, topic: str, records: int) -> dict:
     out = _java(
-        "org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", bootstrap, "--topic", topic,
-        "--messages", str(records), "--timeout", "60000",
+        "org.apache.kafka.tools.ConsumerPerformance",
+        "--bootstrap-server",
+        bootstrap,
+        "--topic",
+        topic,
+        "--messages",
+        str(records),
+        "--timeout",
+        "60000",
     )
     lines = [line for line in out.splitlines() if line.strip()]
     header = [h.strip() for h in lines[-2].split(",")]
     values = [v.strip() for v in lines[-1].split(",")]
-    row = dict(zip(header, values))
-    return {"records": int(row["data.consumed.in.nMsg"]), "records_per_s": round(float(row["nMsg.sec"])),
-            "mb_per_s": round(float(row["MB.sec"]) * 1.048576, 2), "raw": row}
+    row = dict(zip(header, values, strict=False))
+    return {
+        "records": int(row["data.consumed.in.nMsg"]),
+        "records_per_s": round(float(row["nMsg.sec"])),
+        "mb_per_s": round(float(row["MB.sec"]) * 1.048576, 2),
+        "raw": row,
+    }
 
 
 def run(bootstrap: str, records: int, size: int, partitions: int) -> dict:
     py_topic = f"bench.kafka-python.{int(time.time())}"
     java_topic = f"bench.kafka-java.{int(time.time())}"
-    ensure_topics(bootstrap, [TopicSpec(py_topic, partitions, -1), TopicSpec(java_topic, partitions, -1)])
+    ensure_topics(
+        bootstrap, [TopicSpec(py_topic, partitions, -1), TopicSpec(java_topic, partitions, -1)]
+    )
     log.info("kafka-python: producing %d records of %d bytes", records, size)
     py_prod = python_produce(bootstrap, py_topic, records, size)
     log.info("kafka-python produce: %s", py_prod)
@@ -126,14 +171,21 @@ def run(bootstrap: str, records: int, size: int, partitions: int) -> dict:
     log.info("java produce: %s", j_prod)
     j_cons = java_consume(bootstrap, java_topic, records)
     log.info("java consume: %s", j_cons)
-    return {"python_produce": py_prod, "python_consume": py_cons, "java_produce": j_prod, "java_consume": j_cons}
+    return {
+        "python_produce": py_prod,
+        "python_consume": py_cons,
+        "java_produce": j_prod,
+        "java_consume": j_cons,
+    }
 
 
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plum bench kafka", description=__doc__)
     parser.add_argument("--bootstrap", help="use this broker instead of starting a private one")
     parser.add_argument("--records", type=int, default=300_000)
-    parser.add_argument("--size", type=int, default=300, help="value bytes (a watch event is ~250-300)")
+    parser.add_argument(
+        "--size", type=int, default=300, help="value bytes (a watch event is ~250-300)"
+    )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -142,7 +194,14 @@ def cli(argv: list[str]) -> int:
     tmp = None
     if bootstrap is None:
         tmp = tempfile.TemporaryDirectory(prefix="plum-bench-kafka-")
-        broker = LocalBroker(KafkaConfig(port=free_port(), controller_port=free_port(), state_dir=Path(tmp.name), heap_mb=1024))
+        broker = LocalBroker(
+            KafkaConfig(
+                port=free_port(),
+                controller_port=free_port(),
+                state_dir=Path(tmp.name),
+                heap_mb=1024,
+            )
+        )
         broker.up()
         bootstrap = broker.bootstrap
     try:
@@ -160,14 +219,24 @@ def cli(argv: list[str]) -> int:
         "java_consume_records_per_s": results["java_consume"]["records_per_s"],
     }
     ratio = {
-        "python_over_java_produce": round(metrics["python_produce_records_per_s"] / baseline["java_produce_records_per_s"], 3),
-        "python_over_java_consume": round(metrics["python_consume_records_per_s"] / baseline["java_consume_records_per_s"], 3),
+        "python_over_java_produce": round(
+            metrics["python_produce_records_per_s"] / baseline["java_produce_records_per_s"], 3
+        ),
+        "python_over_java_consume": round(
+            metrics["python_consume_records_per_s"] / baseline["java_consume_records_per_s"], 3
+        ),
     }
     path = write_result(
         "kafka",
-        config={"records": args.records, "value_bytes": args.size, "partitions": args.partitions,
-                "acks": "all", "idempotent": True, "broker": "single-node KRaft, kafka 4.1.2",
-                "python_client": "kafka-python 3.0.12"},
+        config={
+            "records": args.records,
+            "value_bytes": args.size,
+            "partitions": args.partitions,
+            "acks": "all",
+            "idempotent": True,
+            "broker": "single-node KRaft, kafka 4.1.2",
+            "python_client": "kafka-python 3.0.12",
+        },
         metrics={**metrics, "detail": results},
         baseline=baseline,
         ratio=ratio,

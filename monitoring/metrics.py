@@ -24,7 +24,22 @@ from prometheus_client.exposition import MetricsHandler
 
 Kind = Literal["counter", "gauge", "histogram", "summary"]
 
-LATENCY_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 
 
 @dataclass(frozen=True)
@@ -40,20 +55,135 @@ class MetricDef:
 
 CATALOGUE: tuple[MetricDef, ...] = (
     # --- kafka (broker manager and clients)
-    MetricDef("plum_kafka_broker_up", "gauge", "kafka", "1 when the local broker answers", labels=("bootstrap",)),
-    MetricDef("plum_kafka_produced_records_total", "counter", "kafka", "records produced", labels=("topic",)),
-    MetricDef("plum_kafka_produced_bytes_total", "counter", "kafka", "value bytes produced", "bytes", ("topic",)),
-    MetricDef("plum_kafka_consumed_records_total", "counter", "kafka", "records consumed", labels=("topic",)),
-    MetricDef("plum_kafka_consumer_lag_records", "gauge", "kafka", "end offset minus committed offset", "records", ("topic", "partition", "group")),
+    MetricDef(
+        "plum_kafka_broker_up",
+        "gauge",
+        "kafka",
+        "1 when the local broker answers",
+        labels=("bootstrap",),
+    ),
+    MetricDef(
+        "plum_kafka_produced_records_total",
+        "counter",
+        "kafka",
+        "records produced",
+        labels=("topic",),
+    ),
+    MetricDef(
+        "plum_kafka_produced_bytes_total",
+        "counter",
+        "kafka",
+        "value bytes produced",
+        "bytes",
+        ("topic",),
+    ),
+    MetricDef(
+        "plum_kafka_consumed_records_total",
+        "counter",
+        "kafka",
+        "records consumed",
+        labels=("topic",),
+    ),
+    MetricDef(
+        "plum_kafka_consumer_lag_records",
+        "gauge",
+        "kafka",
+        "end offset minus committed offset",
+        "records",
+        ("topic", "partition", "group"),
+    ),
     # --- simulator
-    MetricDef("plum_simulator_events_total", "counter", "simulator", "events produced, by topic and kind (valid or the bad kind injected)", labels=("topic", "kind")),
-    MetricDef("plum_simulator_rate_events_per_second", "gauge", "simulator", "achieved produce rate over the last progress interval", "events/s"),
-    MetricDef("plum_simulator_event_time_ms", "gauge", "simulator", "event time of the newest produced event", "ms"),
+    MetricDef(
+        "plum_simulator_events_total",
+        "counter",
+        "simulator",
+        "events produced, by topic and kind (valid or the bad kind injected)",
+        labels=("topic", "kind"),
+    ),
+    MetricDef(
+        "plum_simulator_rate_events_per_second",
+        "gauge",
+        "simulator",
+        "achieved produce rate over the last progress interval",
+        "events/s",
+    ),
+    MetricDef(
+        "plum_simulator_event_time_ms",
+        "gauge",
+        "simulator",
+        "event time of the newest produced event",
+        "ms",
+    ),
     MetricDef("plum_simulator_videos", "gauge", "simulator", "videos uploaded so far"),
     # --- data import
-    MetricDef("plum_import_records_total", "counter", "import", "records written by a data import", labels=("dataset", "topic")),
+    MetricDef(
+        "plum_import_records_total",
+        "counter",
+        "import",
+        "records written by a data import",
+        labels=("dataset", "topic"),
+    ),
+    # --- flink job (streams/flink_job.py; served by its Python workers)
+    MetricDef(
+        "plum_flink_records_in_total",
+        "counter",
+        "flink",
+        "watch records read and validated",
+        labels=("topic",),
+    ),
+    MetricDef(
+        "plum_flink_records_accepted_total",
+        "counter",
+        "flink",
+        "valid, not-late watches taken into per-user state",
+        labels=("topic",),
+    ),
+    MetricDef(
+        "plum_flink_records_out_total",
+        "counter",
+        "flink",
+        "records emitted to an output topic (committed at the next checkpoint)",
+        labels=("topic",),
+    ),
+    MetricDef(
+        "plum_flink_examples_sampled_total",
+        "counter",
+        "flink",
+        "clicked watches kept as SFT examples by reward sampling",
+    ),
+    MetricDef(
+        "plum_flink_pairs_total",
+        "counter",
+        "flink",
+        "co-occurrence pairs sent to the window count (before min_count)",
+    ),
+    MetricDef(
+        "plum_flink_state_users_created_total",
+        "counter",
+        "flink",
+        "per-user timeline states created (state size proxy)",
+    ),
+    MetricDef(
+        "plum_flink_pending_watches",
+        "gauge",
+        "flink",
+        "accepted watches buffered until the watermark passes them",
+    ),
+    MetricDef(
+        "plum_flink_watermark_lag_ms",
+        "gauge",
+        "flink",
+        "newest event time seen minus the current watermark",
+        "ms",
+    ),
     # --- dead letters (every component that validates input)
-    MetricDef("plum_deadletter_total", "counter", "deadletter", "records sent to the dead-letter topic", labels=("component", "source_topic", "reason")),
+    MetricDef(
+        "plum_deadletter_total",
+        "counter",
+        "deadletter",
+        "records sent to the dead-letter topic",
+        labels=("component", "source_topic", "reason"),
+    ),
 )
 
 BY_NAME = {m.name: m for m in CATALOGUE}
@@ -84,7 +214,9 @@ class Metrics:
         with self._lock:
             if name not in self._made:
                 doc = f"{spec.help} [{spec.unit}]" if spec.unit else spec.help
-                common = dict(name=name, documentation=doc, labelnames=spec.labels, registry=self.registry)
+                common = dict(
+                    name=name, documentation=doc, labelnames=spec.labels, registry=self.registry
+                )
                 if kind == "counter":
                     self._made[name] = Counter(**common)
                 elif kind == "gauge":
@@ -123,7 +255,9 @@ class MetricsServer:
         self._httpd = ThreadingHTTPServer((host, port), handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"metrics-{port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name=f"metrics-{port}", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:

@@ -15,8 +15,9 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -165,7 +166,9 @@ def _parse_env(raw: str, hint: Any, name: str) -> Any:
             return Path(raw)
         return raw
     except ValueError as exc:
-        raise ConfigError(f"environment {name}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from exc
+        raise ConfigError(
+            f"environment {name}={raw!r} is not a valid {getattr(hint, '__name__', hint)}"
+        ) from exc
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> Path:

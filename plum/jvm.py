@@ -21,7 +21,9 @@ def java_binary() -> str:
         return str(Path(home) / "bin" / "java")
     found = shutil.which("java")
     if not found:
-        raise JvmSetupError("java not found: install a JDK 17 (apt-get install openjdk-17-jdk-headless)")
+        raise JvmSetupError(
+            "java not found: install a JDK 17 (apt-get install openjdk-17-jdk-headless)"
+        )
     return found
 
 
@@ -29,7 +31,9 @@ def jar_dir(name: str) -> Path:
     """build/jvm/<name> (kafka or flink), checked to hold jars."""
     path = JVM_DIR / name
     if not path.is_dir() or not any(path.glob("*.jar")):
-        raise JvmSetupError(f"no jars in {path}: run `make setup` (needs mvn: apt-get install maven)")
+        raise JvmSetupError(
+            f"no jars in {path}: run `make setup` (needs mvn: apt-get install maven)"
+        )
     return path
 
 
@@ -40,5 +44,7 @@ def kafka_classpath() -> str:
 def flink_kafka_connector_jar() -> Path:
     jars = sorted(jar_dir("flink").glob("flink-sql-connector-kafka-*.jar"))
     if not jars:
-        raise JvmSetupError(f"flink-sql-connector-kafka jar missing in {JVM_DIR / 'flink'}: run `make setup`")
+        raise JvmSetupError(
+            f"flink-sql-connector-kafka jar missing in {JVM_DIR / 'flink'}: run `make setup`"
+        )
     return jars[-1]

@@ -184,7 +184,9 @@ class LocalBroker:
                     f"broker pid {pid} is alive but {self.bootstrap} does not answer; "
                     f"`plum kafka down` and retry. Log tail:\n{self.log_tail()}"
                 )
-            log.warning("removing stale pid file %s (pid %d is not a running broker)", self.pid_path, pid)
+            log.warning(
+                "removing stale pid file %s (pid %d is not a running broker)", self.pid_path, pid
+            )
             self.pid_path.unlink(missing_ok=True)
         for port in (self.config.port, self.config.controller_port):
             if port_in_use(self.config.host, port):
@@ -217,7 +219,9 @@ class LocalBroker:
             self._reap()
             time.sleep(0.2)
         if _pid_alive(pid):
-            log.warning("broker pid %d did not stop in %.0f s; killing", pid, self.config.shutdown_timeout_s)
+            log.warning(
+                "broker pid %d did not stop in %.0f s; killing", pid, self.config.shutdown_timeout_s
+            )
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -266,8 +270,13 @@ class LocalBroker:
     def _format_storage(self) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         cmd = self._java_cmd(
-            "kafka.tools.StorageTool", "format", "--standalone",
-            "-t", cluster_id, "-c", str(self.properties_path),
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.properties_path),
         )
         log.info("formatting KRaft storage in %s (cluster %s)", self.data_dir, cluster_id)
         try:
@@ -283,11 +292,17 @@ class LocalBroker:
         cmd = self._java_cmd("kafka.Kafka", str(self.properties_path))
         with open(self.stdout_file, "ab") as out:
             self._proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.root,
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.root,
             )
         self.pid_path.write_text(str(self._proc.pid))
-        log.info("started broker pid %d at %s (logs %s)", self._proc.pid, self.bootstrap, self.logs_dir)
+        log.info(
+            "started broker pid %d at %s (logs %s)", self._proc.pid, self.bootstrap, self.logs_dir
+        )
 
     def _wait_until_answering(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s

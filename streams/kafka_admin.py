@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
@@ -43,7 +43,9 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
             created = [s.name for s in missing]
         for s in specs:
             if s.name in existing:
-                admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, s.name, configs=s.configs())])
+                admin.alter_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, s.name, configs=s.configs())]
+                )
         _wait_for_leaders(admin, [s.name for s in specs], timeout_s)
         for name in created:
             log.info("created topic %s", name)
@@ -60,7 +62,9 @@ def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: floa
         ready = {
             t["name"]
             for t in described
-            if not t.get("error_code") and t["partitions"] and all(p["leader_id"] >= 0 for p in t["partitions"])
+            if not t.get("error_code")
+            and t["partitions"]
+            and all(p["leader_id"] >= 0 for p in t["partitions"])
         }
         pending = [n for n in pending if n not in ready]
         if not pending:

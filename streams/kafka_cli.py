@@ -20,7 +20,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--config", help="TOML config (default $PLUM_CONFIG or configs/demo.toml)")
     parser.add_argument("--prefix", default="", help="topics: create a prefixed copy of the set")
     parser.add_argument("--metrics-port", type=int, default=9102, help="exporter: /metrics port")
-    parser.add_argument("--interval", type=float, default=10.0, help="exporter: seconds between polls")
+    parser.add_argument(
+        "--interval", type=float, default=10.0, help="exporter: seconds between polls"
+    )
     args = parser.parse_args(argv)
     config = load_kafka_config(args.config)
     broker = LocalBroker(config)

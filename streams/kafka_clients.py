@@ -9,7 +9,7 @@ transactionally).
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -94,7 +94,9 @@ def read_all(
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             if time.monotonic() > deadline:
                 behind = {tp.partition: (consumer.position(tp), ends[tp]) for tp in tps}
-                raise TimeoutError(f"reading {topic!r}: positions/ends {behind} after {timeout_s} s")
+                raise TimeoutError(
+                    f"reading {topic!r}: positions/ends {behind} after {timeout_s} s"
+                )
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)
         return records

@@ -31,7 +31,9 @@ def consumer_lag(bootstrap: str) -> dict[tuple[str, str, int], int]:
     partitions = {tp for offsets in committed.values() for tp in offsets}
     if not partitions:
         return {}
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="plum-lag")
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="plum-lag"
+    )
     try:
         ends = consumer.end_offsets(list(partitions))
     finally:
@@ -60,7 +62,9 @@ def collect(bootstrap: str, metrics: Metrics) -> bool:
     return True
 
 
-def run_exporter(bootstrap: str, metrics: Metrics, interval_s: float, stop: threading.Event) -> None:
+def run_exporter(
+    bootstrap: str, metrics: Metrics, interval_s: float, stop: threading.Event
+) -> None:
     while not stop.is_set():
         collect(bootstrap, metrics)
         stop.wait(interval_s)

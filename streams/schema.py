@@ -16,8 +16,9 @@ import base64
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -173,7 +174,13 @@ class DeadLetter:
 
     @classmethod
     def of(
-        cls, source_topic: str, partition: int, offset: int, err: ValidationError, raw: bytes, ts: int
+        cls,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        err: ValidationError,
+        raw: bytes,
+        ts: int,
     ) -> DeadLetter:
         return cls(
             source_topic=source_topic,
@@ -231,7 +238,9 @@ def parse_object(raw: bytes | str, limits: ValidationLimits = ValidationLimits()
         raise ValidationError(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
     version = obj.get("schema", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
-        raise ValidationError(UNKNOWN_SCHEMA, f"schema={version!r}, this code reads {SCHEMA_VERSION}")
+        raise ValidationError(
+            UNKNOWN_SCHEMA, f"schema={version!r}, this code reads {SCHEMA_VERSION}"
+        )
     return obj
 
 
@@ -281,7 +290,9 @@ def _timestamp(obj: Mapping[str, Any], limits: ValidationLimits) -> int:
 _NUMBER = (int, float)
 
 
-def watch_from_dict(obj: Mapping[str, Any], limits: ValidationLimits = ValidationLimits()) -> WatchEvent:
+def watch_from_dict(
+    obj: Mapping[str, Any], limits: ValidationLimits = ValidationLimits()
+) -> WatchEvent:
     event_id = _id(obj, "event_id")
     user_id = _id(obj, "user_id")
     video_id = _id(obj, "video_id")
@@ -317,7 +328,9 @@ def watch_from_dict(obj: Mapping[str, Any], limits: ValidationLimits = Validatio
     )
 
 
-def upload_from_dict(obj: Mapping[str, Any], limits: ValidationLimits = ValidationLimits()) -> UploadEvent:
+def upload_from_dict(
+    obj: Mapping[str, Any], limits: ValidationLimits = ValidationLimits()
+) -> UploadEvent:
     video_id = _id(obj, "video_id")
     ts = _timestamp(obj, limits)
     title = _require(obj, "title", (str,), "a string")
@@ -444,4 +457,3 @@ def decode_dead_letter(raw: bytes | str) -> DeadLetter:
         raw_b64=_require(obj, "raw_b64", (str,), "base64 text"),
         ts=_require(obj, "ts", (int,), "an integer (epoch ms)"),
     )
-

@@ -49,7 +49,11 @@ class Child:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,
         )
         log.info("started %s (pid %d), log %s", name, self.proc.pid, self.log_path)
@@ -79,19 +83,37 @@ class Child:
             return ""
 
 
-def component_command(name: str, config: DemoConfig, bootstrap: str, config_path: str | None) -> list[str]:
+def component_command(
+    name: str, config: DemoConfig, bootstrap: str, config_path: str | None
+) -> list[str]:
     plum = [sys.executable, "-m", "plum.cli"]
     common = ["--bootstrap", bootstrap] + (["--config", config_path] if config_path else [])
     if name == "simulator":
-        cmd = plum + ["simulate", *common, "--seed", str(config.seed), "--rate", str(config.rate),
-                      "--bad-fraction", str(config.bad_fraction),
-                      "--metrics-port", str(config.simulator_metrics_port),
-                      "--truth", str(state_dir() / "demo" / "simulator-truth.json")]
+        cmd = plum + [
+            "simulate",
+            *common,
+            "--seed",
+            str(config.seed),
+            "--rate",
+            str(config.rate),
+            "--bad-fraction",
+            str(config.bad_fraction),
+            "--metrics-port",
+            str(config.simulator_metrics_port),
+            "--truth",
+            str(state_dir() / "demo" / "simulator-truth.json"),
+        ]
         if config.seconds:
             cmd += ["--seconds", str(config.seconds)]
         return cmd
     if name == "flink":
-        return plum + ["flink", "run", *common, "--checkpoint-dir", str(state_dir() / "flink" / "checkpoints")]
+        return plum + [
+            "flink",
+            "run",
+            *common,
+            "--checkpoint-dir",
+            str(state_dir() / "flink" / "checkpoints"),
+        ]
     raise ValueError(f"unknown demo component {name!r}")
 
 
@@ -99,7 +121,9 @@ def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plum demo", description=__doc__)
     parser.add_argument("--config", help="TOML config (default configs/demo.toml)")
     parser.add_argument("--seconds", type=float, help="stop after this many wall-clock seconds")
-    parser.add_argument("--keep-kafka", action="store_true", help="leave the broker running at the end")
+    parser.add_argument(
+        "--keep-kafka", action="store_true", help="leave the broker running at the end"
+    )
     args = parser.parse_args(argv)
     config = load_section(DemoConfig, args.config, "demo")
     kafka = load_kafka_config(args.config)
@@ -116,12 +140,23 @@ def cli(argv: list[str]) -> int:
     try:
         broker.up()
         created = ensure_topics(kafka.bootstrap, topic_set())
-        log.info("kafka up at %s; %d topics created, %d existed", kafka.bootstrap, len(created),
-                 len(topic_set()) - len(created))
+        log.info(
+            "kafka up at %s; %d topics created, %d existed",
+            kafka.bootstrap,
+            len(created),
+            len(topic_set()) - len(created),
+        )
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log_dir = state_dir() / "demo" / "logs"
         for name in config.components:
-            children.append(Child(name, component_command(name, config, kafka.bootstrap, args.config), log_dir, env))
+            children.append(
+                Child(
+                    name,
+                    component_command(name, config, kafka.bootstrap, args.config),
+                    log_dir,
+                    env,
+                )
+            )
         started = time.monotonic()
         last_report = 0.0
         while stop["signal"] is None:
@@ -135,7 +170,12 @@ def cli(argv: list[str]) -> int:
                 break
             dead = [c for c in children if not c.running() and c.name != "simulator"]
             if dead:
-                log.error("%s exited with %s; see %s", dead[0].name, dead[0].proc.returncode, dead[0].log_path)
+                log.error(
+                    "%s exited with %s; see %s",
+                    dead[0].name,
+                    dead[0].proc.returncode,
+                    dead[0].log_path,
+                )
                 break
             if time.monotonic() - last_report > 5:
                 last_report = time.monotonic()
@@ -150,5 +190,7 @@ def cli(argv: list[str]) -> int:
             log.info("components stopped: %s", codes)
         if not args.keep_kafka:
             broker.down()
-    failed = {n: c for n, c in ((c.name, c.proc.returncode) for c in children) if c not in (0, None, -15)}
+    failed = {
+        n: c for n, c in ((c.name, c.proc.returncode) for c in children) if c not in (0, None, -15)
+    }
     return 1 if failed else 0

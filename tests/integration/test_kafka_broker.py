@@ -19,7 +19,9 @@ from streams.topics import ALL_TOPICS
 pytestmark = pytest.mark.integration
 
 
-def test_every_topic_is_created_with_its_partitions_and_retention(kafka_bootstrap, topics, topic_prefix):
+def test_every_topic_is_created_with_its_partitions_and_retention(
+    kafka_bootstrap, topics, topic_prefix
+):
     names = [f"{topic_prefix}{t.name}" for t in ALL_TOPICS]
     counts = partition_counts(kafka_bootstrap, names)
     for spec in ALL_TOPICS:
@@ -37,9 +39,16 @@ def test_sid_assignments_topic_is_really_compacted(kafka_bootstrap, topics):
 def test_watch_round_trips_through_the_broker(kafka_bootstrap, topics):
     events = [
         schema.WatchEvent(
-            event_id=f"e{i}", user_id=f"u{i % 3}", video_id=f"v{i}", ts=1_700_000_000_000 + i,
-            watch_time_s=10.0 + i, video_duration_s=100.0, clicked=i % 2 == 0, surface="home",
-            context_video_id=None if i == 0 else f"v{i - 1}", satisfaction=0.5 if i == 3 else None,
+            event_id=f"e{i}",
+            user_id=f"u{i % 3}",
+            video_id=f"v{i}",
+            ts=1_700_000_000_000 + i,
+            watch_time_s=10.0 + i,
+            video_duration_s=100.0,
+            clicked=i % 2 == 0,
+            surface="home",
+            context_video_id=None if i == 0 else f"v{i - 1}",
+            satisfaction=0.5 if i == 3 else None,
         )
         for i in range(20)
     ]
@@ -64,7 +73,10 @@ def test_aborted_transaction_is_invisible_to_read_committed(kafka_bootstrap, top
     producer.commit_transaction()
     producer.close()
     committed = [r.value for r in read_all(kafka_bootstrap, topics.deadletter)]
-    everything = [r.value for r in read_all(kafka_bootstrap, topics.deadletter, isolation_level="read_uncommitted")]
+    everything = [
+        r.value
+        for r in read_all(kafka_bootstrap, topics.deadletter, isolation_level="read_uncommitted")
+    ]
     assert committed == [b'{"committed":true}']
     assert b'{"aborted":true}' in everything
 
@@ -119,8 +131,12 @@ def test_broker_that_does_not_answer_in_time_is_stopped_and_reported(tmp_path):
 def test_kafka_cli_status_reports_a_stopped_broker(tmp_path, repo_root):
     env = dict(os.environ, PLUM_KAFKA__STATE_DIR=str(tmp_path), PLUM_KAFKA__PORT=str(free_port()))
     done = subprocess.run(
-        [sys.executable, "-m", "plum.cli", "kafka", "status"], env=env, cwd=repo_root,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "plum.cli", "kafka", "status"],
+        env=env,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1
     assert '"running": false' in done.stdout

@@ -16,7 +16,9 @@ def test_consumer_lag_is_end_minus_committed_per_partition(kafka_bootstrap, topi
     producer.flush()
     producer.close()
     group = f"lag-{topics.deadletter}"
-    consumer = make_consumer(kafka_bootstrap, [topics.deadletter], group_id=group, max_poll_records=10)
+    consumer = make_consumer(
+        kafka_bootstrap, [topics.deadletter], group_id=group, max_poll_records=10
+    )
     got = 0
     while got < 10:
         got += sum(len(b) for b in consumer.poll(timeout_ms=1000, max_records=10 - got).values())
@@ -28,10 +30,17 @@ def test_consumer_lag_is_end_minus_committed_per_partition(kafka_bootstrap, topi
     assert collect(kafka_bootstrap, metrics)
     server = serve_metrics(metrics, 0)
     try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10).read().decode()
+        body = (
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
     finally:
         server.close()
-    assert f'plum_kafka_consumer_lag_records{{group="{group}",partition="0",topic="{topics.deadletter}"}} 20.0' in body
+    assert (
+        f'plum_kafka_consumer_lag_records{{group="{group}",partition="0",topic="{topics.deadletter}"}} 20.0'
+        in body
+    )
     assert f'plum_kafka_broker_up{{bootstrap="{kafka_bootstrap}"}} 1.0' in body
 
 

@@ -38,7 +38,11 @@ def test_metrics_are_served_over_http():
     m.gauge("plum_simulator_videos").set(12)
     server = serve_metrics(m, 0)
     try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+        body = (
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
     finally:
         server.close()
     assert "plum_simulator_videos 12.0" in body

@@ -19,8 +19,17 @@ LIMITS = ValidationLimits(now_ms=NOW, embedding_dims=DIMS)
 
 def watch(**over) -> dict:
     base = dict(
-        schema=1, event_id="e1", user_id="u1", video_id="v1", ts=NOW - 1000, watch_time_s=30.0,
-        video_duration_s=60.0, clicked=True, surface="home", context_video_id="v0", satisfaction=0.8,
+        schema=1,
+        event_id="e1",
+        user_id="u1",
+        video_id="v1",
+        ts=NOW - 1000,
+        watch_time_s=30.0,
+        video_duration_s=60.0,
+        clicked=True,
+        surface="home",
+        context_video_id="v0",
+        satisfaction=0.8,
     )
     base.update(over)
     return base
@@ -28,8 +37,15 @@ def watch(**over) -> dict:
 
 def upload(**over) -> dict:
     base = dict(
-        schema=1, video_id="v1", ts=NOW - 1000, title="t", description="d", channel="c",
-        topics=["music"], duration_s=60.0, embeddings={"text": [0.1, 0.2, 0.3], "visual": [1.0, 2.0]},
+        schema=1,
+        video_id="v1",
+        ts=NOW - 1000,
+        title="t",
+        description="d",
+        channel="c",
+        topics=["music"],
+        duration_s=60.0,
+        embeddings={"text": [0.1, 0.2, 0.3], "visual": [1.0, 2.0]},
     )
     base.update(over)
     return base
@@ -59,8 +75,11 @@ WATCH_CASES = [
     (raw(watch(ts="yesterday")), schema.WRONG_TYPE),
     (raw(watch(clicked="yes")), schema.WRONG_TYPE),
     (raw(watch(watch_time_s=True)), schema.WRONG_TYPE),
-    (b'{"schema":1,"event_id":"e","user_id":"u","video_id":"v","ts":1,"watch_time_s":NaN,'
-     b'"video_duration_s":60,"clicked":true,"surface":"home"}', schema.WRONG_TYPE),
+    (
+        b'{"schema":1,"event_id":"e","user_id":"u","video_id":"v","ts":1,"watch_time_s":NaN,'
+        b'"video_duration_s":60,"clicked":true,"surface":"home"}',
+        schema.WRONG_TYPE,
+    ),
     (raw(watch(user_id="  ")), schema.EMPTY_ID),
     (raw(watch(watch_time_s=-1.0)), schema.NEGATIVE_DURATION),
     (raw(watch(video_duration_s=-5.0)), schema.NEGATIVE_DURATION),
@@ -72,17 +91,31 @@ WATCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("data,reason", WATCH_CASES, ids=[c[1] + f"-{i}" for i, c in enumerate(WATCH_CASES)])
+@pytest.mark.parametrize(
+    "data,reason", WATCH_CASES, ids=[c[1] + f"-{i}" for i, c in enumerate(WATCH_CASES)]
+)
 def test_bad_watch_is_rejected_with_its_reason(data, reason):
     assert reason_of(schema.decode_watch, data) == reason
 
 
 UPLOAD_CASES = [
-    (raw(upload(embeddings={"text": [0.1, float("nan"), 0.3], "visual": [1.0, 2.0]})), schema.NAN_EMBEDDING),
-    (b'{"schema":1,"video_id":"v","ts":1,"title":"t","duration_s":5,'
-     b'"embeddings":{"text":[0.1,Infinity,0.3],"visual":[1,2]}}', schema.NAN_EMBEDDING),
-    (raw(upload(embeddings={"text": [0.1, 0.2], "visual": [1.0, 2.0]})), schema.WRONG_EMBEDDING_LENGTH),
-    (raw(upload(embeddings={"text": [0.1, 0.2, 0.3], "visual": [1.0, 2.0], "smell": [1.0]})), schema.UNKNOWN_MODALITY),
+    (
+        raw(upload(embeddings={"text": [0.1, float("nan"), 0.3], "visual": [1.0, 2.0]})),
+        schema.NAN_EMBEDDING,
+    ),
+    (
+        b'{"schema":1,"video_id":"v","ts":1,"title":"t","duration_s":5,'
+        b'"embeddings":{"text":[0.1,Infinity,0.3],"visual":[1,2]}}',
+        schema.NAN_EMBEDDING,
+    ),
+    (
+        raw(upload(embeddings={"text": [0.1, 0.2], "visual": [1.0, 2.0]})),
+        schema.WRONG_EMBEDDING_LENGTH,
+    ),
+    (
+        raw(upload(embeddings={"text": [0.1, 0.2, 0.3], "visual": [1.0, 2.0], "smell": [1.0]})),
+        schema.UNKNOWN_MODALITY,
+    ),
     (raw(upload(embeddings={"text": [0.1, 0.2, 0.3]})), schema.MISSING_MODALITY),
     (raw(upload(embeddings={})), schema.MISSING_MODALITY),
     (raw(upload(embeddings={"text": "0.1,0.2,0.3", "visual": [1.0, 2.0]})), schema.WRONG_TYPE),
@@ -94,7 +127,9 @@ UPLOAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("data,reason", UPLOAD_CASES, ids=[c[1] + f"-{i}" for i, c in enumerate(UPLOAD_CASES)])
+@pytest.mark.parametrize(
+    "data,reason", UPLOAD_CASES, ids=[c[1] + f"-{i}" for i, c in enumerate(UPLOAD_CASES)]
+)
 def test_bad_upload_is_rejected_with_its_reason(data, reason):
     assert reason_of(schema.decode_upload, data) == reason
 
@@ -127,7 +162,12 @@ def test_dead_letter_keeps_raw_bytes_and_reason():
         letter = schema.DeadLetter.of("plum.watches.v1", 3, 42, err, bad, ts=NOW)
     decoded = schema.decode_dead_letter(schema.encode(letter))
     assert decoded == letter
-    assert (decoded.raw, decoded.reason, decoded.partition, decoded.offset) == (bad, "not_json", 3, 42)
+    assert (decoded.raw, decoded.reason, decoded.partition, decoded.offset) == (
+        bad,
+        "not_json",
+        3,
+        42,
+    )
 
 
 ids = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=12)
@@ -138,10 +178,14 @@ finite = st.floats(min_value=0, max_value=1e6, allow_nan=False)
 def watch_events(draw):
     duration = draw(st.floats(min_value=0.1, max_value=1e5))
     return schema.WatchEvent(
-        event_id=draw(ids), user_id=draw(ids), video_id=draw(ids),
+        event_id=draw(ids),
+        user_id=draw(ids),
+        video_id=draw(ids),
         ts=draw(st.integers(min_value=0, max_value=NOW)),
         watch_time_s=draw(st.floats(min_value=0, max_value=duration * 1.5)),
-        video_duration_s=duration, clicked=draw(st.booleans()), surface=draw(st.sampled_from(["home", "search"])),
+        video_duration_s=duration,
+        clicked=draw(st.booleans()),
+        surface=draw(st.sampled_from(["home", "search"])),
         context_video_id=draw(st.none() | ids),
         satisfaction=draw(st.none() | st.floats(min_value=0, max_value=1)),
     )
@@ -155,13 +199,21 @@ def test_any_valid_watch_round_trips(event):
 @given(
     st.dictionaries(
         st.sampled_from(["text", "visual", "audio"]),
-        st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=8),
+        st.lists(
+            st.floats(allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=8
+        ),
         min_size=1,
     )
 )
 def test_any_finite_upload_round_trips(embeddings):
     event = schema.UploadEvent(
-        video_id="v", ts=5, title="t", description="", channel="c", topics=("a",), duration_s=3.0,
+        video_id="v",
+        ts=5,
+        title="t",
+        description="",
+        channel="c",
+        topics=("a",),
+        duration_s=3.0,
         embeddings={k: tuple(v) for k, v in embeddings.items()},
     )
     assert schema.decode_upload(schema.encode(event)) == event
@@ -179,8 +231,13 @@ def test_sid_and_example_records_round_trip():
     sid = schema.SidAssignment(video_id="v", sid=(3, 1, 0, 2), sid_version="tok-1", ts=9)
     assert schema.decode_sid_assignment(schema.encode(sid)) == sid
     ex = schema.SftExample(
-        event_id="e", user_id="u", history=(schema.HistoryItem("v1", 0.5, 30.0, 1.25),),
-        context_video_id="v1", target_video_id="v2", reward=0.7, ts=11,
+        event_id="e",
+        user_id="u",
+        history=(schema.HistoryItem("v1", 0.5, 30.0, 1.25),),
+        context_video_id="v1",
+        target_video_id="v2",
+        reward=0.7,
+        ts=11,
     )
     assert schema.decode_sft_example(schema.encode(ex)) == ex
     pair = schema.CooccurrencePair(a="a", b="b", count=3, window_end=100)
