@@ -170,7 +170,9 @@ def test_dead_letter_keeps_raw_bytes_and_reason():
     )
 
 
-ids = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=12)
+ids = st.text(
+    st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=12
+).filter(lambda s: s.strip() != "")
 finite = st.floats(min_value=0, max_value=1e6, allow_nan=False)
 
 
