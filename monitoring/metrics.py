@@ -176,6 +176,52 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "newest event time seen minus the current watermark",
         "ms",
     ),
+    # --- SID assignment service (tokenizer/service.py)
+    MetricDef(
+        "plum_sid_uploads_consumed_total", "counter", "sid_service", "upload records consumed"
+    ),
+    MetricDef(
+        "plum_sid_assignments_total",
+        "counter",
+        "sid_service",
+        "new SIDs assigned and published",
+        labels=("version",),
+    ),
+    MetricDef(
+        "plum_sid_collisions_total",
+        "counter",
+        "sid_service",
+        "new SIDs whose tokenizer codes were already taken (disambiguation code > 0)",
+        labels=("version",),
+    ),
+    MetricDef(
+        "plum_sid_batch_seconds",
+        "histogram",
+        "sid_service",
+        "time to validate, encode, assign and commit one batch",
+        "seconds",
+    ),
+    MetricDef(
+        "plum_sid_upload_to_sid_seconds",
+        "histogram",
+        "sid_service",
+        "upload record timestamp to its SID being committed",
+        "seconds",
+    ),
+    MetricDef(
+        "plum_sid_index_size",
+        "gauge",
+        "sid_service",
+        "videos with a SID in the local index",
+        labels=("version",),
+    ),
+    MetricDef(
+        "plum_sid_version_info",
+        "gauge",
+        "sid_service",
+        "1 for the tokenizer version this service assigns with",
+        labels=("version",),
+    ),
     # --- dead letters (every component that validates input)
     MetricDef(
         "plum_deadletter_total",

@@ -31,6 +31,8 @@ def make_producer(
         enable_idempotence=True,
         max_in_flight_requests_per_connection=5,
         client_id="plum-producer",
+        # dead letters carry a rejected record whole (see schema.DEAD_LETTER_MAX_BYTES)
+        max_request_size=3 * 1024 * 1024,
     )
     if transactional_id:
         kwargs["transactional_id"] = transactional_id

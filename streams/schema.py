@@ -39,6 +39,7 @@ WRONG_EMBEDDING_LENGTH = "wrong_embedding_length"
 UNKNOWN_MODALITY = "unknown_modality"
 MISSING_MODALITY = "missing_modality"
 LATE = "late"
+SID_SPACE_EXHAUSTED = "sid_space_exhausted"
 
 REASONS = (
     NOT_JSON,
@@ -57,6 +58,7 @@ REASONS = (
     UNKNOWN_MODALITY,
     MISSING_MODALITY,
     LATE,
+    SID_SPACE_EXHAUSTED,
 )
 
 # A watch may report somewhat more time than the video lasts (replays, seeking, clock
@@ -446,8 +448,13 @@ def decode_sft_example(raw: bytes | str) -> SftExample:
     )
 
 
+# A dead letter carries a rejected record whole (base64, 4/3 its size), so it may be
+# larger than any valid input: an oversized payload must still be kept, not lost.
+DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
+
+
 def decode_dead_letter(raw: bytes | str) -> DeadLetter:
-    obj = parse_object(raw)
+    obj = parse_object(raw, ValidationLimits(max_payload_bytes=DEAD_LETTER_MAX_BYTES))
     return DeadLetter(
         source_topic=_require(obj, "source_topic", (str,), "a string"),
         partition=_require(obj, "partition", (int,), "an integer"),

@@ -63,7 +63,14 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(SID_ASSIGNMENTS, partitions=2, retention_ms=-1, compacted=True, key="video_id"),
     TopicSpec(COOCCURRENCE, partitions=2, retention_ms=7 * DAY_MS, key="a|b"),
     TopicSpec(SFT_EXAMPLES, partitions=4, retention_ms=7 * DAY_MS, key="user_id"),
-    TopicSpec(DEADLETTER, partitions=1, retention_ms=30 * DAY_MS, key=""),
+    # A dead letter holds its rejected record base64-encoded (4/3 of a record up to 1 MiB).
+    TopicSpec(
+        DEADLETTER,
+        partitions=1,
+        retention_ms=30 * DAY_MS,
+        key="",
+        max_message_bytes=2 * 1024 * 1024,
+    ),
     # Replay topics keep everything: a backfill may reach back arbitrarily far.
     TopicSpec(WATCHES_REPLAY, partitions=4, retention_ms=-1, key="user_id"),
     TopicSpec(UPLOADS_REPLAY, partitions=2, retention_ms=-1, key="video_id"),

@@ -10,7 +10,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tokenizer.train", "train the SID-v2 RQ-VAE and write an orbax checkpoint"),
     "report": ("tokenizer.report", "SID uniqueness, codebook use, reconstruction, alignment"),
     "ablation": ("tokenizer.ablation", "SID-v1 vs SID-v2 ablation (what `plum bench tokenizer` runs)"),
-    # "serve" and "reindex" (the SID assignment service) register here.
+    "serve": ("tokenizer.service_cli:serve", "the streaming SID assignment service (uploads -> SIDs)"),
+    "reindex": ("tokenizer.service_cli:reindex_cli", "assign every known video under a new tokenizer version"),
+    "switch": ("tokenizer.service_cli:switch_cli", "make a SID version the active one"),
+    "index": ("tokenizer.service_cli:index_cli", "show the local SID index (versions, sizes)"),
 }
 
 
@@ -28,4 +31,5 @@ def cli(argv: list[str]) -> int:
     if name not in SUBCOMMANDS:
         print(f"plum tokenizer: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    return int(importlib.import_module(SUBCOMMANDS[name][0]).cli(rest) or 0)
+    module, _, func = SUBCOMMANDS[name][0].partition(":")
+    return int(getattr(importlib.import_module(module), func or "cli")(rest) or 0)

@@ -1,0 +1,410 @@
+"""The streaming SID assignment service: uploads in, Semantic IDs out, exactly once.
+
+Each cycle polls a batch of `plum.uploads.v1` records (by size or time), validates them
+(bad ones become dead letters with their reason), encodes the new videos with the frozen
+tokenizer, gives each a SID in the local index (tokenizer codes + disambiguation code),
+and then, in ONE Kafka transaction, writes the assignments and dead letters and commits
+the consumer offsets. Only after that transaction commits does the local index commit.
+
+Why that order is safe:
+- crash before the Kafka commit: nothing is visible (read_committed), the offsets are not
+  committed and the index rolls back; the batch is processed again, giving the same SIDs
+  for videos already known and the same next-free codes otherwise;
+- crash after the Kafka commit but before the index commit: at start-up `sync_index`
+  reads the assignments topic from the offsets the index last saw, so the index learns
+  what was published; those videos then keep their published SIDs.
+A video that already has a SID under this version is never re-published, so a replay of
+the uploads topic changes nothing and duplicates nothing.
+
+The service never stops on a bad record: decode errors, wrong or missing modalities,
+NaN/inf and a full disambiguation space all become dead letters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from monitoring.metrics import Metrics
+from streams import schema
+from streams.kafka_clients import make_producer
+from streams.topics import TopicNames
+from tokenizer.index import SidIndex, SidSpaceExhausted, topic_key
+
+log = logging.getLogger(__name__)
+
+
+class SidEncoder(Protocol):
+    """What the service needs of a tokenizer (tokenizer.frozen.TrainedTokenizer is one)."""
+
+    @property
+    def sid_version(self) -> str: ...
+
+    @property
+    def modalities(self) -> tuple[tuple[str, int], ...]: ...
+
+    def encode(self, item_embeddings: Mapping[str, Any]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class SidServiceConfig:
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    include_replay: bool = False  # also consume plum.uploads.replay.v1 (backfills)
+    batch_size: int = 2048
+    batch_time_ms: int = 200
+    poll_timeout_ms: int = 100
+    group_id: str = "plum-sid-service"
+    transactional_id: str = "plum-sid-service"
+    disambiguation_size: int = 256
+    max_future_ms: int = schema.DEFAULT_MAX_FUTURE_MS
+    index_path: str = ""  # "" -> $PLUM_STATE_DIR/tokenizer/sid-index.sqlite
+    checkpoint: str = ""  # tokenizer checkpoint directory
+    metrics_port: int = 9103
+    progress_every_s: float = 10.0
+
+
+@dataclass
+class BatchStats:
+    consumed: int = 0
+    assigned: int = 0
+    reused: int = 0
+    collisions: int = 0
+    dead_letters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class SidService:
+    def __init__(
+        self,
+        config: SidServiceConfig,
+        tokenizer: SidEncoder,
+        index: SidIndex,
+        metrics: Metrics | None = None,
+    ):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.version = tokenizer.sid_version
+        self.index = index
+        self.topics = TopicNames.with_prefix(config.topic_prefix)
+        self.metrics = metrics or Metrics.for_component("sid_service")
+        self.dims = dict(tokenizer.modalities)
+        self.source_topics = [self.topics.uploads] + (
+            [self.topics.uploads_replay] if config.include_replay else []
+        )
+        # One group and one transactional id per tokenizer version: a reindexed service
+        # reads every upload again, and a zombie of the same version is fenced.
+        self.group_id = f"{config.group_id}-{self.version}"
+        self.totals = BatchStats()
+        self._consumer: KafkaConsumer | None = None
+        self._producer = None
+        self.metrics.gauge("plum_sid_version_info").labels(version=self.version).set(1)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.sync_index()
+        self._producer = make_producer(
+            self.config.bootstrap,
+            transactional_id=f"{self.config.transactional_id}-{self.version}",
+            linger_ms=5,
+        )
+        self._producer.init_transactions()
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=self.config.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self.config.batch_size,
+            client_id="plum-sid-service",
+        )
+        self._consumer.subscribe(self.source_topics)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._producer is not None:
+            self._producer.close()
+
+    def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> BatchStats:
+        """Process batches until `stop` is set (or no input for `idle_exit_s`)."""
+        self.start()
+        started = last_log = time.monotonic()
+        last_input = started
+        try:
+            while not stop.is_set():
+                records = self._poll_batch(stop)
+                if records:
+                    last_input = time.monotonic()
+                    self.process(records)
+                elif idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:
+                    log.info("no uploads for %.1f s: exiting", idle_exit_s)
+                    break
+                now = time.monotonic()
+                if now - last_log > self.config.progress_every_s:
+                    last_log = now
+                    rate = self.totals.consumed / max(now - started, 1e-9)
+                    log.info(
+                        "sid service %s: %d uploads (%.0f/s), %d assigned, %d collisions, %d dead letters, index %d",
+                        self.version,
+                        self.totals.consumed,
+                        rate,
+                        self.totals.assigned,
+                        self.totals.collisions,
+                        sum(self.totals.dead_letters.values()),
+                        self.index.size(self.version),
+                    )
+        finally:
+            self.close()
+        return self.totals
+
+    # ------------------------------------------------------------------ the cycle
+
+    def _poll_batch(self, stop: threading.Event) -> list:
+        assert self._consumer is not None
+        deadline = time.monotonic() + self.config.batch_time_ms / 1000
+        records: list = []
+        while len(records) < self.config.batch_size and not stop.is_set():
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            polled = self._consumer.poll(
+                timeout_ms=min(remaining_ms, self.config.poll_timeout_ms),
+                max_records=self.config.batch_size - len(records),
+            )
+            for batch in polled.values():
+                records.extend(batch)
+        return records
+
+    def process(self, records: list) -> BatchStats:
+        """Assign SIDs for one batch of consumed upload records and commit it atomically."""
+        assert self._producer is not None and self._consumer is not None
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        stats = BatchStats(consumed=len(records))
+        limits = schema.ValidationLimits(
+            now_ms=now_ms, max_future_ms=self.config.max_future_ms, embedding_dims=self.dims
+        )
+        uploads: dict[str, tuple[schema.UploadEvent, Any]] = {}
+        letters: list[schema.DeadLetter] = []
+        for rec in records:
+            try:
+                event = schema.decode_upload(rec.value, limits)
+            except schema.ValidationError as err:
+                letters.append(
+                    schema.DeadLetter.of(
+                        rec.topic, rec.partition, rec.offset, err, rec.value, now_ms
+                    )
+                )
+                continue
+            uploads[event.video_id] = (event, rec)  # the last upload of a video in a batch wins
+        outputs: list[tuple[bytes, bytes]] = []
+        latencies: list[float] = []
+        # The index commits when this block exits, i.e. only after the Kafka transaction
+        # committed; any exception rolls it back (see the module docstring).
+        with self.index.transaction():
+            fresh = [vid for vid in uploads if self.index.lookup(self.version, vid) is None]
+            stats.reused = len(uploads) - len(fresh)
+            if fresh:
+                outputs, latencies = self._assign(fresh, uploads, letters, stats, now_ms)
+            self._commit_to_kafka(records, outputs, letters)
+        for letter in letters:
+            stats.dead_letters[letter.reason] += 1
+        self._account(stats, latencies, time.perf_counter() - started)
+        return stats
+
+    def _assign(
+        self, fresh: list[str], uploads: dict, letters: list, stats: BatchStats, now_ms: int
+    ):
+        inputs = {
+            name: np.asarray([uploads[v][0].embeddings[name] for v in fresh], np.float32)
+            for name in self.dims
+        }
+        codes = np.asarray(self.tokenizer.encode(inputs))  # [len(fresh), L]
+        outputs: list[tuple[bytes, bytes]] = []
+        latencies: list[float] = []
+        wall_ms = time.time() * 1000
+        for vid, row in zip(fresh, codes, strict=True):
+            event, rec = uploads[vid]
+            try:
+                assignment = self.index.assign(self.version, vid, row.tolist(), now_ms)
+            except SidSpaceExhausted as exc:
+                err = schema.ValidationError(schema.SID_SPACE_EXHAUSTED, str(exc))
+                letters.append(
+                    schema.DeadLetter.of(
+                        rec.topic, rec.partition, rec.offset, err, rec.value, now_ms
+                    )
+                )
+                continue
+            self.index.remember_item(vid, event.ts, event.embeddings)
+            stats.assigned += 1
+            stats.collisions += assignment.sid[-1] > 0
+            value = schema.encode(
+                schema.SidAssignment(
+                    video_id=vid, sid=assignment.sid, sid_version=self.version, ts=now_ms
+                )
+            )
+            outputs.append((topic_key(self.version, vid), value))
+            if rec.timestamp is not None and rec.timestamp > 0:
+                latencies.append(max(0.0, (wall_ms - rec.timestamp) / 1000))
+        return outputs, latencies
+
+    def _commit_to_kafka(
+        self, records: list, outputs: list[tuple[bytes, bytes]], letters: list
+    ) -> None:
+        producer, consumer = self._producer, self._consumer
+        producer.begin_transaction()
+        futures = [producer.send(self.topics.sid_assignments, key=k, value=v) for k, v in outputs]
+        for letter in letters:
+            producer.send(self.topics.deadletter, value=schema.encode(letter))
+        next_offsets: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            next_offsets[tp] = max(next_offsets.get(tp, 0), rec.offset + 1)
+        producer.send_offsets_to_transaction(
+            {tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()},
+            consumer.group_metadata(),
+        )
+        producer.commit_transaction()
+        for fut in futures:
+            fut.get(timeout=30)  # already acknowledged by the commit; raises if one was not
+
+    def _account(self, stats: BatchStats, latencies: Iterable[float], seconds: float) -> None:
+        m = self.metrics
+        m.counter("plum_sid_uploads_consumed_total").inc(stats.consumed)
+        m.counter("plum_sid_assignments_total").labels(version=self.version).inc(stats.assigned)
+        m.counter("plum_sid_collisions_total").labels(version=self.version).inc(stats.collisions)
+        m.histogram("plum_sid_batch_seconds").observe(seconds)
+        hist = m.histogram("plum_sid_upload_to_sid_seconds")
+        for latency in latencies:
+            hist.observe(latency)
+        for reason, n in stats.dead_letters.items():
+            m.counter("plum_deadletter_total").labels(
+                component="sid_service", source_topic=self.topics.uploads, reason=reason
+            ).inc(n)
+            self.totals.dead_letters[reason] += n
+        m.gauge("plum_sid_index_size").labels(version=self.version).set(
+            self.index.size(self.version)
+        )
+        self.totals.consumed += stats.consumed
+        self.totals.assigned += stats.assigned
+        self.totals.reused += stats.reused
+        self.totals.collisions += stats.collisions
+
+    # ------------------------------------------------------------------ index sync
+
+    def sync_index(self, timeout_s: float = 60.0) -> int:
+        """Bring the local index up to the assignments topic's committed end; returns records read."""
+        return sync_index_from_topic(
+            self.index, self.config.bootstrap, self.topics.sid_assignments, timeout_s
+        )
+
+
+def sync_index_from_topic(
+    index: SidIndex, bootstrap: str, topic: str, timeout_s: float = 60.0
+) -> int:
+    """Read `topic` from the offsets `index` last saw to the end (read_committed) into it.
+
+    With an empty or missing index file this is the full rebuild from the compacted topic.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        client_id="plum-sid-sync",
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return 0
+        consumer.assign(tps)
+        seen = index.topic_offsets(topic)
+        for tp in tps:
+            consumer.seek(tp, seen.get(tp.partition, 0))
+        ends = consumer.end_offsets(tps)
+        count = 0
+        deadline = time.monotonic() + timeout_s
+        with index.transaction():
+            while any(consumer.position(tp) < ends[tp] for tp in tps):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"syncing the SID index from {topic} took over {timeout_s} s"
+                    )
+                for batch in consumer.poll(timeout_ms=200).values():
+                    for rec in batch:
+                        if rec.value is None:
+                            continue  # tombstone
+                        a = schema.decode_sid_assignment(rec.value)
+                        index.record(a.sid_version, a.video_id, a.sid, a.ts)
+                        count += 1
+            index.set_topic_offsets(topic, {tp.partition: consumer.position(tp) for tp in tps})
+        if count:
+            log.info("synced %d SID assignments from %s into %s", count, topic, index.path)
+        return count
+    finally:
+        consumer.close()
+
+
+def reindex(
+    index: SidIndex,
+    tokenizer: SidEncoder,
+    bootstrap: str,
+    topics: TopicNames,
+    chunk: int = 4096,
+) -> int:
+    """Assign every video the index knows under `tokenizer`'s (new) version and publish.
+
+    The old version's SIDs stay in the index and the topic (keys differ by version) and
+    stay active until `SidIndex.switch`. Safe to re-run: videos already assigned under the
+    new version are skipped. Returns the number of new assignments.
+    """
+    version = tokenizer.sid_version
+    dims = dict(tokenizer.modalities)
+    producer = make_producer(bootstrap, transactional_id=f"plum-sid-reindex-{version}")
+    producer.init_transactions()
+    total = 0
+    started = time.monotonic()
+    pending = [
+        (vid, ts, emb) for vid, ts, emb in index.items() if index.lookup(version, vid) is None
+    ]
+    try:
+        for start in range(0, len(pending), chunk):
+            part = pending[start : start + chunk]
+            part = [(v, t, e) for v, t, e in part if set(e) == set(dims)]
+            if not part:
+                continue
+            codes = np.asarray(
+                tokenizer.encode({n: np.stack([e[n] for _, _, e in part]) for n in dims})
+            )
+            now_ms = int(time.time() * 1000)
+            with index.transaction():
+                producer.begin_transaction()
+                for (vid, _, _), row in zip(part, codes, strict=True):
+                    a = index.assign(version, vid, row.tolist(), now_ms)
+                    value = schema.encode(schema.SidAssignment(vid, a.sid, version, now_ms))
+                    producer.send(topics.sid_assignments, key=topic_key(version, vid), value=value)
+                producer.commit_transaction()
+            total += len(part)
+            elapsed = time.monotonic() - started
+            rate = total / max(elapsed, 1e-9)
+            log.info(
+                "reindex %s: %d/%d (%.0f/s, ETA %.0f s)",
+                version,
+                total,
+                len(pending),
+                rate,
+                (len(pending) - total) / max(rate, 1e-9),
+            )
+    finally:
+        producer.close()
+    return total
