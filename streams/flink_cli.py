@@ -1,0 +1,186 @@
+"""`plum flink run`: run the PyFlink job (streams.flink_job) in local mode, or as a backfill.
+
+    plum flink run [--config P] [--bootstrap H:P] [--topic-prefix P]
+                   [--backfill --from T1 --to T2] [--output-suffix S]
+                   [--checkpoint-dir D] [--parallelism N] [--fresh | --restore PATH]
+                   [--metrics-port PORT]
+
+Times T1/T2 are epoch milliseconds or ISO-8601 (`2023-11-14T22:13:20Z`). A live run
+resumes from the newest retained checkpoint under the checkpoint dir unless `--fresh`
+(or an explicit `--restore PATH`) is given, so restarting a killed job is just running
+the same command again. A backfill always starts fresh (it reads the replay topic from
+the beginning, keeps records with T1 <= ts < T2), writes to the same output topics (or
+`<topic><suffix>` side by side) and exits when the bounded input is done. SIGTERM/SIGINT
+cancel the job; the retained checkpoint stays for the next start.
+
+On a Flink cluster: `flink run -py streams/flink_cli.py -pyfs plum,streams,monitoring
+--jarfile build/jvm/flink/flink-sql-connector-kafka-*.jar run --bootstrap ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from plum.config import ConfigError
+from streams import topics as topic_defs
+from streams.flink_job import FlinkConfig, RunOptions, build, latest_checkpoint, load_flink_config
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+
+def parse_time_ms(text: str) -> int:
+    """Epoch milliseconds, or an ISO-8601 time (naive times are UTC)."""
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not epoch ms or ISO-8601: {text!r}") from None
+    if dt.tzinfo is None:
+
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plum flink", description="Run the PyFlink job.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the job (live, or --backfill over a time range)")
+    r.add_argument("--config", type=Path, default=None, help="TOML config ([flink] section)")
+    r.add_argument("--bootstrap", default=None, help="Kafka bootstrap HOST:PORT")
+    r.add_argument("--topic-prefix", default=None, help="prefix of every topic name (tests)")
+    r.add_argument("--backfill", action="store_true", help="bounded run over the replay topic")
+    r.add_argument("--from", dest="from_ms", type=parse_time_ms, default=None, help="backfill start (incl.)")
+    r.add_argument("--to", dest="to_ms", type=parse_time_ms, default=None, help="backfill end (excl.)")
+    r.add_argument("--output-suffix", default="", help="write to <topic><suffix> instead")
+    r.add_argument("--checkpoint-dir", type=Path, default=None)
+    r.add_argument("--parallelism", type=int, default=None)
+    r.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (0: off)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--fresh", action="store_true", help="ignore retained checkpoints")
+    g.add_argument("--restore", default=None, help="resume from this checkpoint/savepoint path")
+    return p
+
+
+def _ensure_suffixed_topics(bootstrap: str, names: TopicNames, suffix: str) -> None:
+    from streams.kafka_admin import ensure_topics
+
+    specs = []
+    for base, name in (
+        (topic_defs.COOCCURRENCE, names.cooccurrence),
+        (topic_defs.SFT_EXAMPLES, names.sft_examples),
+        (topic_defs.DEADLETTER, names.deadletter),
+    ):
+        s = topic_defs.spec(base)
+        specs.append(topic_defs.TopicSpec(f"{name}{suffix}", s.partitions, s.retention_ms, s.compacted, s.key))
+    ensure_topics(bootstrap, specs)
+
+
+def run(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if opts.output_suffix:
+        _ensure_suffixed_topics(cfg.bootstrap, opts.topics, opts.output_suffix)
+    env, t_env, stmts = build(cfg, opts, checkpoint_dir)
+    started = time.monotonic()
+    result = stmts.execute()
+    client = result.get_job_client()
+    job_id = client.get_job_id() if client else None
+    log.info(
+        "flink job %s started (%s, source %s, checkpoints %s%s)",
+        job_id, "backfill" if opts.backfill else "live", opts.source_topic, checkpoint_dir,
+        f", restored from {opts.restore_path}" if opts.restore_path else "",
+    )
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %s: cancelling the job (retained checkpoints stay)", signum)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        waiter = threading.Thread(target=_wait, args=(result, stop), daemon=True)
+        waiter.start()
+        while not stop.is_set():
+            stop.wait(1.0)
+        if client is not None and waiter.is_alive():
+            try:
+                client.cancel().result()
+            except Exception as exc:  # already finished or failing: the status says which
+                log.info("cancel: %s", exc)
+        waiter.join(timeout=30)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    log.info("flink job %s ended after %.1f s: %s", job_id, time.monotonic() - started, _WAIT_RESULT.get("status"))
+    return 0 if _WAIT_RESULT.get("ok", True) else 1
+
+
+_WAIT_RESULT: dict = {}
+
+
+def _wait(result, stop: threading.Event) -> None:
+    try:
+        result.wait()
+        _WAIT_RESULT.update(ok=True, status="finished")
+    except Exception as exc:
+        cancelled = "cancel" in str(exc).lower()
+        _WAIT_RESULT.update(ok=cancelled, status="cancelled" if cancelled else f"failed: {exc}")
+        if not cancelled:
+            log.error("flink job failed: %s", exc)
+    finally:
+        stop.set()
+
+
+def cli(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "run":
+        return 2
+    try:
+        cfg = load_flink_config(
+            args.config,
+            bootstrap=args.bootstrap,
+            topic_prefix=args.topic_prefix,
+            parallelism=args.parallelism,
+            checkpoint_dir=args.checkpoint_dir,
+            metrics_port=args.metrics_port,
+        )
+    except ConfigError as exc:
+        print(f"plum flink: {exc}", file=sys.stderr)
+        return 2
+    if args.backfill and (args.from_ms is None or args.to_ms is None or args.from_ms >= args.to_ms):
+        print("plum flink: --backfill needs --from T1 --to T2 with T1 < T2", file=sys.stderr)
+        return 2
+    if not args.backfill and (args.from_ms is not None or args.to_ms is not None):
+        print("plum flink: --from/--to only apply with --backfill", file=sys.stderr)
+        return 2
+    checkpoint_dir = cfg.resolved_checkpoint_dir()
+    if args.backfill:
+        # A backfill's checkpoints live apart from the live job's so neither resumes the other.
+        checkpoint_dir = checkpoint_dir / f"backfill-{args.from_ms}-{args.to_ms}{args.output_suffix}"
+    restore = args.restore
+    if restore is None and not args.fresh and not args.backfill:
+        found = latest_checkpoint(checkpoint_dir)
+        restore = str(found) if found else None
+    opts = RunOptions(
+        backfill=args.backfill,
+        from_ms=args.from_ms,
+        to_ms=args.to_ms,
+        output_suffix=args.output_suffix,
+        restore_path=restore,
+        topics=TopicNames.with_prefix(cfg.topic_prefix) if cfg.topic_prefix else TopicNames(),
+    )
+    return run(cfg, opts, checkpoint_dir)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,550 @@
+"""The PyFlink job: watches -> co-occurrence pairs, reward-sampled SFT examples, dead letters.
+
+Graph (operator uids in brackets; they are stable so checkpoints and savepoints survive
+changes to the job):
+
+    Kafka source, SQL connector, JVM [src-watches]
+      value as raw bytes + partition + offset metadata; event time = JSON `ts` extracted
+      in the JVM (JSON_VALUE) only to drive watermarks: bounded out-of-orderness and
+      idleness, generated per Kafka partition inside the source
+    -> validate, Python [validate]                    -- failures -> dead letters
+      the shared schema (streams.schema.decode_watch) so every component rejects the same
+      records for the same reasons
+    -> key by user_id -> user timeline, Python [user-timeline]
+      per-user ValueState with TTL: lateness, event-time ordering, sessions, history,
+      pairs, reward + deterministic sampling (streams.user_timeline, streams.reward)
+         |-- main output: SFT examples ----------------------> Kafka sink, EXACTLY_ONCE
+         |-- side output `late` -> dead letters -------------> Kafka sink, EXACTLY_ONCE
+         `-- side output `pairs` (a, b, ts)
+              -> SQL window TVF (TUMBLE or HOP on ts), COUNT(*) GROUP BY a, b, window,
+                 HAVING COUNT(*) >= min_count, JVM --------> Kafka sink, EXACTLY_ONCE
+
+Why this split: Python per-record work is the cost (ARCHITECTURE.md: ~17k rec/s for one
+Python keyed operator in thread mode on 2 cores), so everything that needs no Python runs
+in the JVM: Kafka I/O, the `ts` extraction for watermarks, window assignment, counting
+and the min_count filter, and the JSON encoding of pairs. Validation must be the shared
+Python schema (one definition of "valid" for the whole system) and the per-user logic
+(ordering, sessions, history, blake2b sampling) is not expressible in SQL without a
+Java UDF, so those two stay in Python, chained into as few Python operators as keying
+allows. Python runs in `thread` mode (PEMJA, in the JVM; no gRPC hop) by default; see
+`bench/flink.py` for the measurement behind that default.
+
+Exactly-once: checkpoints (EXACTLY_ONCE mode, retained on cancellation, local file
+system here, any Flink file system at scale), Kafka sinks with
+`sink.delivery-guarantee = exactly-once` and one transactional-id prefix per output
+topic; downstream consumers read `read_committed`. Output becomes visible when the
+checkpoint that covers it completes, so end-to-end latency >= checkpoint interval.
+
+Lateness and ordering semantics are in streams.user_timeline; in short: lateness is
+decided per user against that user's newest event time (deterministic, independent of
+partition interleaving), and released watches are processed in (ts, event_id) order
+when the watermark passes them. Pair timestamps are therefore never behind the
+watermark seen by the window operator, so no pair is ever dropped there.
+
+Running on a cluster: the same module runs with
+`flink run -py streams/flink_cli.py -pyfs streams,plum,monitoring --jarfile <kafka connector jar> run ...`
+(or the Flink Kubernetes Operator with a PyFlink image); the checkpoint dir then points
+at a shared file system (s3://, hdfs://) and parallelism at the number of slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plum.config import load_section, state_dir
+from streams import schema
+from streams.reward import RewardWeights
+from streams.topics import TopicNames
+from streams.user_timeline import TimelineParams
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "flink"
+# The job watermark ignores `ts` values further in the future than this when driving
+# event time (they are dead-lettered as future_timestamp by validation anyway); without
+# it, one bogus far-future record would move every partition's watermark past all data.
+WATERMARK_FUTURE_GUARD_MS = schema.DEFAULT_MAX_FUTURE_MS
+
+
+@dataclass(frozen=True)
+class FlinkConfig:
+    """`[flink]` of the config TOML; env overrides PLUM_FLINK__FIELD."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    group_id: str = "plum-flink"
+    starting_offsets: str = "earliest"  # earliest | latest | committed (first start only)
+    job_name: str = "plum-flink"
+    parallelism: int = 1
+    # Python execution: "thread" (PEMJA, in the JVM) or "process" (separate workers, gRPC).
+    python_execution_mode: str = "thread"
+    bundle_size: int = 1000
+    bundle_time_ms: int = 100
+    # Checkpointing and exactly-once output.
+    checkpoint_interval_ms: int = 10_000
+    checkpoint_dir: Path | None = None  # None: $PLUM_STATE_DIR/flink/checkpoints
+    transactional_id_prefix: str = "plum-flink"
+    transaction_timeout_ms: int = 15 * 60_000  # must stay under the broker's 1 h ceiling
+    restart_attempts: int = 3
+    # Event time.
+    out_of_orderness_ms: int = 60_000
+    idleness_ms: int = 30_000
+    allowed_lateness_ms: int = 60_000
+    # Per-user state.
+    state_ttl_ms: int = 7 * 24 * 3_600_000
+    session_gap_ms: int = 30 * 60_000
+    history_len: int = 20
+    pair_prev_k: int = 3
+    # Co-occurrence windows (event time). window: tumbling | sliding.
+    window: str = "tumbling"
+    window_size_ms: int = 3_600_000
+    window_slide_ms: int = 600_000
+    min_count: int = 2
+    # Reward (streams.reward) and sampling.
+    w_click: float = 1.0
+    w_ratio: float = 1.0
+    w_satisfaction: float = 0.5
+    ratio_cap: float = 1.0
+    satisfaction_default: float = 0.5
+    sample_salt: str = ""
+    # Prometheus /metrics from the Python workers; 0 = off.
+    metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.python_execution_mode not in ("thread", "process"):
+            raise ValueError(f"python_execution_mode must be thread or process, got {self.python_execution_mode!r}")
+        if self.window not in ("tumbling", "sliding"):
+            raise ValueError(f"window must be tumbling or sliding, got {self.window!r}")
+        if self.starting_offsets not in ("earliest", "latest", "committed"):
+            raise ValueError(f"starting_offsets must be earliest|latest|committed, got {self.starting_offsets!r}")
+        for name in ("window_size_ms", "window_slide_ms"):
+            value = getattr(self, name)
+            # Window ends leave the JVM as epoch seconds * 1000, so windows are whole seconds.
+            if value <= 0 or value % 1000:
+                raise ValueError(f"{name} must be a positive multiple of 1000 ms, got {value}")
+        if self.window == "sliding" and self.window_size_ms % self.window_slide_ms:
+            raise ValueError("window_size_ms must be a multiple of window_slide_ms")
+        if self.min_count < 1 or self.parallelism < 1 or self.checkpoint_interval_ms <= 0:
+            raise ValueError("min_count, parallelism and checkpoint_interval_ms must be positive")
+        if self.out_of_orderness_ms < 0 or self.idleness_ms < 0:
+            raise ValueError("out_of_orderness_ms and idleness_ms must be >= 0")
+        self.timeline_params()  # validates the rest
+
+    def weights(self) -> RewardWeights:
+        return RewardWeights(
+            click=self.w_click, ratio=self.w_ratio, satisfaction=self.w_satisfaction,
+            ratio_cap=self.ratio_cap, satisfaction_default=self.satisfaction_default,
+        )
+
+    def timeline_params(self) -> TimelineParams:
+        return TimelineParams(
+            allowed_lateness_ms=self.allowed_lateness_ms, session_gap_ms=self.session_gap_ms,
+            history_len=self.history_len, pair_prev_k=self.pair_prev_k,
+            weights=self.weights(), sample_salt=self.sample_salt,
+        )
+
+    def resolved_checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else state_dir() / "flink" / "checkpoints"
+
+
+def load_flink_config(path: Path | str | None = None, **overrides) -> FlinkConfig:
+    return load_section(FlinkConfig, path, "flink", **overrides)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What one run reads and writes (the CLI fills it from flags)."""
+
+    backfill: bool = False
+    from_ms: int | None = None  # backfill: event time range [from_ms, to_ms)
+    to_ms: int | None = None
+    output_suffix: str = ""
+    restore_path: str | None = None  # a retained checkpoint (or savepoint) to resume from
+    topics: TopicNames = field(default_factory=TopicNames)
+
+    @property
+    def source_topic(self) -> str:
+        return self.topics.watches_replay if self.backfill else self.topics.watches
+
+    def out(self, name: str) -> str:
+        return f"{name}{self.output_suffix}"
+
+
+# ------------------------------------------------------------------ Python operators
+# These classes run inside the Flink Python workers; they import what they need lazily
+# so pickling the job graph stays cheap.
+
+
+class _WorkerMetrics:
+    """Process-wide prometheus metrics of the Python workers (one /metrics per worker)."""
+
+    metrics = None
+    server = None
+
+    @classmethod
+    def get(cls, port: int):
+        if cls.metrics is None:
+            from monitoring.metrics import Metrics, serve_metrics
+
+            cls.metrics = Metrics.for_component(COMPONENT)
+            if port:
+                try:
+                    cls.server = serve_metrics(cls.metrics, port, host="127.0.0.1")
+                except OSError as exc:  # a second worker on one host: the first one serves
+                    log.warning("flink metrics port %s busy: %s", port, exc)
+        return cls.metrics
+
+
+def _make_validate_fn(source_topic: str, metrics_port: int):
+    from pyflink.datastream import ProcessFunction
+
+    from streams.user_timeline import watch_tuple
+
+    _init_tags()
+    dl_tag = DEADLETTER_TAG
+
+    class ValidateWatch(ProcessFunction):
+        """raw Kafka record -> (user_id, watch tuple, partition, offset, raw) or a dead letter."""
+
+        def open(self, runtime_context):
+            m = _WorkerMetrics.get(metrics_port)
+            self.m_in = m.counter("plum_flink_records_in_total").labels(topic=source_topic)
+            self.m_dl = m.counter("plum_deadletter_total")
+
+        def process_element(self, row, ctx):
+            raw, partition, offset = row[0], row[1], row[2]
+            self.m_in.inc()
+            try:
+                w = schema.decode_watch(raw, schema.ValidationLimits(now_ms=int(time.time() * 1000)))
+            except schema.ValidationError as err:
+                self.m_dl.labels(component=COMPONENT, source_topic=source_topic, reason=err.reason).inc()
+                yield dl_tag, _dead_letter_row(source_topic, partition, offset, err, raw)
+                return
+            yield (w.user_id, watch_tuple(w), partition, offset, raw)
+
+    return ValidateWatch()
+
+
+def _dead_letter_row(topic, partition, offset, err, raw):
+    from pyflink.common import Row
+
+    dl = schema.DeadLetter.of(topic, partition, offset, err, bytes(raw), int(time.time() * 1000))
+    return Row(None, schema.encode(dl).decode("utf-8"))
+
+
+def _make_timeline_fn(params: TimelineParams, ttl_ms: int, source_topic: str, sft_topic: str, metrics_port: int):
+    from pyflink.common import Row, Time, Types
+    from pyflink.datastream import KeyedProcessFunction
+    from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+
+    from streams import user_timeline as ut
+
+    _init_tags()
+    dl_tag, pairs_tag = DEADLETTER_TAG, PAIRS_TAG
+
+    class UserTimeline(KeyedProcessFunction):
+        def open(self, runtime_context):
+            desc = ValueStateDescriptor("timeline", Types.PICKLED_BYTE_ARRAY())
+            if ttl_ms > 0:
+                ttl = (
+                    StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
+                    .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+                    .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+                    .build()
+                )
+                desc.enable_time_to_live(ttl)
+            self.state = runtime_context.get_state(desc)
+            self.r_max = params.weights.max_reward()
+            m = _WorkerMetrics.get(metrics_port)
+            self.m_accepted = m.counter("plum_flink_records_accepted_total").labels(topic=source_topic)
+            self.m_late = m.counter("plum_deadletter_total").labels(
+                component=COMPONENT, source_topic=source_topic, reason=schema.LATE)
+            self.m_out = m.counter("plum_flink_records_out_total").labels(topic=sft_topic)
+            self.m_sampled = m.counter("plum_flink_examples_sampled_total")
+            self.m_pairs = m.counter("plum_flink_pairs_total")
+            self.m_users = m.counter("plum_flink_state_users_created_total")
+            self.m_pending = m.gauge("plum_flink_pending_watches")
+            self.m_lag = m.gauge("plum_flink_watermark_lag_ms")
+            self.max_seen = None
+
+        def process_element(self, value, ctx):
+            user_id, ev, partition, offset, raw = value
+            st = self.state.value()
+            if st is None:
+                st = ut.new_state()
+                self.m_users.inc()
+            if not ut.admit(st, ev, params.allowed_lateness_ms):
+                err = schema.ValidationError(
+                    schema.LATE,
+                    f"ts={ev[ut.TS]} of user {user_id!r} is late: newest accepted ts {st[ut.MAX_TS]}, "
+                    f"allowed lateness {params.allowed_lateness_ms} ms, released up to {st[ut.RELEASED_MAX]}",
+                )
+                self.m_late.inc()
+                yield dl_tag, _dead_letter_row(source_topic, partition, offset, err, raw)
+                return
+            self.m_accepted.inc()
+            self.m_pending.inc()
+            self.state.update(st)
+            ctx.timer_service().register_event_time_timer(ev[ut.TS])
+            ts = ev[ut.TS]
+            if self.max_seen is None or ts > self.max_seen:
+                self.max_seen = ts
+                wm = ctx.timer_service().current_watermark()
+                if wm is not None and wm > -(2**62):
+                    self.m_lag.set(ts - wm)
+
+        def on_timer(self, timestamp, ctx):
+            st = self.state.value()
+            if st is None:  # expired by TTL
+                return
+            before = len(st[ut.PENDING])
+            pairs, examples = ut.release(st, timestamp, params, self.r_max)
+            self.m_pending.dec(before - len(st[ut.PENDING]))
+            self.state.update(st)
+            for a, b, ts in pairs:
+                yield pairs_tag, Row(a, b, ts)
+            self.m_pairs.inc(len(pairs))
+            if not examples:
+                return
+            user_id = ctx.get_current_key()
+            for ev, r, hist in examples:
+                ex = schema.SftExample(
+                    event_id=ev[ut.EVENT_ID],
+                    user_id=user_id,
+                    history=tuple(schema.HistoryItem(h[0], h[1], h[2], h[3]) for h in hist),
+                    context_video_id=ev[ut.CONTEXT],
+                    target_video_id=ev[ut.VIDEO_ID],
+                    reward=r,
+                    ts=ev[ut.TS],
+                )
+                yield Row(user_id, schema.encode(ex).decode("utf-8"))
+            self.m_sampled.inc(len(examples))
+            self.m_out.inc(len(examples))
+
+    return UserTimeline()
+
+
+# Side-output tags are module-level so the operator code and the graph builder agree.
+DEADLETTER_TAG = None
+PAIRS_TAG = None
+
+
+def _init_tags():
+    global DEADLETTER_TAG, PAIRS_TAG
+    if DEADLETTER_TAG is None:
+        from pyflink.common import Types
+        from pyflink.datastream import OutputTag
+
+        DEADLETTER_TAG = OutputTag("deadletter", KV_TYPE())
+        PAIRS_TAG = OutputTag("pairs", Types.ROW_NAMED(["a", "b", "ts"], [Types.STRING(), Types.STRING(), Types.LONG()]))
+
+
+def KV_TYPE():
+    from pyflink.common import Types
+
+    return Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
+
+
+# ------------------------------------------------------------------ graph
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _with(options: dict[str, str]) -> str:
+    return ",\n  ".join(f"{_sql_str(k)} = {_sql_str(v)}" for k, v in options.items())
+
+
+def export_python_path() -> None:
+    """Let thread-mode Python (PEMJA, embedded in the JVM) import the venv and this repo.
+
+    The embedded interpreter starts from the base Python's default sys.path, not the
+    venv's, so without this it cannot even import `pemja`. The JVM that local mode starts
+    inherits this process's environment, hence PYTHONPATH.
+    """
+    import os
+    import sysconfig
+
+    from plum.config import REPO_ROOT
+
+    wanted = [str(REPO_ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    have = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(wanted + have))
+
+
+def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
+    """The Flink Configuration of one run (local mini-cluster or client)."""
+    from pyflink.common import Configuration
+
+    from plum.jvm import flink_kafka_connector_jar
+
+    c = Configuration()
+    c.set_string("pipeline.jars", flink_kafka_connector_jar().as_uri())
+    c.set_string("pipeline.name", cfg.job_name + ("-backfill" if run.backfill else ""))
+    c.set_string("parallelism.default", str(cfg.parallelism))
+    c.set_string("execution.runtime-mode", "STREAMING")
+    c.set_string("execution.checkpointing.interval", f"{cfg.checkpoint_interval_ms} ms")
+    c.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
+    c.set_string("execution.checkpointing.dir", checkpoint_dir.resolve().as_uri())
+    c.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    c.set_string("execution.checkpointing.num-retained", "3")
+    c.set_string("execution.checkpointing.min-pause", f"{min(cfg.checkpoint_interval_ms, 500)} ms")
+    c.set_string("state.backend.type", "hashmap")
+    c.set_string("restart-strategy.type", "fixed-delay")
+    c.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
+    c.set_string("restart-strategy.fixed-delay.delay", "1 s")
+    c.set_string("python.execution-mode", cfg.python_execution_mode)
+    c.set_string("python.fn-execution.bundle.size", str(cfg.bundle_size))
+    c.set_string("python.fn-execution.bundle.time", str(cfg.bundle_time_ms))
+    c.set_string("python.executable", sys.executable)
+    c.set_string("python.client.executable", sys.executable)
+    c.set_string("table.local-time-zone", "UTC")
+    if run.restore_path:
+        c.set_string("execution.state-recovery.path", run.restore_path)
+    return c
+
+
+def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
+    """Build the job graph; returns (env, statement_set). `statement_set.execute()` runs it."""
+    from pyflink.common import Types
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import Schema, StreamTableEnvironment
+
+    export_python_path()
+    _init_tags()
+    env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(cfg, run, checkpoint_dir))
+    env.set_parallelism(cfg.parallelism)
+    t_env = StreamTableEnvironment.create(env)
+    t_env.get_config().set("table.local-time-zone", "UTC")
+    t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.idleness_ms} ms")
+
+    topics = run.topics
+    src_topic = run.source_topic
+    sft_topic, dl_topic, cooc_topic = run.out(topics.sft_examples), run.out(topics.deadletter), run.out(topics.cooccurrence)
+
+    # ---- source (JVM): raw bytes + metadata; `ts` only for the watermark.
+    ts_expr = "TRY_CAST(JSON_VALUE(CAST(`raw` AS STRING), '$.ts') AS BIGINT)"
+    guard = f"(UNIX_TIMESTAMP() * 1000 + {WATERMARK_FUTURE_GUARD_MS})"
+    src_opts = {
+        "connector": "kafka",
+        "topic": src_topic,
+        "properties.bootstrap.servers": cfg.bootstrap,
+        "properties.group.id": cfg.group_id + ("-backfill" if run.backfill else ""),
+        "properties.isolation.level": "read_committed",
+        "format": "raw",
+        "scan.startup.mode": "earliest-offset" if run.backfill else {
+            "earliest": "earliest-offset", "latest": "latest-offset", "committed": "group-offsets"
+        }[cfg.starting_offsets],
+        "scan.watermark.idle-timeout": f"{cfg.idleness_ms} ms",
+    }
+    if cfg.starting_offsets == "committed" and not run.backfill:
+        src_opts["properties.auto.offset.reset"] = "earliest"
+    if run.backfill:
+        src_opts["scan.bounded.mode"] = "latest-offset"
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE watches_src (
+          `raw` BYTES,
+          `partition` INT METADATA VIRTUAL,
+          `offset` BIGINT METADATA VIRTUAL,
+          `ts_raw` AS {ts_expr},
+          `rt` AS TO_TIMESTAMP_LTZ(CASE WHEN {ts_expr} BETWEEN 0 AND {guard} THEN {ts_expr} ELSE 0 END, 3),
+          WATERMARK FOR `rt` AS `rt` - INTERVAL '{cfg.out_of_orderness_ms / 1000:.3f}' SECOND
+        ) WITH (
+          {_with(src_opts)}
+        )""")
+    where = ""
+    if run.backfill:
+        # A backfill re-runs the records whose event time is in [from, to); records with
+        # no readable ts were dead-lettered by the live run and are not re-sent.
+        where = f"WHERE ts_raw >= {int(run.from_ms)} AND ts_raw < {int(run.to_ms)}"
+    raw_table = t_env.sql_query(f"SELECT `raw`, `partition`, `offset` FROM watches_src {where}")
+    raw_stream = t_env.to_data_stream(raw_table)
+
+    # ---- Python: validation, then per-user timeline.
+    validated = raw_stream.process(_make_validate_fn(src_topic, cfg.metrics_port)).name("validate").uid("validate")
+    timeline = (
+        validated.key_by(lambda v: v[0], key_type=Types.STRING())
+        .process(
+            _make_timeline_fn(cfg.timeline_params(), cfg.state_ttl_ms, src_topic, sft_topic, cfg.metrics_port),
+            output_type=KV_TYPE(),
+        )
+        .name("user-timeline")
+        .uid("user-timeline")
+    )
+    dead = validated.get_side_output(DEADLETTER_TAG).union(timeline.get_side_output(DEADLETTER_TAG))
+    pairs = timeline.get_side_output(PAIRS_TAG)
+
+    # ---- sinks (JVM): one exactly-once Kafka sink per output topic.
+    def kafka_sink(name: str, topic: str, columns: str, value_format: str, key_field: str = "k") -> None:
+        opts = {
+            "connector": "kafka",
+            "topic": topic,
+            "properties.bootstrap.servers": cfg.bootstrap,
+            "key.format": "raw",
+            "key.fields": key_field,
+            "value.format": value_format,
+            "value.fields-include": "EXCEPT_KEY",
+            "sink.delivery-guarantee": "exactly-once",
+            "sink.transactional-id-prefix": f"{cfg.transactional_id_prefix}-{topic}",
+            "properties.transaction.timeout.ms": str(cfg.transaction_timeout_ms),
+        }
+        t_env.execute_sql(f"CREATE TEMPORARY TABLE {name} ({columns}) WITH ({_with(opts)})")
+
+    kafka_sink("sft_sink", sft_topic, "`k` STRING, `v` STRING", "raw")
+    kafka_sink("dl_sink", dl_topic, "`k` STRING, `v` STRING", "raw")
+    kafka_sink(
+        "cooc_sink", cooc_topic,
+        "`k` STRING, `a` STRING, `b` STRING, `count` BIGINT, `window_end` BIGINT, `schema` INT", "json",
+    )
+
+    kv_schema = Schema.new_builder().column("k", "STRING").column("v", "STRING").build()
+    t_env.create_temporary_view("sft_rows", t_env.from_data_stream(timeline, kv_schema))
+    t_env.create_temporary_view("dl_rows", t_env.from_data_stream(dead, kv_schema))
+    pair_schema = (
+        Schema.new_builder()
+        .column("a", "STRING")
+        .column("b", "STRING")
+        .column("ts", "BIGINT")
+        .column_by_expression("rt", "TO_TIMESTAMP_LTZ(ts, 3)")
+        .watermark("rt", "SOURCE_WATERMARK()")
+        .build()
+    )
+    t_env.create_temporary_view("pairs", t_env.from_data_stream(pairs, pair_schema))
+    size_s = cfg.window_size_ms // 1000
+    if cfg.window == "tumbling":
+        window = f"TUMBLE(TABLE pairs, DESCRIPTOR(rt), INTERVAL '{size_s}' SECOND)"
+    else:
+        window = (
+            f"HOP(TABLE pairs, DESCRIPTOR(rt), INTERVAL '{cfg.window_slide_ms // 1000}' SECOND, "
+            f"INTERVAL '{size_s}' SECOND)"
+        )
+
+    stmts = t_env.create_statement_set()
+    stmts.add_insert_sql("INSERT INTO sft_sink SELECT k, v FROM sft_rows")
+    stmts.add_insert_sql("INSERT INTO dl_sink SELECT k, v FROM dl_rows")
+    stmts.add_insert_sql(f"""
+        INSERT INTO cooc_sink
+        SELECT CONCAT(a, '|', b), a, b, COUNT(*),
+               UNIX_TIMESTAMP(CAST(window_end AS STRING)) * 1000, {schema.SCHEMA_VERSION}
+        FROM TABLE({window})
+        GROUP BY a, b, window_start, window_end
+        HAVING COUNT(*) >= {cfg.min_count}""")
+    return env, t_env, stmts
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """Newest completed (has `_metadata`) retained checkpoint under `checkpoint_dir`."""
+    if not checkpoint_dir.is_dir():
+        return None
+    done = [p.parent for p in checkpoint_dir.glob("*/chk-*/_metadata")]
+    if not done:
+        return None
+    return max(done, key=lambda p: (p.stat().st_mtime, int(p.name.split("-")[1])))

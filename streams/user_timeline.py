@@ -1,0 +1,138 @@
+"""Per-user watch timeline: lateness, event-time ordering, sessions, pairs and examples.
+
+This is the pure logic the Flink job runs inside its keyed (per user) Python operator;
+the state is one small picklable list so the operator touches one Flink `ValueState` per
+record. Nothing here knows about Flink.
+
+Semantics (the test reference in tests/reference_pipeline.py reproduces them
+independently, so they are spelled out exactly):
+
+* **Order.** A user's accepted watches are *released* in event-time order, ties broken
+  by event id, never in arrival order. The operator buffers an accepted watch and
+  releases it when Flink's watermark reaches its `ts` (an event-time timer at `ts`);
+  at the end of a bounded input (backfill) the final watermark releases everything.
+* **Lateness** (decided on arrival, per user, so it does not depend on how partitions
+  interleave): a watch is `late` and dead-lettered when
+    - `ts < max_ts_u - allowed_lateness_ms`, where `max_ts_u` is the largest `ts` among the
+      user's previously accepted watches (the records of one user share a Kafka partition
+      key, so their arrival order is the partition order: deterministic); or
+    - `ts <= released_max_u`, the largest `ts` already released for that user (its
+      successors were already emitted; accepting it would reorder history).
+  The second rule depends on the watermark, i.e. on timing; it never fires when every
+  record arrives less than the watermark's out-of-orderness behind the newest `ts` read
+  from its partition, which is what `out_of_orderness_ms` promises. Under that promise the
+  output is a pure function of each user's record sequence.
+* **Sessions.** A released watch opens a new session when more than `session_gap_ms`
+  passed since the user's previously released watch.
+* **Pairs.** Each released watch pairs with each of the previous `pair_prev_k` released
+  watches of the same user that belong to the same session and show a different video;
+  a pair is `(min(v1, v2), max(v1, v2), ts of the later watch)`.
+* **Examples.** A released, clicked watch gets reward r (streams.reward) and is kept
+  when `keep_example(event_id, r, r_max, salt)`. Its history is the user's last
+  `history_len` released watches before it (any session), oldest first, each with watch
+  ratio, watch time and `hours_since = (target.ts - watch.ts) / 3_600_000`.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from dataclasses import dataclass, field
+
+from streams.reward import RewardWeights, keep_example, reward
+
+HOUR_MS = 3_600_000.0
+
+# Positions in the accepted-watch tuple (kept as a tuple: cheap to pickle into Flink state).
+TS, EVENT_ID, VIDEO_ID, WATCH_TIME, DURATION, CLICKED, CONTEXT, SATISFACTION = range(8)
+
+# Positions in the state list.
+MAX_TS, RELEASED_MAX, SESSION, LAST_TS, PENDING, HISTORY = range(6)
+
+
+@dataclass(frozen=True)
+class TimelineParams:
+    allowed_lateness_ms: int = 60_000
+    session_gap_ms: int = 30 * 60_000
+    history_len: int = 20
+    pair_prev_k: int = 3
+    weights: RewardWeights = field(default_factory=RewardWeights)
+    sample_salt: str = ""
+
+    def __post_init__(self) -> None:
+        if self.allowed_lateness_ms < 0 or self.session_gap_ms <= 0:
+            raise ValueError(f"bad lateness/session gap: {self.allowed_lateness_ms}, {self.session_gap_ms}")
+        if self.history_len < 0 or self.pair_prev_k < 0:
+            raise ValueError(f"history_len and pair_prev_k must be >= 0, got {self.history_len}, {self.pair_prev_k}")
+
+    @property
+    def keep_len(self) -> int:
+        return max(self.history_len, self.pair_prev_k)
+
+
+def watch_tuple(w) -> tuple:
+    """The accepted-watch tuple of a `streams.schema.WatchEvent`."""
+    return (
+        w.ts, w.event_id, w.video_id, w.watch_time_s, w.video_duration_s,
+        w.clicked, w.context_video_id, w.satisfaction,
+    )
+
+
+def new_state() -> list:
+    return [None, None, 0, None, [], []]
+
+
+def admit(state: list, ev: tuple, allowed_lateness_ms: int) -> bool:
+    """Buffer `ev` in the user's state; False (and state unchanged) when it is late."""
+    ts = ev[TS]
+    max_ts, released = state[MAX_TS], state[RELEASED_MAX]
+    if max_ts is not None and ts < max_ts - allowed_lateness_ms:
+        return False
+    if released is not None and ts <= released:
+        return False
+    if max_ts is None or ts > max_ts:
+        state[MAX_TS] = ts
+    insort(state[PENDING], ev)
+    return True
+
+
+def release(state: list, upto_ts: int, p: TimelineParams, r_max: float):
+    """Release buffered watches with ts <= upto_ts in (ts, event_id) order.
+
+    Returns (pairs, examples): pairs as (a, b, ts) tuples, examples as
+    (event, reward, history) with history a list of (video_id, ratio, watch_time_s, hours_since).
+    """
+    pending = state[PENDING]
+    n = 0
+    while n < len(pending) and pending[n][TS] <= upto_ts:
+        n += 1
+    if n == 0:
+        return [], []
+    ready, state[PENDING] = pending[:n], pending[n:]
+    history = state[HISTORY]
+    pairs: list[tuple[str, str, int]] = []
+    examples: list[tuple[tuple, float, list]] = []
+    k, hl, gap = p.pair_prev_k, p.history_len, p.session_gap_ms
+    for ev in ready:
+        ts, video = ev[TS], ev[VIDEO_ID]
+        last = state[LAST_TS]
+        if last is None or ts - last > gap:
+            state[SESSION] += 1
+        session = state[SESSION]
+        if k:
+            for h in history[-k:]:
+                if h[4] == session and h[0] != video:
+                    other = h[0]
+                    pairs.append((other, video, ts) if other < video else (video, other, ts))
+        if ev[CLICKED]:
+            ratio = ev[WATCH_TIME] / ev[DURATION] if ev[DURATION] > 0 else 0.0
+            r = reward(True, ratio, ev[SATISFACTION], p.weights)
+            if keep_example(ev[EVENT_ID], r, r_max, p.sample_salt):
+                hist = [(h[0], h[1], h[2], (ts - h[3]) / HOUR_MS) for h in (history[-hl:] if hl else [])]
+                examples.append((ev, r, hist))
+        ratio = ev[WATCH_TIME] / ev[DURATION] if ev[DURATION] > 0 else 0.0
+        history.append((video, ratio, ev[WATCH_TIME], ts, session))
+        if len(history) > p.keep_len:
+            del history[: len(history) - p.keep_len]
+        state[LAST_TS] = ts
+        state[RELEASED_MAX] = ts
+    return pairs, examples

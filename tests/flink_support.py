@@ -1,0 +1,196 @@
+"""Helpers for the Flink tests: a seeded watch stream, the job as a subprocess, outputs.
+
+The stream comes from the project's simulator (valid watches, out-of-order watches held
+back up to 30 s, malformed records of every watch kind). Records go to explicit
+partitions (a blake2b hash of the key) so the test knows each partition's order, and
+each partition ends with one *sentinel* watch far ahead in event time: it moves every
+partition's watermark past all real data, so the final watermark of a live run is
+known exactly (sentinel ts - out_of_orderness) whatever the timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from plum.config import REPO_ROOT
+from streams import schema
+from streams.kafka_clients import make_producer, read_all
+
+TEST_CONFIG = REPO_ROOT / "configs" / "test.toml"
+PARTITIONS = 4  # of plum.watches.v1 (streams/topics.py)
+
+
+def partition_of(key: bytes | None) -> int:
+    return int.from_bytes(hashlib.blake2b(key or b"", digest_size=4).digest(), "big") % PARTITIONS
+
+
+def build_stream(seed: int, events: int, out_of_orderness_ms: int, window_ms: int) -> list[tuple[int, bytes | None, bytes]]:
+    """(partition, key, value) in produce order, sentinels last."""
+    from streams.simulator import generate, load_config
+
+    cfg = load_config(TEST_CONFIG)
+    cfg = replace(cfg, seed=seed, events=events, out_of_order_fraction=0.1, bad_fraction=0.04,
+                  max_delay_ms=30_000)
+    out: list[tuple[int, bytes | None, bytes]] = []
+    max_ts = 0
+    for rec in generate(cfg):
+        if not rec.topic.endswith("watches.v1"):
+            continue
+        out.append((partition_of(rec.key), rec.key, rec.value))
+        try:
+            ts = json.loads(rec.value).get("ts")
+            if isinstance(ts, int) and ts < 4_000_000_000_000:
+                max_ts = max(max_ts, ts)
+        except Exception:
+            pass
+    sentinel_ts = max_ts + out_of_orderness_ms + 2 * window_ms + 1000
+    for p in range(PARTITIONS):
+        ev = schema.WatchEvent(
+            event_id=f"sentinel-{p}", user_id=f"sentinel-{p}", video_id="sentinel", ts=sentinel_ts,
+            watch_time_s=1.0, video_duration_s=10.0, clicked=False, surface="test",
+        )
+        out.append((p, ev.user_id.encode(), schema.encode(ev)))
+    return out
+
+
+def produce(bootstrap: str, topic: str, stream: list[tuple[int, bytes | None, bytes]]) -> list[tuple[int, int, bytes]]:
+    """Produce in order; returns (partition, offset, value) as the broker stored them."""
+    producer = make_producer(bootstrap, max_request_size=2 * 1024 * 1024)
+    futures = [producer.send(topic, key=k, value=v, partition=p) for p, k, v in stream]
+    producer.flush(timeout=60)
+    stored = []
+    for (_p, _, v), f in zip(stream, futures, strict=False):
+        md = f.get(timeout=30)
+        stored.append((md.partition, md.offset, v))
+    producer.close()
+    stored.sort(key=lambda r: (r[0], r[1]))
+    return stored
+
+
+def job_command(bootstrap: str, prefix: str, checkpoint_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "streams.flink_cli", "run", "--config", str(TEST_CONFIG),
+        "--bootstrap", bootstrap, "--topic-prefix", prefix, "--checkpoint-dir", str(checkpoint_dir), *extra,
+    ]
+
+
+class JobProcess:
+    """`plum flink run` in its own process group (the PyFlink client and its JVM)."""
+
+    def __init__(self, cmd: list[str], log_path: Path, env_extra: dict[str, str] | None = None):
+        env = dict(os.environ)
+        env.update(env_extra or {})
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the job dies without a chance to commit."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._reap_group(signal.SIGKILL)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        self._reap_group(signal.SIGKILL)
+        self._log.close()
+        return self.proc.returncode
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"job did not exit within {timeout} s; log tail:\n{self.tail()}") from None
+
+    def _reap_group(self, sig) -> None:
+        # The JVM is a child in the same group; make sure nothing of this group lingers.
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+
+def read_outputs(bootstrap: str, topics, suffix: str = "") -> dict:
+    """Committed (read_committed) outputs, parsed."""
+    sft = [schema.decode_sft_example(r.value) for r in read_all(bootstrap, topics.sft_examples + suffix, timeout_s=60)]
+    cooc = [schema.decode_cooccurrence(r.value) for r in read_all(bootstrap, topics.cooccurrence + suffix, timeout_s=60)]
+    dead = [schema.decode_dead_letter(r.value) for r in read_all(bootstrap, topics.deadletter + suffix, timeout_s=60)]
+    return {"sft": sft, "cooc": cooc, "dead": dead}
+
+
+def wait_for_outputs(bootstrap: str, topics, expected, job: JobProcess | None, timeout_s: float, suffix: str = "") -> dict:
+    """Poll until every output topic holds at least the expected number of records."""
+    want = (len(expected.examples), sum(expected.pairs.values()), sum(expected.dead.values()))
+    deadline = time.monotonic() + timeout_s
+    got = None
+    while time.monotonic() < deadline:
+        outs = read_outputs(bootstrap, topics, suffix)
+        got = (len(outs["sft"]), len(outs["cooc"]), len(outs["dead"]))
+        if all(g >= w for g, w in zip(got, want, strict=False)):
+            return outs
+        if job is not None and not job.alive():
+            raise AssertionError(f"job exited early (rc={job.proc.returncode}); got {got}, want {want}:\n{job.tail()}")
+        time.sleep(1.0)
+    tail = job.tail() if job else ""
+    raise AssertionError(f"outputs (sft, cooc, dead) = {got}, want {want} after {timeout_s} s\n{tail}")
+
+
+def compare(outs: dict, expected) -> None:
+    """Exact comparison of committed outputs with the reference; messages name the difference."""
+    got_ex = Counter(e.event_id for e in outs["sft"])
+    dup = {k: c for k, c in got_ex.items() if c > 1}
+    assert not dup, f"duplicate SFT examples: {list(dup.items())[:5]}"
+    missing = sorted(set(expected.examples) - set(got_ex))
+    extra = sorted(set(got_ex) - set(expected.examples))
+    assert not missing and not extra, f"examples missing {missing[:5]} ({len(missing)}), extra {extra[:5]} ({len(extra)})"
+    for e in outs["sft"]:
+        assert e == expected.examples[e.event_id], f"example differs:\n got {e}\nwant {expected.examples[e.event_id]}"
+    got_pairs = Counter((c.a, c.b, c.count, c.window_end) for c in outs["cooc"])
+    assert got_pairs == expected.pairs, (
+        f"pairs differ: missing {list((expected.pairs - got_pairs).items())[:5]}, "
+        f"extra {list((got_pairs - expected.pairs).items())[:5]}"
+    )
+    got_dead = Counter((d.partition, d.offset, d.reason) for d in outs["dead"])
+    assert got_dead == expected.dead, (
+        f"dead letters differ: missing {list((expected.dead - got_dead).items())[:5]}, "
+        f"extra {list((got_dead - expected.dead).items())[:5]}"
+    )
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text exposition -> {sample with labels: value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

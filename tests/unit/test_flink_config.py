@@ -1,0 +1,46 @@
+"""Flink job config and CLI argument handling (no JVM started here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from plum.config import ConfigError
+from streams.flink_cli import cli, parse_time_ms
+from streams.flink_job import FlinkConfig, latest_checkpoint, load_flink_config
+from tests.flink_support import TEST_CONFIG
+
+
+def test_test_config_loads_and_env_overrides_apply():
+    cfg = load_flink_config(TEST_CONFIG, env={"PLUM_FLINK__PYTHON_EXECUTION_MODE": "process"})
+    assert cfg.python_execution_mode == "process" and cfg.checkpoint_interval_ms == 1000
+
+
+@pytest.mark.parametrize("bad", [dict(window="session"), dict(window_size_ms=1500), dict(python_execution_mode="x"),
+                                 dict(window="sliding", window_size_ms=30_000, window_slide_ms=7_000),
+                                 dict(min_count=0), dict(w_click=-1.0)])
+def test_bad_settings_fail_at_start(bad):
+    with pytest.raises((ValueError, ConfigError)):
+        FlinkConfig(**bad)
+
+
+def test_times_are_epoch_ms_or_iso():
+    assert parse_time_ms("1700000000000") == 1_700_000_000_000
+    assert parse_time_ms("2023-11-14T22:13:20Z") == 1_700_000_000_000
+    assert parse_time_ms("2023-11-14T22:13:20") == 1_700_000_000_000
+
+
+def test_backfill_needs_an_ordered_range(capsys):
+    assert cli(["run", "--config", str(TEST_CONFIG), "--backfill", "--from", "10"]) == 2
+    assert cli(["run", "--config", str(TEST_CONFIG), "--backfill", "--from", "10", "--to", "5"]) == 2
+    assert cli(["run", "--config", str(TEST_CONFIG), "--from", "10", "--to", "20"]) == 2
+    assert "--backfill" in capsys.readouterr().err
+
+
+def test_latest_checkpoint_is_the_newest_completed_one(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    for job, n, done in (("a", 3, True), ("a", 4, False), ("b", 5, True)):
+        d = tmp_path / job / f"chk-{n}"
+        d.mkdir(parents=True)
+        if done:
+            (d / "_metadata").write_bytes(b"x")
+    assert latest_checkpoint(tmp_path).name == "chk-5"

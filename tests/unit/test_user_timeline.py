@@ -1,0 +1,142 @@
+"""Per-user timeline logic (streams/user_timeline.py): lateness, order, sessions, pairs,
+examples; and a property test against the independent reference."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams import schema
+from streams import user_timeline as ut
+from streams.reward import RewardWeights
+from tests.reference_pipeline import RefParams, run_reference
+
+# Sampling always on (r_max tiny relative to any clicked reward) where a test needs examples.
+P = ut.TimelineParams(allowed_lateness_ms=10_000, session_gap_ms=60_000, history_len=3, pair_prev_k=2,
+                      weights=RewardWeights(), sample_salt="")
+
+
+def ev(ts, eid, video, clicked=True, watch=5.0, dur=10.0, ctx=None, sat=None):
+    return (ts, eid, video, watch, dur, clicked, ctx, sat)
+
+
+def run(events, p=P, upto=10**15, r_max=1e-9):
+    state = ut.new_state()
+    late = [e[1] for e in events if not ut.admit(state, e, p.allowed_lateness_ms)]
+    pairs, examples = ut.release(state, upto, p, r_max)
+    return state, late, pairs, examples
+
+
+def test_watch_behind_the_users_newest_by_more_than_allowed_lateness_is_late():
+    _, late, _, _ = run([ev(100_000, "a", "v1"), ev(95_000, "b", "v2"), ev(89_999, "c", "v3")])
+    assert late == ["c"]  # 95_000 is within 10 s of 100_000; 89_999 is not
+
+
+def test_watch_at_or_before_an_already_released_one_is_late():
+    state = ut.new_state()
+    assert ut.admit(state, ev(1000, "a", "v1"), 10_000)
+    ut.release(state, 1000, P, 1.0)
+    assert not ut.admit(state, ev(1000, "b", "v2"), 10_000)
+    assert not ut.admit(state, ev(999, "c", "v2"), 10_000)
+    assert ut.admit(state, ev(1001, "d", "v2"), 10_000)
+
+
+def test_release_is_in_event_time_order_not_arrival_order():
+    _, _, pairs, examples = run([ev(3000, "c", "v3"), ev(1000, "a", "v1"), ev(2000, "b", "v2")])
+    assert [e[0][1] for e in examples] == ["a", "b", "c"]
+    assert [h[0] for h in examples[2][2]] == ["v1", "v2"]
+
+
+def test_equal_timestamps_are_ordered_by_event_id():
+    _, _, _, examples = run([ev(1000, "b", "v2"), ev(1000, "a", "v1")])
+    assert [e[0][1] for e in examples] == ["a", "b"]
+
+
+def test_release_stops_at_the_watermark():
+    state, _, _, examples = run([ev(1000, "a", "v1"), ev(5000, "b", "v2")], upto=4999)
+    assert [e[0][1] for e in examples] == ["a"]
+    assert [e[1] for e in state[ut.PENDING]] == ["b"]
+
+
+def test_each_watch_pairs_with_previous_k_of_its_session_in_canonical_order():
+    events = [ev(1000 * i, f"e{i}", v) for i, v in enumerate(["v3", "v1", "v2", "v4"], start=1)]
+    _, _, pairs, _ = run(events)
+    assert pairs == [
+        ("v1", "v3", 2000),
+        ("v2", "v3", 3000), ("v1", "v2", 3000),
+        ("v1", "v4", 4000), ("v2", "v4", 4000),  # k = 2: v3 is too far back
+    ]
+
+
+def test_no_pairs_across_a_session_gap_and_no_self_pairs():
+    events = [ev(0, "a", "v1"), ev(1000, "b", "v1"), ev(1000 + 60_001, "c", "v2"), ev(1000 + 60_002, "d", "v3")]
+    _, _, pairs, _ = run(events)
+    assert pairs == [("v2", "v3", 61_002)]
+
+
+def test_example_carries_history_features_context_and_reward():
+    events = [ev(0, "a", "v1", watch=2.0, dur=8.0), ev(1_800_000, "b", "v2", ctx="v1", watch=10.0, dur=10.0, sat=0.9)]
+    _, _, _, examples = run(events)
+    target, r, hist = examples[1]
+    assert target[ut.CONTEXT] == "v1" and target[ut.VIDEO_ID] == "v2"
+    assert hist == [("v1", 0.25, 2.0, 0.5)]  # ratio 2/8, watched 2 s, 30 min = 0.5 h earlier
+    assert r == 1.0 + 1.0 * 1.0 + 0.5 * 0.9
+
+
+def test_history_is_capped_and_spans_sessions():
+    events = [ev(i * 100_000, f"e{i}", f"v{i}") for i in range(6)]  # every watch its own session
+    _, _, pairs, examples = run(events)
+    assert pairs == []
+    assert [h[0] for h in examples[-1][2]] == ["v2", "v3", "v4"]
+
+
+def test_unclicked_watches_are_never_examples():
+    _, _, _, examples = run([ev(0, "a", "v1", clicked=False), ev(1, "b", "v2", clicked=False)])
+    assert examples == []
+
+
+# ---------------------------------------------------------------- property: job logic == reference
+
+REF = RefParams(out_of_orderness_ms=10**12, allowed_lateness_ms=5_000, session_gap_ms=20_000, history_len=3,
+                pair_prev_k=2, window="tumbling", window_size_ms=10_000, window_slide_ms=10_000, min_count=1,
+                w_click=1.0, w_ratio=1.0, w_satisfaction=0.5, ratio_cap=1.0, satisfaction_default=0.5,
+                sample_salt="p")
+TP = ut.TimelineParams(allowed_lateness_ms=REF.allowed_lateness_ms, session_gap_ms=REF.session_gap_ms,
+                       history_len=REF.history_len, pair_prev_k=REF.pair_prev_k, weights=RewardWeights(),
+                       sample_salt=REF.sample_salt)
+
+watch_st = st.tuples(
+    st.sampled_from(["u1", "u2", "u3"]), st.integers(0, 120_000), st.sampled_from(["v1", "v2", "v3", "v4"]),
+    st.booleans(), st.floats(0.0, 1.4), st.one_of(st.none(), st.floats(0.0, 1.0)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(watch_st, max_size=40))
+def test_timeline_agrees_with_the_independent_reference(watches):
+    records, events = [], []
+    for i, (user, ts, video, clicked, ratio, sat) in enumerate(watches):
+        w = schema.WatchEvent(event_id=f"e{i:03d}", user_id=user, video_id=video, ts=1_700_000_000_000 + ts,
+                              watch_time_s=round(ratio * 10.0, 1), video_duration_s=10.0, clicked=clicked,
+                              surface="home", satisfaction=sat)
+        records.append((0, i, schema.encode(w)))
+        events.append(w)
+    expected = run_reference(records, REF, now_ms=1_800_000_000_000, final_watermark=None, source_topic="t")
+    states: dict[str, list] = {}
+    late, pairs, examples = set(), Counter(), {}
+    for i, w in enumerate(events):
+        s = states.setdefault(w.user_id, ut.new_state())
+        if not ut.admit(s, ut.watch_tuple(w), TP.allowed_lateness_ms):
+            late.add((0, i, schema.LATE))
+    for s in states.values():
+        ps, exs = ut.release(s, 10**15, TP, TP.weights.max_reward())
+        for a, b, ts in ps:
+            pairs[(a, b, ts - ts % REF.window_size_ms + REF.window_size_ms)] += 1
+        for e, r, hist in exs:
+            examples[e[ut.EVENT_ID]] = (r, [h[0] for h in hist], [h[3] for h in hist])
+    assert late == set(expected.dead)
+    assert Counter({(a, b, c, end): 1 for (a, b, end), c in pairs.items()}) == expected.pairs
+    assert examples == {k: (x.reward, [h.video_id for h in x.history], [h.hours_since for h in x.history])
+                        for k, x in expected.examples.items()}
