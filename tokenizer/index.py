@@ -75,7 +75,9 @@ class SidIndex:
                 version TEXT NOT NULL, prefix TEXT NOT NULL, next_code INTEGER NOT NULL,
                 PRIMARY KEY (version, prefix));
             CREATE TABLE IF NOT EXISTS items (
-                video_id TEXT PRIMARY KEY, ts INTEGER NOT NULL, embeddings TEXT NOT NULL);
+                video_id TEXT PRIMARY KEY, ts INTEGER NOT NULL,
+                layout TEXT NOT NULL,       -- JSON {modality: length}, in blob order
+                embeddings BLOB NOT NULL);  -- float32 vectors, concatenated
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             """
         )
@@ -179,22 +181,28 @@ class SidIndex:
     def remember_item(
         self, video_id: str, ts: int, embeddings: Mapping[str, Iterable[float]]
     ) -> None:
-        payload = json.dumps({k: [float(x) for x in v] for k, v in embeddings.items()})
+        """Keep an item's embeddings (float32) so a reindex needs no replay of uploads."""
+        arrays = {k: np.asarray(v, np.float32) for k, v in embeddings.items()}
+        layout = json.dumps({k: int(a.size) for k, a in arrays.items()})
+        blob = b"".join(a.tobytes() for a in arrays.values())
         self._db.execute(
-            "INSERT INTO items (video_id, ts, embeddings) VALUES (?, ?, ?) "
-            "ON CONFLICT (video_id) DO UPDATE SET ts = excluded.ts, embeddings = excluded.embeddings",
-            (video_id, ts, payload),
+            "INSERT INTO items (video_id, ts, layout, embeddings) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (video_id) DO UPDATE SET ts = excluded.ts, layout = excluded.layout, "
+            "embeddings = excluded.embeddings",
+            (video_id, ts, layout, blob),
         )
 
     def items(self) -> Iterator[tuple[str, int, dict[str, np.ndarray]]]:
-        for video_id, ts, payload in self._db.execute(
-            "SELECT video_id, ts, embeddings FROM items ORDER BY ts, video_id"
-        ):
-            yield (
-                video_id,
-                ts,
-                {k: np.asarray(v, np.float32) for k, v in json.loads(payload).items()},
-            )
+        rows = self._db.execute(
+            "SELECT video_id, ts, layout, embeddings FROM items ORDER BY ts, video_id"
+        )
+        for video_id, ts, layout, blob in rows:
+            flat = np.frombuffer(blob, np.float32)
+            out, start = {}, 0
+            for name, size in json.loads(layout).items():
+                out[name] = flat[start : start + size].copy()
+                start += size
+            yield video_id, ts, out
 
     def item_count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
