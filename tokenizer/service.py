@@ -112,6 +112,7 @@ class SidService:
 
     def start(self) -> None:
         self.sync_index()
+        self.warm_up()
         self._producer = make_producer(
             self.config.bootstrap,
             transactional_id=f"{self.config.transactional_id}-{self.version}",
@@ -128,6 +129,28 @@ class SidService:
             client_id="plum-sid-service",
         )
         self._consumer.subscribe(self.source_topics)
+
+    def warm_up(self) -> None:
+        """Compile the encoder for every batch shape it can see before taking traffic.
+
+        The tokenizer pads batches to powers of two; without this, the first batch of
+        each new size stalls for a JIT compile of a second or more, which is exactly
+        the upload→SID latency tail a live service must not have.
+        """
+        started = time.perf_counter()
+        rows = 1
+        while True:
+            self.tokenizer.encode(
+                {name: np.zeros((rows, dim), np.float32) for name, dim in self.dims.items()}
+            )
+            if rows >= self.config.batch_size:
+                break
+            rows = min(rows * 2, self.config.batch_size)
+        log.info(
+            "encoder warmed up for batches up to %d in %.1f s",
+            self.config.batch_size,
+            time.perf_counter() - started,
+        )
 
     def close(self) -> None:
         if self._consumer is not None:
