@@ -7,6 +7,9 @@ can flush or checkpoint), then SIGKILL after a grace period, and the broker is s
 unless `--keep-kafka` is given. Nothing is left running.
 
 Components join the demo as they are built: the `[demo]` config lists which to start.
+Before the SID service starts, a SID-v2 tokenizer is trained on the simulated platform's
+initial catalogue (the same seed, generated offline) unless `state/demo/tokenizer` holds
+one already.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ class DemoConfig:
     rate: float = 500.0  # simulated events per wall-clock second
     bad_fraction: float = 0.01
     seed: int = 7
-    components: tuple[str, ...] = ("simulator",)
+    components: tuple[str, ...] = ("simulator", "flink", "sid_service")
+    tokenizer_steps: int = 800
+    tokenizer_items: int = 3000
     grace_s: float = 20.0
     simulator_metrics_port: int = 9101
 
@@ -83,6 +88,9 @@ class Child:
             return ""
 
 
+COMPONENTS = ("simulator", "flink", "sid_service")
+
+
 def component_command(
     name: str, config: DemoConfig, bootstrap: str, config_path: str | None
 ) -> list[str]:
@@ -114,7 +122,69 @@ def component_command(
             "--checkpoint-dir",
             str(state_dir() / "flink" / "checkpoints"),
         ]
+    if name == "sid_service":
+        return plum + [
+            "tokenizer",
+            "serve",
+            *common,
+            "--checkpoint",
+            str(tokenizer_dir()),
+            "--index",
+            str(state_dir() / "demo" / "sid-index.sqlite"),
+        ]
     raise ValueError(f"unknown demo component {name!r}")
+
+
+def tokenizer_dir() -> Path:
+    return state_dir() / "demo" / "tokenizer"
+
+
+def train_demo_tokenizer(
+    config: DemoConfig, config_path: str | None, log_dir: Path, env: dict[str, str]
+) -> None:
+    """Write the simulated catalogue's uploads to JSONL and train a tokenizer on them."""
+    if any(tokenizer_dir().glob("*/meta")):
+        log.info("using the tokenizer in %s", tokenizer_dir())
+        return
+    from streams.simulator_config import load_config
+    from streams.simulator_stream import generate
+
+    sim = load_config(config_path, seed=config.seed, bad_fraction=0.0, out_of_order_fraction=0.0)
+    uploads = tokenizer_dir().parent / "catalogue-uploads.jsonl"
+    uploads.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(uploads, "wb") as fh:
+        for record in generate(sim):
+            if record.topic.endswith("uploads.v1"):
+                fh.write(record.value + b"\n")
+                n += 1
+                if n >= config.tokenizer_items:
+                    break
+    log.info(
+        "training the demo tokenizer on %d simulated uploads (%d steps); log %s",
+        n,
+        config.tokenizer_steps,
+        log_dir / "tokenizer-train.log",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "plum.cli",
+        "tokenizer",
+        "train",
+        "--data",
+        f"simulator:{uploads}",
+        "--out",
+        str(tokenizer_dir()),
+        "--steps",
+        str(config.tokenizer_steps),
+    ]
+    cmd += ["--config", config_path] if config_path else []
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "tokenizer-train.log", "ab") as out:
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"tokenizer training failed; see {log_dir / 'tokenizer-train.log'}")
 
 
 def cli(argv: list[str]) -> int:
@@ -126,6 +196,9 @@ def cli(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     config = load_section(DemoConfig, args.config, "demo")
+    unknown = sorted(set(config.components) - set(COMPONENTS))
+    if unknown:
+        parser.error(f"[demo].components: unknown {unknown}; known: {list(COMPONENTS)}")
     kafka = load_kafka_config(args.config)
     broker = LocalBroker(kafka)
     stop = {"signal": None}
@@ -148,6 +221,8 @@ def cli(argv: list[str]) -> int:
         )
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log_dir = state_dir() / "demo" / "logs"
+        if "sid_service" in config.components:
+            train_demo_tokenizer(config, args.config, log_dir, env)
         for name in config.components:
             children.append(
                 Child(
@@ -181,7 +256,7 @@ def cli(argv: list[str]) -> int:
                 last_report = time.monotonic()
                 for c in children:
                     log.info("[%s] %s", c.name, c.last_line()[-200:])
-    except BrokerError as exc:
+    except (BrokerError, RuntimeError) as exc:
         log.error("%s", exc)
         return 1
     finally:
