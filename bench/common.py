@@ -6,13 +6,38 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from plum.config import REPO_ROOT
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+@contextmanager
+def bench_broker(bootstrap: str | None = None, heap_mb: int = 1024) -> Iterator[str]:
+    """Yield `bootstrap` if given, else start a private broker on free ports (its state in
+    a temporary directory) and stop it afterwards; nothing else on the machine is touched."""
+    if bootstrap is not None:
+        yield bootstrap
+        return
+    from streams.broker import KafkaConfig, LocalBroker, free_port
+
+    with tempfile.TemporaryDirectory(prefix="plum-bench-kafka-") as tmp:
+        broker = LocalBroker(
+            KafkaConfig(
+                port=free_port(), controller_port=free_port(), state_dir=Path(tmp), heap_mb=heap_mb
+            )
+        )
+        broker.up()
+        try:
+            yield broker.bootstrap
+        finally:
+            broker.down()
 
 
 def machine() -> dict[str, Any]:

@@ -17,15 +17,13 @@ import logging
 import os
 import re
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from bench.common import write_result
+from bench.common import bench_broker, write_result
 from plum.jvm import java_binary, kafka_classpath
-from streams.broker import KafkaConfig, LocalBroker, free_port
 from streams.kafka_admin import ensure_topics
 from streams.kafka_clients import make_producer
 from streams.topics import TopicSpec
@@ -189,27 +187,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    broker = None
-    bootstrap = args.bootstrap
-    tmp = None
-    if bootstrap is None:
-        tmp = tempfile.TemporaryDirectory(prefix="plum-bench-kafka-")
-        broker = LocalBroker(
-            KafkaConfig(
-                port=free_port(),
-                controller_port=free_port(),
-                state_dir=Path(tmp.name),
-                heap_mb=1024,
-            )
-        )
-        broker.up()
-        bootstrap = broker.bootstrap
-    try:
+    with bench_broker(args.bootstrap) as bootstrap:
         results = run(bootstrap, args.records, args.size, args.partitions)
-    finally:
-        if broker is not None:
-            broker.down()
-            tmp.cleanup()
     metrics = {
         "python_produce_records_per_s": results["python_produce"]["records_per_s"],
         "python_consume_records_per_s": results["python_consume"]["records_per_s"],

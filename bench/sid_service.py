@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import write_result
+from bench.common import bench_broker, write_result
 from bench.kafka import python_consume
 from plum.config import REPO_ROOT
 from streams import schema
-from streams.broker import KafkaConfig, LocalBroker, free_port
 from streams.kafka_admin import ensure_topics
 from streams.kafka_clients import make_producer, read_all
 from streams.topics import TopicNames, topic_set
@@ -172,42 +171,30 @@ def cli(argv: list[str]) -> int:
     tok = train_tokenizer({n: x[:5000] for n, x in emb.items()}, None, tok_config)
     tok.encode({n: emb[n][:8] for n in DIMS})  # compile before timing
 
-    with tempfile.TemporaryDirectory(prefix="plum-bench-sid-") as tmp:
-        broker = LocalBroker(
-            KafkaConfig(
-                port=free_port(),
-                controller_port=free_port(),
-                state_dir=Path(tmp) / "kafka",
-                heap_mb=1024,
-            )
+    with tempfile.TemporaryDirectory(prefix="plum-bench-sid-") as tmp, bench_broker() as bootstrap:
+        for prefix in ("tp.", "lat."):
+            ensure_topics(bootstrap, topic_set(prefix))
+        log.info("throughput run: %d uploads", args.uploads)
+        tp = throughput(
+            bootstrap,
+            "tp.",
+            tok,
+            upload_values(emb, 0, args.uploads, "tp-"),
+            args.batch_size,
+            Path(tmp),
         )
-        broker.up()
-        try:
-            for prefix in ("tp.", "lat."):
-                ensure_topics(broker.bootstrap, topic_set(prefix))
-            log.info("throughput run: %d uploads", args.uploads)
-            tp = throughput(
-                broker.bootstrap,
-                "tp.",
-                tok,
-                upload_values(emb, 0, args.uploads, "tp-"),
-                args.batch_size,
-                Path(tmp),
-            )
-            log.info("throughput: %s", tp)
-            log.info("latency run: %d uploads at %.0f/s", n_lat, args.rate)
-            lat = latency(
-                broker.bootstrap,
-                "lat.",
-                tok,
-                upload_values(emb, args.uploads, n_lat, "lat-"),
-                args.rate,
-                args.batch_time_ms,
-                Path(tmp),
-            )
-            log.info("latency: %s", lat)
-        finally:
-            broker.down()
+        log.info("throughput: %s", tp)
+        log.info("latency run: %d uploads at %.0f/s", n_lat, args.rate)
+        lat = latency(
+            bootstrap,
+            "lat.",
+            tok,
+            upload_values(emb, args.uploads, n_lat, "lat-"),
+            args.rate,
+            args.batch_time_ms,
+            Path(tmp),
+        )
+        log.info("latency: %s", lat)
     path = write_result(
         "sid-service",
         config={
