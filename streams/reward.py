@@ -46,7 +46,9 @@ class RewardWeights:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"reward weight {name} must be finite and >= 0, got {value!r}")
         if not 0.0 <= self.satisfaction_default <= 1.0:
-            raise ValueError(f"satisfaction_default must be in [0, 1], got {self.satisfaction_default!r}")
+            raise ValueError(
+                f"satisfaction_default must be in [0, 1], got {self.satisfaction_default!r}"
+            )
         if self.max_reward() <= 0:
             raise ValueError("reward weights are all zero: r_max would be 0")
 
@@ -54,7 +56,9 @@ class RewardWeights:
         return self.click + self.ratio * self.ratio_cap + self.satisfaction
 
 
-def reward(clicked: bool, watch_ratio: float, satisfaction: float | None, w: RewardWeights) -> float:
+def reward(
+    clicked: bool, watch_ratio: float, satisfaction: float | None, w: RewardWeights
+) -> float:
     """r(clicked, watch ratio, satisfaction) as documented in the module docstring."""
     sat = w.satisfaction_default if satisfaction is None else satisfaction
     ratio = min(max(watch_ratio, 0.0), w.ratio_cap)

@@ -34,13 +34,21 @@ def partition_of(key: bytes | None) -> int:
     return int.from_bytes(hashlib.blake2b(key or b"", digest_size=4).digest(), "big") % PARTITIONS
 
 
-def build_stream(seed: int, events: int, out_of_orderness_ms: int, window_ms: int) -> list[tuple[int, bytes | None, bytes]]:
+def build_stream(
+    seed: int, events: int, out_of_orderness_ms: int, window_ms: int
+) -> list[tuple[int, bytes | None, bytes]]:
     """(partition, key, value) in produce order, sentinels last."""
     from streams.simulator import generate, load_config
 
     cfg = load_config(TEST_CONFIG)
-    cfg = replace(cfg, seed=seed, events=events, out_of_order_fraction=0.1, bad_fraction=0.04,
-                  max_delay_ms=30_000)
+    cfg = replace(
+        cfg,
+        seed=seed,
+        events=events,
+        out_of_order_fraction=0.1,
+        bad_fraction=0.04,
+        max_delay_ms=30_000,
+    )
     out: list[tuple[int, bytes | None, bytes]] = []
     max_ts = 0
     for rec in generate(cfg):
@@ -56,14 +64,22 @@ def build_stream(seed: int, events: int, out_of_orderness_ms: int, window_ms: in
     sentinel_ts = max_ts + out_of_orderness_ms + 2 * window_ms + 1000
     for p in range(PARTITIONS):
         ev = schema.WatchEvent(
-            event_id=f"sentinel-{p}", user_id=f"sentinel-{p}", video_id="sentinel", ts=sentinel_ts,
-            watch_time_s=1.0, video_duration_s=10.0, clicked=False, surface="test",
+            event_id=f"sentinel-{p}",
+            user_id=f"sentinel-{p}",
+            video_id="sentinel",
+            ts=sentinel_ts,
+            watch_time_s=1.0,
+            video_duration_s=10.0,
+            clicked=False,
+            surface="test",
         )
         out.append((p, ev.user_id.encode(), schema.encode(ev)))
     return out
 
 
-def produce(bootstrap: str, topic: str, stream: list[tuple[int, bytes | None, bytes]]) -> list[tuple[int, int, bytes]]:
+def produce(
+    bootstrap: str, topic: str, stream: list[tuple[int, bytes | None, bytes]]
+) -> list[tuple[int, int, bytes]]:
     """Produce in order; returns (partition, offset, value) as the broker stored them."""
     producer = make_producer(bootstrap, max_request_size=2 * 1024 * 1024)
     futures = [producer.send(topic, key=k, value=v, partition=p) for p, k, v in stream]
@@ -79,8 +95,19 @@ def produce(bootstrap: str, topic: str, stream: list[tuple[int, bytes | None, by
 
 def job_command(bootstrap: str, prefix: str, checkpoint_dir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "streams.flink_cli", "run", "--config", str(TEST_CONFIG),
-        "--bootstrap", bootstrap, "--topic-prefix", prefix, "--checkpoint-dir", str(checkpoint_dir), *extra,
+        sys.executable,
+        "-m",
+        "streams.flink_cli",
+        "run",
+        "--config",
+        str(TEST_CONFIG),
+        "--bootstrap",
+        bootstrap,
+        "--topic-prefix",
+        prefix,
+        "--checkpoint-dir",
+        str(checkpoint_dir),
+        *extra,
     ]
 
 
@@ -93,8 +120,14 @@ class JobProcess:
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -122,7 +155,9 @@ class JobProcess:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"job did not exit within {timeout} s; log tail:\n{self.tail()}") from None
+            raise AssertionError(
+                f"job did not exit within {timeout} s; log tail:\n{self.tail()}"
+            ) from None
 
     def _reap_group(self, sig) -> None:
         # The JVM is a child in the same group; make sure nothing of this group lingers.
@@ -140,13 +175,24 @@ class JobProcess:
 
 def read_outputs(bootstrap: str, topics, suffix: str = "") -> dict:
     """Committed (read_committed) outputs, parsed."""
-    sft = [schema.decode_sft_example(r.value) for r in read_all(bootstrap, topics.sft_examples + suffix, timeout_s=60)]
-    cooc = [schema.decode_cooccurrence(r.value) for r in read_all(bootstrap, topics.cooccurrence + suffix, timeout_s=60)]
-    dead = [schema.decode_dead_letter(r.value) for r in read_all(bootstrap, topics.deadletter + suffix, timeout_s=60)]
+    sft = [
+        schema.decode_sft_example(r.value)
+        for r in read_all(bootstrap, topics.sft_examples + suffix, timeout_s=60)
+    ]
+    cooc = [
+        schema.decode_cooccurrence(r.value)
+        for r in read_all(bootstrap, topics.cooccurrence + suffix, timeout_s=60)
+    ]
+    dead = [
+        schema.decode_dead_letter(r.value)
+        for r in read_all(bootstrap, topics.deadletter + suffix, timeout_s=60)
+    ]
     return {"sft": sft, "cooc": cooc, "dead": dead}
 
 
-def wait_for_outputs(bootstrap: str, topics, expected, job: JobProcess | None, timeout_s: float, suffix: str = "") -> dict:
+def wait_for_outputs(
+    bootstrap: str, topics, expected, job: JobProcess | None, timeout_s: float, suffix: str = ""
+) -> dict:
     """Poll until every output topic holds at least the expected number of records."""
     want = (len(expected.examples), sum(expected.pairs.values()), sum(expected.dead.values()))
     deadline = time.monotonic() + timeout_s
@@ -157,10 +203,14 @@ def wait_for_outputs(bootstrap: str, topics, expected, job: JobProcess | None, t
         if all(g >= w for g, w in zip(got, want, strict=False)):
             return outs
         if job is not None and not job.alive():
-            raise AssertionError(f"job exited early (rc={job.proc.returncode}); got {got}, want {want}:\n{job.tail()}")
+            raise AssertionError(
+                f"job exited early (rc={job.proc.returncode}); got {got}, want {want}:\n{job.tail()}"
+            )
         time.sleep(1.0)
     tail = job.tail() if job else ""
-    raise AssertionError(f"outputs (sft, cooc, dead) = {got}, want {want} after {timeout_s} s\n{tail}")
+    raise AssertionError(
+        f"outputs (sft, cooc, dead) = {got}, want {want} after {timeout_s} s\n{tail}"
+    )
 
 
 def compare(outs: dict, expected) -> None:
@@ -170,9 +220,13 @@ def compare(outs: dict, expected) -> None:
     assert not dup, f"duplicate SFT examples: {list(dup.items())[:5]}"
     missing = sorted(set(expected.examples) - set(got_ex))
     extra = sorted(set(got_ex) - set(expected.examples))
-    assert not missing and not extra, f"examples missing {missing[:5]} ({len(missing)}), extra {extra[:5]} ({len(extra)})"
+    assert not missing and not extra, (
+        f"examples missing {missing[:5]} ({len(missing)}), extra {extra[:5]} ({len(extra)})"
+    )
     for e in outs["sft"]:
-        assert e == expected.examples[e.event_id], f"example differs:\n got {e}\nwant {expected.examples[e.event_id]}"
+        assert e == expected.examples[e.event_id], (
+            f"example differs:\n got {e}\nwant {expected.examples[e.event_id]}"
+        )
     got_pairs = Counter((c.a, c.b, c.count, c.window_end) for c in outs["cooc"])
     assert got_pairs == expected.pairs, (
         f"pairs differ: missing {list((expected.pairs - got_pairs).items())[:5]}, "

@@ -158,7 +158,7 @@ def run_reference(
         for w in released:
             if not prev or w.ts - prev[-1][0].ts > p.session_gap_ms:
                 session += 1
-            for h, s in prev[-p.pair_prev_k:] if p.pair_prev_k else []:
+            for h, s in prev[-p.pair_prev_k :] if p.pair_prev_k else []:
                 if s == session and h.video_id != w.video_id:
                     a, b = sorted((h.video_id, w.video_id))
                     for end in _windows(w.ts, p):
@@ -167,7 +167,7 @@ def run_reference(
                 ratio = w.watch_time_s / w.video_duration_s
                 r = _reward(True, ratio, w.satisfaction, p)
                 if _kept(w.event_id, r, p):
-                    hist = prev[-p.history_len:] if p.history_len else []
+                    hist = prev[-p.history_len :] if p.history_len else []
                     out.examples[w.event_id] = schema.SftExample(
                         event_id=w.event_id,
                         user_id=user,

@@ -34,8 +34,12 @@ from tokenizer.train import train_tokenizer
 log = logging.getLogger(__name__)
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "sidv1": {"single_input": True, "multi_resolution": False, "progressive_masking": False,
-              "contrastive_weight": 0.0},
+    "sidv1": {
+        "single_input": True,
+        "multi_resolution": False,
+        "progressive_masking": False,
+        "contrastive_weight": 0.0,
+    },
     "sidv2": {},
     "sidv2-no-multimodal": {"single_input": True},
     "sidv2-no-multires": {"multi_resolution": False},
@@ -44,8 +48,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_variant(name: str, embeddings: dict[str, np.ndarray], pairs: np.ndarray,
-                config: TokenizerConfig) -> dict[str, Any]:
+def run_variant(
+    name: str, embeddings: dict[str, np.ndarray], pairs: np.ndarray, config: TokenizerConfig
+) -> dict[str, Any]:
     change = dict(VARIANTS[name])
     single = change.pop("single_input", False)
     cfg = dataclasses.replace(config, **change)
@@ -66,9 +71,17 @@ def run_variant(name: str, embeddings: dict[str, np.ndarray], pairs: np.ndarray,
     }
 
 
-def datasets(movielens_dir: Path | None, seed: int) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
-    emb, pairs, _ = clustered_items(2000, {"text": 32, "visual": 32, "audio": 16}, num_topics=16,
-                                    latent_dim=24, num_pairs=5000, seed=seed)
+def datasets(
+    movielens_dir: Path | None, seed: int
+) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
+    emb, pairs, _ = clustered_items(
+        2000,
+        {"text": 32, "visual": 32, "audio": 16},
+        num_topics=16,
+        latent_dim=24,
+        num_pairs=5000,
+        seed=seed,
+    )
     out = {"synthetic-simulator": (emb, pairs)}
     if movielens_dir is not None:
         from tokenizer.data import read_movielens
@@ -79,8 +92,12 @@ def datasets(movielens_dir: Path | None, seed: int) -> dict[str, tuple[dict[str,
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="plum bench tokenizer", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=None, help="TOML with [tokenizer] (default: configs/test.toml)")
+    parser = argparse.ArgumentParser(
+        prog="plum bench tokenizer", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--config", default=None, help="TOML with [tokenizer] (default: configs/test.toml)"
+    )
     parser.add_argument("--movielens", default=None, help="dir with ml-100k.item / ml-100k.inter")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -90,25 +107,38 @@ def cli(argv: list[str]) -> int:
     from bench.common import write_result
     from plum.config import REPO_ROOT
 
-    config = load_tokenizer_config(args.config or REPO_ROOT / "configs" / "test.toml", steps=args.steps)
+    config = load_tokenizer_config(
+        args.config or REPO_ROOT / "configs" / "test.toml", steps=args.steps
+    )
     names = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     metrics: dict[str, dict[str, Any]] = {}
-    for ds, (emb, pairs) in datasets(Path(args.movielens) if args.movielens else None, config.seed).items():
+    for ds, (emb, pairs) in datasets(
+        Path(args.movielens) if args.movielens else None, config.seed
+    ).items():
         for name in names:
             log.info("ablation %s / %s", ds, name)
             metrics.setdefault(ds, {})[name] = run_variant(name, emb, pairs, config)
             log.info("  -> %s", metrics[ds][name])
     baseline = {ds: m["sidv1"] for ds, m in metrics.items() if "sidv1" in m}
     ratio = {
-        ds: {k: m["sidv2"][k] / max(m["sidv1"][k], 1e-9)
-             for k in ("uniqueness", "alignment_cooccurring", "alignment_lift")}
-        for ds, m in metrics.items() if "sidv1" in m and "sidv2" in m
+        ds: {
+            k: m["sidv2"][k] / max(m["sidv1"][k], 1e-9)
+            for k in ("uniqueness", "alignment_cooccurring", "alignment_lift")
+        }
+        for ds, m in metrics.items()
+        if "sidv1" in m and "sidv2" in m
     }
-    path = write_result("tokenizer", {"tokenizer": config.to_dict(), "variants": VARIANTS}, metrics,
-                        baseline, ratio, notes="downstream recall to be added with the trainer",
-                        out_dir=Path(args.out_dir) if args.out_dir else None)
+    path = write_result(
+        "tokenizer",
+        {"tokenizer": config.to_dict(), "variants": VARIANTS},
+        metrics,
+        baseline,
+        ratio,
+        notes="downstream recall to be added with the trainer",
+        out_dir=Path(args.out_dir) if args.out_dir else None,
+    )
     print(path)
     return 0

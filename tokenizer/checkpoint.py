@@ -51,7 +51,9 @@ def save_tokenizer(tok: TrainedTokenizer, directory: Path | str) -> Path:
     with _manager(directory) as mngr:
         mngr.save(
             tok.step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
             force=True,
         )
         mngr.wait_until_finished()
@@ -70,11 +72,14 @@ def load_tokenizer(directory: Path | str, step: int | None = None) -> TrainedTok
         if step is None:
             raise CheckpointError(f"{directory} holds no tokenizer checkpoint")
         restored = mngr.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
         )
     meta, state = restored["meta"], restored["state"]
     if meta.get("layout") != LAYOUT_VERSION:
-        raise CheckpointError(f"{directory}/{step}: layout {meta.get('layout')!r}, expected {LAYOUT_VERSION}")
+        raise CheckpointError(
+            f"{directory}/{step}: layout {meta.get('layout')!r}, expected {LAYOUT_VERSION}"
+        )
     levels = len(meta["level_sizes"])
     tok = TrainedTokenizer(
         config=TokenizerConfig.from_dict(meta["config"]),

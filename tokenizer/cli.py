@@ -9,9 +9,18 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tokenizer.train", "train the SID-v2 RQ-VAE and write an orbax checkpoint"),
     "report": ("tokenizer.report", "SID uniqueness, codebook use, reconstruction, alignment"),
-    "ablation": ("tokenizer.ablation", "SID-v1 vs SID-v2 ablation (what `plum bench tokenizer` runs)"),
-    "serve": ("tokenizer.service_cli:serve", "the streaming SID assignment service (uploads -> SIDs)"),
-    "reindex": ("tokenizer.service_cli:reindex_cli", "assign every known video under a new tokenizer version"),
+    "ablation": (
+        "tokenizer.ablation",
+        "SID-v1 vs SID-v2 ablation (what `plum bench tokenizer` runs)",
+    ),
+    "serve": (
+        "tokenizer.service_cli:serve",
+        "the streaming SID assignment service (uploads -> SIDs)",
+    ),
+    "reindex": (
+        "tokenizer.service_cli:reindex_cli",
+        "assign every known video under a new tokenizer version",
+    ),
     "switch": ("tokenizer.service_cli:switch_cli", "make a SID version the active one"),
     "index": ("tokenizer.service_cli:index_cli", "show the local SID index (versions, sizes)"),
 }

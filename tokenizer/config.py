@@ -57,8 +57,15 @@ class TokenizerConfig:
                 f"codebook_base={self.codebook_base} with num_levels={self.num_levels} "
                 f"gives level sizes {sizes}; every level needs >= 2 codes"
             )
-        for name in ("latent_dim", "modality_dim", "batch_size", "pair_batch_size", "steps",
-                     "dead_code_window", "log_every"):
+        for name in (
+            "latent_dim",
+            "modality_dim",
+            "batch_size",
+            "pair_batch_size",
+            "steps",
+            "dead_code_window",
+            "log_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.temperature <= 0:

@@ -85,9 +85,15 @@ def read_uploads(path: Path) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
     shapes = Counter(tuple(sorted((k, len(v)) for k, v in e.items())) for e in by_id.values())
     layout, _ = shapes.most_common(1)[0]
     if len(shapes) > 1:
-        log.warning("uploads have %d embedding layouts; keeping the %d items with %s",
-                    len(shapes), shapes[layout], layout)
-    ids = tuple(v for v, e in by_id.items() if tuple(sorted((k, len(x)) for k, x in e.items())) == layout)
+        log.warning(
+            "uploads have %d embedding layouts; keeping the %d items with %s",
+            len(shapes),
+            shapes[layout],
+            layout,
+        )
+    ids = tuple(
+        v for v, e in by_id.items() if tuple(sorted((k, len(x)) for k, x in e.items())) == layout
+    )
     embeddings = {name: np.array([by_id[v][name] for v in ids], np.float32) for name, _ in layout}
     return ids, embeddings
 
@@ -142,7 +148,9 @@ def read_movielens(directory: Path, min_rating: float = 4.0, max_gap: int = 1) -
     item_file, inter_file = directory / "ml-100k.item", directory / "ml-100k.inter"
     for f in (item_file, inter_file):
         if not f.exists():
-            raise DataSpecError(f"{f} not found; fetch it with /work/shared/data/fetch-movielens-100k")
+            raise DataSpecError(
+                f"{f} not found; fetch it with /work/shared/data/fetch-movielens-100k"
+            )
     header, rows = _read_atomic(item_file)
     col = {h: i for i, h in enumerate(header)}
     genres = sorted({g for r in rows for g in r[col["class"]].split()})
@@ -168,7 +176,8 @@ def read_movielens(directory: Path, min_rating: float = 4.0, max_gap: int = 1) -
     for r in inter:
         if float(r[col["rating"]]) >= min_rating and r[col["item_id"]] in index:
             by_user.setdefault(r[col["user_id"]], []).append(
-                (float(r[col["timestamp"]]), index[r[col["item_id"]]]))
+                (float(r[col["timestamp"]]), index[r[col["item_id"]]])
+            )
     counts: Counter[tuple[int, int]] = Counter()
     for seq in by_user.values():
         seq.sort()

@@ -65,7 +65,10 @@ class TrainedTokenizer:
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
         self.codebooks = tuple(jnp.asarray(cb, jnp.float32) for cb in codebooks)
         self.stats = {
-            n: {"mean": jnp.asarray(s["mean"], jnp.float32), "std": jnp.asarray(s["std"], jnp.float32)}
+            n: {
+                "mean": jnp.asarray(s["mean"], jnp.float32),
+                "std": jnp.asarray(s["std"], jnp.float32),
+            }
             for n, s in stats.items()
         }
         self.step = int(step)
@@ -115,8 +118,10 @@ class TrainedTokenizer:
         if n == 0:
             raise ModalityError("forward() needs at least one item")
         parts = [
-            jax.tree_util.tree_map(lambda a, r=rows: np.asarray(a)[:r],
-                                   self._forward_jit(self.params, self.codebooks, self.stats, chunk))
+            jax.tree_util.tree_map(
+                lambda a, r=rows: np.asarray(a)[:r],
+                self._forward_jit(self.params, self.codebooks, self.stats, chunk),
+            )
             for chunk, rows in _padded_chunks(inputs, n)
         ]
         return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *parts)
@@ -131,7 +136,9 @@ class TrainedTokenizer:
 
     # ------------------------------------------------------------------ internals
 
-    def _check_inputs(self, item_embeddings: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+    def _check_inputs(
+        self, item_embeddings: Mapping[str, Any]
+    ) -> tuple[dict[str, np.ndarray], int]:
         names = {n for n, _ in self.modalities}
         unknown = sorted(set(item_embeddings) - names)
         missing = sorted(names - set(item_embeddings))

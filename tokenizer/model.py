@@ -116,7 +116,9 @@ def residual_quantize(
     )
 
 
-def progressive_mask(key: jax.Array, batch: int, num_levels: int, enabled: bool = True) -> jax.Array:
+def progressive_mask(
+    key: jax.Array, batch: int, num_levels: int, enabled: bool = True
+) -> jax.Array:
     """m [batch, L]: with r ~ U{1..L} per example, m_l = 1 for l <= r (all ones if disabled)."""
     if not enabled:
         return jnp.ones((batch, num_levels), jnp.float32)

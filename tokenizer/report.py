@@ -1,13 +1,13 @@
 """`plum tokenizer report`: how good a tokenizer's Semantic IDs are.
 
-    uniqueness     share of items whose full L-code tuple no other item has (before the
-                   service appends disambiguation codes)
-    utilisation    per level, share of the level's codes used by at least one item
-    perplexity     per level, exp(entropy) of the code distribution over items (K = uniform)
-    recon_mse      per input, mean squared error of the reconstruction from all L levels,
-                   in standardised units (1.0 = no better than predicting the mean)
-    alignment      share of co-occurring pairs whose first code matches, next to the same
-                   share for random pairs (the contrastive term should widen the gap)
+uniqueness     share of items whose full L-code tuple no other item has (before the
+               service appends disambiguation codes)
+utilisation    per level, share of the level's codes used by at least one item
+perplexity     per level, exp(entropy) of the code distribution over items (K = uniform)
+recon_mse      per input, mean squared error of the reconstruction from all L levels,
+               in standardised units (1.0 = no better than predicting the mean)
+alignment      share of co-occurring pairs whose first code matches, next to the same
+               share for random pairs (the contrastive term should widen the gap)
 """
 
 from __future__ import annotations
@@ -39,14 +39,21 @@ def level_usage(codes: np.ndarray, level_sizes: Sequence[int]) -> list[dict[str,
     for lvl, k in enumerate(level_sizes):
         hist = np.bincount(codes[:, lvl], minlength=k).astype(np.float64)
         p = hist[hist > 0] / max(hist.sum(), 1.0)
-        out.append({"level": lvl + 1, "codes": int(k), "used": int((hist > 0).sum()),
-                    "utilisation": float((hist > 0).mean()),
-                    "perplexity": float(np.exp(-(p * np.log(p)).sum())) if p.size else 0.0})
+        out.append(
+            {
+                "level": lvl + 1,
+                "codes": int(k),
+                "used": int((hist > 0).sum()),
+                "utilisation": float((hist > 0).mean()),
+                "perplexity": float(np.exp(-(p * np.log(p)).sum())) if p.size else 0.0,
+            }
+        )
     return out
 
 
-def first_code_alignment(codes: np.ndarray, pairs: np.ndarray, rng: np.random.Generator,
-                         levels: int = 1) -> dict[str, float]:
+def first_code_alignment(
+    codes: np.ndarray, pairs: np.ndarray, rng: np.random.Generator, levels: int = 1
+) -> dict[str, float]:
     """Share of pairs sharing their first `levels` codes, for the given pairs and for as
     many random pairs."""
     if len(pairs) == 0:
@@ -56,11 +63,16 @@ def first_code_alignment(codes: np.ndarray, pairs: np.ndarray, rng: np.random.Ge
     a = rng.integers(len(codes), size=len(pairs))
     b = rng.integers(len(codes), size=len(pairs))
     rand = np.all(prefix[a] == prefix[b], axis=1)
-    return {"pairs": int(len(pairs)), "cooccurring": float(same.mean()), "random": float(rand.mean())}
+    return {
+        "pairs": int(len(pairs)),
+        "cooccurring": float(same.mean()),
+        "random": float(rand.mean()),
+    }
 
 
-def tokenizer_report(tok: Any, item_embeddings: dict[str, np.ndarray], pairs: np.ndarray | None,
-                     seed: int = 0) -> dict[str, Any]:
+def tokenizer_report(
+    tok: Any, item_embeddings: dict[str, np.ndarray], pairs: np.ndarray | None, seed: int = 0
+) -> dict[str, Any]:
     """The full report of a TrainedTokenizer over a corpus (and its co-occurring pairs)."""
     out = tok.forward(item_embeddings)
     codes = out["codes"]
@@ -73,30 +85,42 @@ def tokenizer_report(tok: Any, item_embeddings: dict[str, np.ndarray], pairs: np
         "uniqueness": sid_uniqueness(codes),
         "distinct_sids": int(len({tuple(r) for r in codes.tolist()})),
         "levels": level_usage(codes, tok.level_sizes),
-        "recon_mse": {n: float(np.mean((out["recons"][n] - out["inputs"][n]) ** 2))
-                      for n in sorted(out["inputs"])},
+        "recon_mse": {
+            n: float(np.mean((out["recons"][n] - out["inputs"][n]) ** 2))
+            for n in sorted(out["inputs"])
+        },
         "alignment": first_code_alignment(codes, pairs, rng, levels=1),
         "alignment_2": first_code_alignment(codes, pairs, rng, levels=2),
     }
 
 
 def format_report(rep: dict[str, Any]) -> str:
-    lines = [f"tokenizer {rep['sid_version']}: {rep['items']} items, levels {rep['level_sizes']}",
-             f"  uniqueness before disambiguation: {rep['uniqueness']:.2%} "
-             f"({rep['distinct_sids']} distinct SIDs)"]
+    lines = [
+        f"tokenizer {rep['sid_version']}: {rep['items']} items, levels {rep['level_sizes']}",
+        f"  uniqueness before disambiguation: {rep['uniqueness']:.2%} "
+        f"({rep['distinct_sids']} distinct SIDs)",
+    ]
     for lv in rep["levels"]:
-        lines.append(f"  level {lv['level']}: {lv['used']}/{lv['codes']} codes used "
-                     f"({lv['utilisation']:.0%}), perplexity {lv['perplexity']:.1f}")
-    lines.append("  reconstruction MSE (standardised): "
-                 + ", ".join(f"{k} {v:.3f}" for k, v in rep["recon_mse"].items()))
+        lines.append(
+            f"  level {lv['level']}: {lv['used']}/{lv['codes']} codes used "
+            f"({lv['utilisation']:.0%}), perplexity {lv['perplexity']:.1f}"
+        )
+    lines.append(
+        "  reconstruction MSE (standardised): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in rep["recon_mse"].items())
+    )
     al = rep["alignment"]
-    lines.append(f"  first-code alignment: co-occurring {al['cooccurring']:.2%} vs random "
-                 f"{al['random']:.2%} over {al['pairs']} pairs")
+    lines.append(
+        f"  first-code alignment: co-occurring {al['cooccurring']:.2%} vs random "
+        f"{al['random']:.2%} over {al['pairs']} pairs"
+    )
     return "\n".join(lines)
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="plum tokenizer report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="plum tokenizer report", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--checkpoint", required=True, help="tokenizer checkpoint directory")
     parser.add_argument("--data", required=True, help="simulator:UPLOADS_JSONL | movielens:DIR")
     parser.add_argument("--pairs", default=None, help="co-occurrence pairs file")

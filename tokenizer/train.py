@@ -40,8 +40,10 @@ def input_stats(item_embeddings: Mapping[str, np.ndarray]) -> dict[str, dict[str
     stats = {}
     for name, x in item_embeddings.items():
         std = x.std(axis=0)
-        stats[name] = {"mean": x.mean(axis=0).astype(np.float32),
-                       "std": np.where(std > 1e-6, std, 1.0).astype(np.float32)}
+        stats[name] = {
+            "mean": x.mean(axis=0).astype(np.float32),
+            "std": np.where(std > 1e-6, std, 1.0).astype(np.float32),
+        }
     return stats
 
 
@@ -67,12 +69,15 @@ def check_training_data(
     if pairs.size and (pairs.ndim != 2 or pairs.shape[1] != 2):
         raise TrainingDataError(f"pairs have shape {pairs.shape}, expected [P, 2]")
     if pairs.size and (pairs.min() < 0 or pairs.max() >= n):
-        raise TrainingDataError(f"pair indices span [{pairs.min()}, {pairs.max()}], items are [0, {n})")
+        raise TrainingDataError(
+            f"pair indices span [{pairs.min()}, {pairs.max()}], items are [0, {n})"
+        )
     return data, pairs.reshape(-1, 2), n
 
 
-def make_train_step(model: SidAutoencoder, config: TokenizerConfig, optimizer, num_items: int,
-                    num_pairs: int):
+def make_train_step(
+    model: SidAutoencoder, config: TokenizerConfig, optimizer, num_items: int, num_pairs: int
+):
     """The jitted step: (trainable, opt_state, usage, data, pairs, key) -> updated + metrics."""
     use_contrastive = num_pairs > 0 and config.contrastive_weight > 0
     level_sizes = config.level_sizes
@@ -93,28 +98,41 @@ def make_train_step(model: SidAutoencoder, config: TokenizerConfig, optimizer, n
         rq = residual_quantize(z, trainable["codebooks"], mask)
         recons = model.apply({"params": trainable["net"]}, rq.z_hat, method=SidAutoencoder.decode)
         recon, per_input = reconstruction_loss(inputs, recons)
-        rq_total, codebook_term, commitment_term = rq_loss(rq.residuals, rq.codewords, mask,
-                                                           config.beta)
+        rq_total, codebook_term, commitment_term = rq_loss(
+            rq.residuals, rq.codewords, mask, config.beta
+        )
         if use_contrastive:
             pb = config.pair_batch_size
             contrastive = info_nce(z_all[b : b + pb], z_all[b + pb :], config.temperature)
         else:
             contrastive = jnp.zeros(())
-        total = (config.recon_weight * recon + config.rq_weight * rq_total
-                 + config.contrastive_weight * contrastive)
-        metrics = {"loss": total, "recon": recon, "rq": rq_total, "rq_codebook": codebook_term,
-                   "rq_commitment": commitment_term, "contrastive": contrastive,
-                   **{f"recon_{n}": v for n, v in per_input.items()}}
+        total = (
+            config.recon_weight * recon
+            + config.rq_weight * rq_total
+            + config.contrastive_weight * contrastive
+        )
+        metrics = {
+            "loss": total,
+            "recon": recon,
+            "rq": rq_total,
+            "rq_codebook": codebook_term,
+            "rq_commitment": commitment_term,
+            "contrastive": contrastive,
+            **{f"recon_{n}": v for n, v in per_input.items()},
+        }
         return total, (metrics, rq.codes, rq.residuals)
 
     @jax.jit
     def step(trainable, opt_state, usage, data, pairs, key):
         (_, (metrics, codes, residuals)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            trainable, data, pairs, key)
+            trainable, data, pairs, key
+        )
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        usage = tuple(u + jnp.bincount(codes[:, lvl], length=k)
-                      for lvl, (u, k) in enumerate(zip(usage, level_sizes, strict=True)))
+        usage = tuple(
+            u + jnp.bincount(codes[:, lvl], length=k)
+            for lvl, (u, k) in enumerate(zip(usage, level_sizes, strict=True))
+        )
         return trainable, opt_state, usage, metrics, residuals
 
     return step
@@ -152,8 +170,12 @@ def train_tokenizer(
     z0 = encode(net, {k: x[first] for k, x in data.items()})
     t0 = time.perf_counter()
     books = init_codebooks(np.asarray(z0), config.level_sizes, config.kmeans_iters, rng)
-    log.info("k-means init of codebooks %s on %d items took %.1fs", config.level_sizes, init_rows,
-             time.perf_counter() - t0)
+    log.info(
+        "k-means init of codebooks %s on %d items took %.1fs",
+        config.level_sizes,
+        init_rows,
+        time.perf_counter() - t0,
+    )
 
     trainable = {"net": net, "codebooks": tuple(jnp.asarray(b) for b in books)}
     optimizer = optax.adam(config.learning_rate)
@@ -168,7 +190,8 @@ def train_tokenizer(
     reseeded_total = 0
     for step in range(1, config.steps + 1):
         trainable, opt_state, usage, metrics, residuals = step_fn(
-            trainable, opt_state, usage, data, pairs_dev, jax.random.fold_in(key, step))
+            trainable, opt_state, usage, data, pairs_dev, jax.random.fold_in(key, step)
+        )
         sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
 
         if step % config.dead_code_window == 0 and step < config.steps:
@@ -176,8 +199,9 @@ def train_tokenizer(
             residuals_np = np.asarray(residuals)  # [batch, L, D]
             books = list(trainable["codebooks"])
             for lvl, book in enumerate(books):
-                new, dead = reseed_dead_codes(np.asarray(book), usage_np[lvl],
-                                              residuals_np[:, lvl], rng)
+                new, dead = reseed_dead_codes(
+                    np.asarray(book), usage_np[lvl], residuals_np[:, lvl], rng
+                )
                 if dead.size:
                     books[lvl] = jnp.asarray(new)
                     reseeded_total += int(dead.size)
@@ -193,23 +217,48 @@ def train_tokenizer(
             window_start = now
             eta = (config.steps - step) / rate
             history.append({"step": step, **means, "steps_per_s": rate})
-            log.info("step %d/%d loss %.4f recon %.4f rq %.4f contrastive %.4f | %.1f steps/s "
-                     "(%.0f items/s) reseeded %d | ETA %.0fs", step, config.steps, means["loss"],
-                     means["recon"], means["rq"], means["contrastive"], rate,
-                     rate * config.batch_size, reseeded_total, eta)
+            log.info(
+                "step %d/%d loss %.4f recon %.4f rq %.4f contrastive %.4f | %.1f steps/s "
+                "(%.0f items/s) reseeded %d | ETA %.0fs",
+                step,
+                config.steps,
+                means["loss"],
+                means["recon"],
+                means["rq"],
+                means["contrastive"],
+                rate,
+                rate * config.batch_size,
+                reseeded_total,
+                eta,
+            )
     log.info("trained %d steps in %.1fs", config.steps, time.perf_counter() - t_start)
-    return TrainedTokenizer(config, modalities, trainable["net"], trainable["codebooks"], stats,
-                            step=config.steps, history=tuple(history))
+    return TrainedTokenizer(
+        config,
+        modalities,
+        trainable["net"],
+        trainable["codebooks"],
+        stats,
+        step=config.steps,
+        history=tuple(history),
+    )
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="plum tokenizer train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="plum tokenizer train", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--config", default=None, help="TOML with a [tokenizer] section")
-    parser.add_argument("--data", required=True,
-                        help="simulator:UPLOADS_JSONL (or a folder holding uploads.jsonl) | movielens:DIR")
-    parser.add_argument("--pairs", default=None,
-                        help="co-occurrence pairs file (JSONL of {a, b[, count]} or 'a b' lines); "
-                             "default: the data source's own pairs when it has them")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="simulator:UPLOADS_JSONL (or a folder holding uploads.jsonl) | movielens:DIR",
+    )
+    parser.add_argument(
+        "--pairs",
+        default=None,
+        help="co-occurrence pairs file (JSONL of {a, b[, count]} or 'a b' lines); "
+        "default: the data source's own pairs when it has them",
+    )
     parser.add_argument("--out", required=True, help="checkpoint directory")
     parser.add_argument("--steps", type=int, default=None, help="override [tokenizer].steps")
     args = parser.parse_args(argv)
@@ -219,8 +268,12 @@ def cli(argv: list[str]) -> int:
 
     config = load_tokenizer_config(args.config, steps=args.steps)
     items = load_items(args.data, args.pairs)
-    log.info("training on %d items (%s), %d pairs", len(items.ids),
-             ", ".join(f"{k}[{v.shape[1]}]" for k, v in items.embeddings.items()), len(items.pairs))
+    log.info(
+        "training on %d items (%s), %d pairs",
+        len(items.ids),
+        ", ".join(f"{k}[{v.shape[1]}]" for k, v in items.embeddings.items()),
+        len(items.pairs),
+    )
     tok = train_tokenizer(items.embeddings, items.pairs, config)
     save_tokenizer(tok, args.out)
     print(tok.sid_version)

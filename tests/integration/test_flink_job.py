@@ -45,9 +45,17 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def test_live_job_matches_reference_exactly(kafka_bootstrap, topics, topic_prefix, tmp_path, cfg, stream):
+def test_live_job_matches_reference_exactly(
+    kafka_bootstrap, topics, topic_prefix, tmp_path, cfg, stream
+):
     stored = fs.produce(kafka_bootstrap, topics.watches, stream)
-    expected = run_reference(stored, RefParams.from_flink_config(cfg), _now_ms(), _final_watermark(stream, cfg), topics.watches)
+    expected = run_reference(
+        stored,
+        RefParams.from_flink_config(cfg),
+        _now_ms(),
+        _final_watermark(stream, cfg),
+        topics.watches,
+    )
     # The stream exercises what it should: malformed, late, out-of-order, sampled.
     reasons = Counter(r for _, _, r in expected.dead)
     assert reasons["late"] > 0 and len(reasons) >= 8, reasons
@@ -55,7 +63,9 @@ def test_live_job_matches_reference_exactly(kafka_bootstrap, topics, topic_prefi
 
     port = free_port()
     job = fs.JobProcess(
-        fs.job_command(kafka_bootstrap, topic_prefix, tmp_path / "ck", "--fresh", "--metrics-port", str(port)),
+        fs.job_command(
+            kafka_bootstrap, topic_prefix, tmp_path / "ck", "--fresh", "--metrics-port", str(port)
+        ),
         tmp_path / "job.log",
     )
     try:
@@ -75,11 +85,15 @@ def test_live_job_matches_reference_exactly(kafka_bootstrap, topics, topic_prefi
         job.stop()
 
 
-def test_killed_job_resumes_from_checkpoint_without_loss_or_duplicates(kafka_bootstrap, topics, topic_prefix, tmp_path, cfg, stream):
+def test_killed_job_resumes_from_checkpoint_without_loss_or_duplicates(
+    kafka_bootstrap, topics, topic_prefix, tmp_path, cfg, stream
+):
     half = len(stream) // 2
     first = fs.produce(kafka_bootstrap, topics.watches, stream[:half])
     ck = tmp_path / "ck"
-    job = fs.JobProcess(fs.job_command(kafka_bootstrap, topic_prefix, ck, "--fresh"), tmp_path / "job1.log")
+    job = fs.JobProcess(
+        fs.job_command(kafka_bootstrap, topic_prefix, ck, "--fresh"), tmp_path / "job1.log"
+    )
     try:
         # Mid-stream: wait for a completed checkpoint that committed some output, then SIGKILL.
         deadline = time.monotonic() + 150
@@ -88,7 +102,9 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_duplicates(kafka_boo
             if latest_checkpoint(ck) is not None and committed > 0:
                 break
             assert job.alive(), f"job died before its first checkpoint:\n{job.tail()}"
-            assert time.monotonic() < deadline, f"no checkpoint with committed output after 150 s:\n{job.tail()}"
+            assert time.monotonic() < deadline, (
+                f"no checkpoint with committed output after 150 s:\n{job.tail()}"
+            )
             time.sleep(0.5)
         job.kill()
     finally:
@@ -96,7 +112,13 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_duplicates(kafka_boo
     assert latest_checkpoint(ck) is not None
     second = fs.produce(kafka_bootstrap, topics.watches, stream[half:])
     stored = sorted(first + second, key=lambda r: (r[0], r[1]))
-    expected = run_reference(stored, RefParams.from_flink_config(cfg), _now_ms(), _final_watermark(stream, cfg), topics.watches)
+    expected = run_reference(
+        stored,
+        RefParams.from_flink_config(cfg),
+        _now_ms(),
+        _final_watermark(stream, cfg),
+        topics.watches,
+    )
 
     # Same command, no --fresh: resumes from the newest retained checkpoint.
     job = fs.JobProcess(fs.job_command(kafka_bootstrap, topic_prefix, ck), tmp_path / "job2.log")
@@ -108,17 +130,31 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_duplicates(kafka_boo
         job.stop()
 
 
-def test_backfill_replays_a_time_range_and_exits(kafka_bootstrap, topics, topic_prefix, tmp_path, cfg, stream):
+def test_backfill_replays_a_time_range_and_exits(
+    kafka_bootstrap, topics, topic_prefix, tmp_path, cfg, stream
+):
     stored = fs.produce(kafka_bootstrap, topics.watches_replay, stream)
-    ts = sorted(json.loads(v)["ts"] for _, _, v in stream[:-fs.PARTITIONS] if _has_int_ts(v))
+    ts = sorted(json.loads(v)["ts"] for _, _, v in stream[: -fs.PARTITIONS] if _has_int_ts(v))
     t1, t2 = ts[len(ts) // 5], ts[4 * len(ts) // 5]  # the middle 60% of event time
     in_range = [r for r in stored if in_backfill_range(r[2], t1, t2)]
-    expected = run_reference(in_range, RefParams.from_flink_config(cfg), _now_ms(), None, topics.watches_replay)
+    expected = run_reference(
+        in_range, RefParams.from_flink_config(cfg), _now_ms(), None, topics.watches_replay
+    )
     assert expected.examples and expected.pairs and expected.pending == 0
 
     job = fs.JobProcess(
-        fs.job_command(kafka_bootstrap, topic_prefix, tmp_path / "ck", "--backfill", "--from", str(t1), "--to", str(t2),
-                       "--output-suffix", ".bf"),
+        fs.job_command(
+            kafka_bootstrap,
+            topic_prefix,
+            tmp_path / "ck",
+            "--backfill",
+            "--from",
+            str(t1),
+            "--to",
+            str(t2),
+            "--output-suffix",
+            ".bf",
+        ),
         tmp_path / "backfill.log",
     )
     try:

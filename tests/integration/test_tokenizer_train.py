@@ -42,7 +42,9 @@ def test_trains_to_unique_sids_before_disambiguation(trained, corpus):
     tok, seconds = trained
     embeddings, pairs, _ = corpus
     rep = tokenizer_report(tok, embeddings, pairs)
-    print(json.dumps({k: rep[k] for k in ("uniqueness", "alignment", "recon_mse")}), f"{seconds:.1f}s")
+    print(
+        json.dumps({k: rep[k] for k in ("uniqueness", "alignment", "recon_mse")}), f"{seconds:.1f}s"
+    )
     assert rep["uniqueness"] >= 0.95, rep
     assert seconds < 60
     assert all(lv["utilisation"] > 0.5 for lv in rep["levels"]), rep["levels"]
@@ -74,9 +76,15 @@ def test_cli_trains_and_reports_from_an_uploads_file(corpus, tmp_path, capsys):
     with (tmp_path / "uploads.jsonl").open("wb") as fh:
         for i in range(n):
             event = UploadEvent(
-                video_id=f"v{i}", ts=1_700_000_000_000 + i, title=f"video {i}", description="",
-                channel="c", topics=(), duration_s=60.0,
-                embeddings={k: tuple(float(x) for x in v[i]) for k, v in embeddings.items()})
+                video_id=f"v{i}",
+                ts=1_700_000_000_000 + i,
+                title=f"video {i}",
+                description="",
+                channel="c",
+                topics=(),
+                duration_s=60.0,
+                embeddings={k: tuple(float(x) for x in v[i]) for k, v in embeddings.items()},
+            )
             fh.write(encode(event) + b"\n")
         fh.write(b'{"not": "an upload"}\n')
     with (tmp_path / "pairs.jsonl").open("w") as fh:
@@ -84,12 +92,38 @@ def test_cli_trains_and_reports_from_an_uploads_file(corpus, tmp_path, capsys):
             if a < n and b < n:
                 fh.write(json.dumps({"a": f"v{a}", "b": f"v{b}", "count": 1}) + "\n")
     out = tmp_path / "ckpt"
-    assert cli(["train", "--config", str(TEST_CONFIG), "--data", f"simulator:{tmp_path}",
-                "--out", str(out), "--steps", "30"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--config",
+                str(TEST_CONFIG),
+                "--data",
+                f"simulator:{tmp_path}",
+                "--out",
+                str(out),
+                "--steps",
+                "30",
+            ]
+        )
+        == 0
+    )
     version = capsys.readouterr().out.strip().splitlines()[-1]
     assert version.startswith("sidv2-")
-    assert cli(["report", "--checkpoint", str(out), "--data", f"simulator:{tmp_path}",
-                "--json", str(tmp_path / "report.json")]) == 0
+    assert (
+        cli(
+            [
+                "report",
+                "--checkpoint",
+                str(out),
+                "--data",
+                f"simulator:{tmp_path}",
+                "--json",
+                str(tmp_path / "report.json"),
+            ]
+        )
+        == 0
+    )
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["items"] == n and rep["sid_version"] == version
     assert rep["alignment"]["pairs"] > 0

@@ -15,9 +15,17 @@ def test_test_config_loads_and_env_overrides_apply():
     assert cfg.python_execution_mode == "process" and cfg.checkpoint_interval_ms == 1000
 
 
-@pytest.mark.parametrize("bad", [dict(window="session"), dict(window_size_ms=1500), dict(python_execution_mode="x"),
-                                 dict(window="sliding", window_size_ms=30_000, window_slide_ms=7_000),
-                                 dict(min_count=0), dict(w_click=-1.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(window="session"),
+        dict(window_size_ms=1500),
+        dict(python_execution_mode="x"),
+        dict(window="sliding", window_size_ms=30_000, window_slide_ms=7_000),
+        dict(min_count=0),
+        dict(w_click=-1.0),
+    ],
+)
 def test_bad_settings_fail_at_start(bad):
     with pytest.raises((ValueError, ConfigError)):
         FlinkConfig(**bad)
@@ -31,7 +39,9 @@ def test_times_are_epoch_ms_or_iso():
 
 def test_backfill_needs_an_ordered_range(capsys):
     assert cli(["run", "--config", str(TEST_CONFIG), "--backfill", "--from", "10"]) == 2
-    assert cli(["run", "--config", str(TEST_CONFIG), "--backfill", "--from", "10", "--to", "5"]) == 2
+    assert (
+        cli(["run", "--config", str(TEST_CONFIG), "--backfill", "--from", "10", "--to", "5"]) == 2
+    )
     assert cli(["run", "--config", str(TEST_CONFIG), "--from", "10", "--to", "20"]) == 2
     assert "--backfill" in capsys.readouterr().err
 

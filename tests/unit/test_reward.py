@@ -30,8 +30,15 @@ def test_weights_change_the_reward_linearly():
     assert reward(False, 0.5, 0.2, w2) == 0.0
 
 
-@pytest.mark.parametrize("bad", [dict(click=-1.0), dict(ratio=math.nan), dict(satisfaction_default=1.5),
-                                 dict(click=0.0, ratio=0.0, satisfaction=0.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(click=-1.0),
+        dict(ratio=math.nan),
+        dict(satisfaction_default=1.5),
+        dict(click=0.0, ratio=0.0, satisfaction=0.0),
+    ],
+)
 def test_bad_weights_are_rejected(bad):
     with pytest.raises(ValueError):
         RewardWeights(**bad)
@@ -55,8 +62,12 @@ def test_unit_hash_is_in_unit_interval_and_stable(event_id):
 def test_unit_hash_does_not_depend_on_the_process():
     # Python's hash() is salted per process; ours must not be.
     code = "from streams.reward import unit_hash; print(repr(unit_hash('s7-w000000042')))"
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            for _ in range(2)}
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(2)
+    }
     assert outs == {repr(unit_hash("s7-w000000042")) + "\n"}
 
 

@@ -8,8 +8,14 @@ from tokenizer.codebook import init_codebooks
 from tokenizer.config import TokenizerConfig
 from tokenizer.frozen import ModalityError, TrainedTokenizer, build_model
 
-CFG = TokenizerConfig(encoder_hidden=(8,), modality_dim=4, latent_dim=4, decoder_hidden=(8,),
-                      codebook_base=8, num_levels=2)
+CFG = TokenizerConfig(
+    encoder_hidden=(8,),
+    modality_dim=4,
+    latent_dim=4,
+    decoder_hidden=(8,),
+    codebook_base=8,
+    num_levels=2,
+)
 MODS = (("audio", 3), ("text", 5))
 
 
@@ -20,8 +26,9 @@ def tok():
     model = build_model(CFG, MODS)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), {n: v[:2] for n, v in x.items()})["params"]
     stats = {n: {"mean": np.zeros(d, np.float32), "std": np.ones(d, np.float32)} for n, d in MODS}
-    t = TrainedTokenizer(CFG, MODS, params, tuple(np.ones((k, 4), np.float32) for k in (8, 4)),
-                         stats, step=0)
+    t = TrainedTokenizer(
+        CFG, MODS, params, tuple(np.ones((k, 4), np.float32) for k in (8, 4)), stats, step=0
+    )
     z = np.asarray(t.forward(x)["z"])
     books = init_codebooks(z, CFG.level_sizes, 3, rng)
     return TrainedTokenizer(CFG, MODS, params, tuple(books), stats, step=1), x

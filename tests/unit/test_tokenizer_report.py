@@ -50,8 +50,9 @@ def test_config_files_have_a_valid_tokenizer_section(name):
 
 
 def test_config_env_override_and_round_trip(tmp_path):
-    cfg = load_tokenizer_config(REPO_ROOT / "configs" / "test.toml",
-                                env={"PLUM_TOKENIZER__CODEBOOK_BASE": "32"})
+    cfg = load_tokenizer_config(
+        REPO_ROOT / "configs" / "test.toml", env={"PLUM_TOKENIZER__CODEBOOK_BASE": "32"}
+    )
     assert cfg.codebook_base == 32
     assert TokenizerConfig.from_dict(cfg.to_dict()) == cfg
     (tmp_path / "bad.toml").write_text("[tokenizer]\ncodebok_base = 3\n")
@@ -62,12 +63,18 @@ def test_config_env_override_and_round_trip(tmp_path):
 def test_uploads_and_pairs_files_load_into_aligned_arrays(tmp_path):
     lines = []
     for i in range(4):
-        lines.append(encode(UploadEvent(f"v{i}", 1, "t", "", "c", (), 10.0,
-                                        {"text": (float(i), 0.0), "audio": (1.0,)})))
+        lines.append(
+            encode(
+                UploadEvent(
+                    f"v{i}", 1, "t", "", "c", (), 10.0, {"text": (float(i), 0.0), "audio": (1.0,)}
+                )
+            )
+        )
     lines.append(b'{"video_id": "bad"}')
     (tmp_path / "uploads.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     (tmp_path / "pairs.jsonl").write_text(
-        json.dumps({"a": "v0", "b": "v3", "count": 2}) + "\n" + '["v1", "v2"]\n' + "v2 vX\n")
+        json.dumps({"a": "v0", "b": "v3", "count": 2}) + "\n" + '["v1", "v2"]\n' + "v2 vX\n"
+    )
     items = load_items(f"simulator:{tmp_path}")
     assert items.ids == ("v0", "v1", "v2", "v3")
     assert items.embeddings["text"].shape == (4, 2) and items.embeddings["audio"].shape == (4, 1)
