@@ -50,9 +50,20 @@ def _stream(events: int, seed: int = 3):
 
     from streams.simulator import generate, load_config
 
-    cfg = replace(load_config(BENCH_CONFIG), seed=seed, events=events, out_of_order_fraction=0.05,
-                  bad_fraction=0.01, max_delay_ms=30_000, num_users=2000)
-    return [(r.key, r.value) for r in generate(cfg) if r.topic.endswith("watches.replay.v1") or r.topic.endswith("watches.v1")]
+    cfg = replace(
+        load_config(BENCH_CONFIG),
+        seed=seed,
+        events=events,
+        out_of_order_fraction=0.05,
+        bad_fraction=0.01,
+        max_delay_ms=30_000,
+        num_users=2000,
+    )
+    return [
+        (r.key, r.value)
+        for r in generate(cfg)
+        if r.topic.endswith("watches.replay.v1") or r.topic.endswith("watches.v1")
+    ]
 
 
 def produce_stream(bootstrap: str, topic: str, events: int) -> int:
@@ -71,8 +82,12 @@ def naive_loop(bootstrap: str, topics: TopicNames, n_records: int, suffix: str) 
     p = cfg.timeline_params()
     r_max = p.weights.max_reward()
     src = topics.watches_replay
-    consumer = make_consumer(bootstrap, fetch_max_bytes=50 * 1024 * 1024, max_partition_fetch_bytes=10 * 1024 * 1024,
-                             max_poll_records=5000)
+    consumer = make_consumer(
+        bootstrap,
+        fetch_max_bytes=50 * 1024 * 1024,
+        max_partition_fetch_bytes=10 * 1024 * 1024,
+        max_poll_records=5000,
+    )
     from kafka import TopicPartition
 
     tps = [TopicPartition(src, i) for i in range(4)]
@@ -93,15 +108,28 @@ def naive_loop(bootstrap: str, topics: TopicNames, n_records: int, suffix: str) 
             for a, b, pts in pairs:
                 windows[(a, b, pts - pts % size + size)] += 1
             for ev, r, hist in examples:
-                ex = schema.SftExample(ev[ut.EVENT_ID], user, tuple(schema.HistoryItem(*h) for h in hist),
-                                       ev[ut.CONTEXT], ev[ut.VIDEO_ID], r, ev[ut.TS])
-                producer.send(topics.sft_examples + suffix, key=user.encode(), value=schema.encode(ex))
+                ex = schema.SftExample(
+                    ev[ut.EVENT_ID],
+                    user,
+                    tuple(schema.HistoryItem(*h) for h in hist),
+                    ev[ut.CONTEXT],
+                    ev[ut.VIDEO_ID],
+                    r,
+                    ev[ut.TS],
+                )
+                producer.send(
+                    topics.sft_examples + suffix, key=user.encode(), value=schema.encode(ex)
+                )
                 out["examples"] += 1
         for key in [k for k in windows if k[2] - 1 <= upto]:
             count = windows.pop(key)
             if count >= cfg.min_count:
                 pair = schema.CooccurrencePair(key[0], key[1], count, key[2])
-                producer.send(topics.cooccurrence + suffix, key=f"{key[0]}|{key[1]}".encode(), value=schema.encode(pair))
+                producer.send(
+                    topics.cooccurrence + suffix,
+                    key=f"{key[0]}|{key[1]}".encode(),
+                    value=schema.encode(pair),
+                )
                 out["pairs"] += 1
 
     seen = 0
@@ -112,9 +140,13 @@ def naive_loop(bootstrap: str, topics: TopicNames, n_records: int, suffix: str) 
             for rec in batch:
                 seen += 1
                 try:
-                    w = schema.decode_watch(rec.value, schema.ValidationLimits(now_ms=int(time.time() * 1000)))
+                    w = schema.decode_watch(
+                        rec.value, schema.ValidationLimits(now_ms=int(time.time() * 1000))
+                    )
                 except schema.ValidationError as err:
-                    dl = schema.DeadLetter.of(src, rec.partition, rec.offset, err, rec.value, int(time.time() * 1000))
+                    dl = schema.DeadLetter.of(
+                        src, rec.partition, rec.offset, err, rec.value, int(time.time() * 1000)
+                    )
                     producer.send(topics.deadletter + suffix, value=schema.encode(dl))
                     out["dead"] += 1
                     continue
@@ -124,7 +156,9 @@ def naive_loop(bootstrap: str, topics: TopicNames, n_records: int, suffix: str) 
                 st = states.setdefault(w.user_id, ut.new_state())
                 if not ut.admit(st, ut.watch_tuple(w), p.allowed_lateness_ms):
                     err = schema.ValidationError(schema.LATE, f"ts={w.ts} late")
-                    dl = schema.DeadLetter.of(src, rec.partition, rec.offset, err, rec.value, int(time.time() * 1000))
+                    dl = schema.DeadLetter.of(
+                        src, rec.partition, rec.offset, err, rec.value, int(time.time() * 1000)
+                    )
                     producer.send(topics.deadletter + suffix, value=schema.encode(dl))
                     out["dead"] += 1
                     continue
@@ -136,23 +170,60 @@ def naive_loop(bootstrap: str, topics: TopicNames, n_records: int, suffix: str) 
     elapsed = time.perf_counter() - start
     consumer.close()
     producer.close()
-    return {"records": seen, "seconds": round(elapsed, 3), "records_per_s": round(seen / elapsed), **out}
+    return {
+        "records": seen,
+        "seconds": round(elapsed, 3),
+        "records_per_s": round(seen / elapsed),
+        **out,
+    }
 
 
-def flink_run(bootstrap: str, prefix: str, mode: str, n_records: int, suffix: str, workdir: Path) -> dict:
-    env = dict(os.environ, PLUM_FLINK__PYTHON_EXECUTION_MODE=mode, PLUM_FLINK__CHECKPOINT_INTERVAL_MS="5000")
-    cmd = [sys.executable, "-m", "streams.flink_cli", "run", "--config", str(BENCH_CONFIG), "--bootstrap", bootstrap,
-           "--topic-prefix", prefix, "--backfill", "--from", "0", "--to", str(4_000_000_000_000),
-           "--output-suffix", suffix, "--checkpoint-dir", str(workdir / f"ck-{mode}")]
+def flink_run(
+    bootstrap: str, prefix: str, mode: str, n_records: int, suffix: str, workdir: Path
+) -> dict:
+    env = dict(
+        os.environ,
+        PLUM_FLINK__PYTHON_EXECUTION_MODE=mode,
+        PLUM_FLINK__CHECKPOINT_INTERVAL_MS="5000",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "streams.flink_cli",
+        "run",
+        "--config",
+        str(BENCH_CONFIG),
+        "--bootstrap",
+        bootstrap,
+        "--topic-prefix",
+        prefix,
+        "--backfill",
+        "--from",
+        "0",
+        "--to",
+        str(4_000_000_000_000),
+        "--output-suffix",
+        suffix,
+        "--checkpoint-dir",
+        str(workdir / f"ck-{mode}"),
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"flink run ({mode}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"flink run ({mode}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     m = re.search(r"ended after ([\d.]+) s", done.stderr + done.stdout)
     job_s = float(m.group(1)) if m else wall
-    return {"mode": mode, "records": n_records, "job_seconds": job_s, "wall_seconds": round(wall, 3),
-            "records_per_s": round(n_records / job_s), "records_per_s_incl_start": round(n_records / wall)}
+    return {
+        "mode": mode,
+        "records": n_records,
+        "job_seconds": job_s,
+        "wall_seconds": round(wall, 3),
+        "records_per_s": round(n_records / job_s),
+        "records_per_s_incl_start": round(n_records / wall),
+    }
 
 
 def run(bootstrap: str, events: int, modes: list[str]) -> tuple[dict, dict, dict]:
@@ -163,8 +234,10 @@ def run(bootstrap: str, events: int, modes: list[str]) -> tuple[dict, dict, dict
     topics = TopicNames.with_prefix(prefix)
     n = produce_stream(bootstrap, topics.watches_replay, events)
     log.info("produced %d watch-topic records", n)
-    ceiling = {"kafka_python_consume": python_consume(bootstrap, topics.watches_replay, 4),
-               "java_consume": java_consume(bootstrap, topics.watches_replay, n)}
+    ceiling = {
+        "kafka_python_consume": python_consume(bootstrap, topics.watches_replay, 4),
+        "java_consume": java_consume(bootstrap, topics.watches_replay, n),
+    }
     log.info("ceiling: %s", ceiling)
     from streams.flink_cli import _ensure_suffixed_topics
 
@@ -182,7 +255,9 @@ def run(bootstrap: str, events: int, modes: list[str]) -> tuple[dict, dict, dict
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plum bench flink", description=__doc__)
     parser.add_argument("--bootstrap", help="use this broker instead of starting a private one")
-    parser.add_argument("--events", type=int, default=100_000, help="simulator records (most are watches)")
+    parser.add_argument(
+        "--events", type=int, default=100_000, help="simulator records (most are watches)"
+    )
     parser.add_argument("--modes", default="thread,process")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -192,8 +267,14 @@ def cli(argv: list[str]) -> int:
     tmp = None
     if not bootstrap:
         tmp = tempfile.TemporaryDirectory(prefix="plum-bench-kafka-")
-        broker = LocalBroker(KafkaConfig(port=free_port(), controller_port=free_port(), state_dir=Path(tmp.name),
-                                         startup_timeout_s=120))
+        broker = LocalBroker(
+            KafkaConfig(
+                port=free_port(),
+                controller_port=free_port(),
+                state_dir=Path(tmp.name),
+                startup_timeout_s=120,
+            )
+        )
         broker.up()
         bootstrap = broker.bootstrap
     try:
@@ -205,17 +286,30 @@ def cli(argv: list[str]) -> int:
             tmp.cleanup()
     best = max(flink.values(), key=lambda r: r["records_per_s"])
     ceil_rate = ceiling["kafka_python_consume"]["records_per_s"]
-    metrics = {"flink": flink, "best_mode": best["mode"], "flink_records_per_s": best["records_per_s"]}
+    metrics = {
+        "flink": flink,
+        "best_mode": best["mode"],
+        "flink_records_per_s": best["records_per_s"],
+    }
     baseline = {"naive_kafka_python_loop": naive, **ceiling}
     ratio = {
         "flink_vs_naive": round(best["records_per_s"] / naive["records_per_s"], 3),
         "flink_vs_kafka_python_consume": round(best["records_per_s"] / ceil_rate, 3),
-        "flink_vs_java_consume": round(best["records_per_s"] / ceiling["java_consume"]["records_per_s"], 3),
+        "flink_vs_java_consume": round(
+            best["records_per_s"] / ceiling["java_consume"]["records_per_s"], 3
+        ),
         "targets": {"flink_vs_naive": 3.0, "flink_vs_consume_ceiling": 0.25},
     }
     cfg = load_flink_config(BENCH_CONFIG)
-    config = {"events": args.events, "modes": modes, "parallelism": cfg.parallelism, "bundle_size": cfg.bundle_size,
-              "bundle_time_ms": cfg.bundle_time_ms, "checkpoint_interval_ms": 5000, "config": str(BENCH_CONFIG)}
+    config = {
+        "events": args.events,
+        "modes": modes,
+        "parallelism": cfg.parallelism,
+        "bundle_size": cfg.bundle_size,
+        "bundle_time_ms": cfg.bundle_time_ms,
+        "checkpoint_interval_ms": 5000,
+        "config": str(BENCH_CONFIG),
+    }
     path = write_result("flink", config, metrics, baseline, ratio)
     print(json.dumps({"metrics": metrics, "baseline": baseline, "ratio": ratio}, indent=2))
     print(f"wrote {path}")

@@ -46,7 +46,6 @@ def parse_time_ms(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not epoch ms or ISO-8601: {text!r}") from None
     if dt.tzinfo is None:
-
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
 
@@ -59,12 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bootstrap", default=None, help="Kafka bootstrap HOST:PORT")
     r.add_argument("--topic-prefix", default=None, help="prefix of every topic name (tests)")
     r.add_argument("--backfill", action="store_true", help="bounded run over the replay topic")
-    r.add_argument("--from", dest="from_ms", type=parse_time_ms, default=None, help="backfill start (incl.)")
-    r.add_argument("--to", dest="to_ms", type=parse_time_ms, default=None, help="backfill end (excl.)")
+    r.add_argument(
+        "--from", dest="from_ms", type=parse_time_ms, default=None, help="backfill start (incl.)"
+    )
+    r.add_argument(
+        "--to", dest="to_ms", type=parse_time_ms, default=None, help="backfill end (excl.)"
+    )
     r.add_argument("--output-suffix", default="", help="write to <topic><suffix> instead")
     r.add_argument("--checkpoint-dir", type=Path, default=None)
     r.add_argument("--parallelism", type=int, default=None)
-    r.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (0: off)")
+    r.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (0: off)"
+    )
     g = r.add_mutually_exclusive_group()
     g.add_argument("--fresh", action="store_true", help="ignore retained checkpoints")
     g.add_argument("--restore", default=None, help="resume from this checkpoint/savepoint path")
@@ -81,7 +86,11 @@ def _ensure_suffixed_topics(bootstrap: str, names: TopicNames, suffix: str) -> N
         (topic_defs.DEADLETTER, names.deadletter),
     ):
         s = topic_defs.spec(base)
-        specs.append(topic_defs.TopicSpec(f"{name}{suffix}", s.partitions, s.retention_ms, s.compacted, s.key))
+        specs.append(
+            topic_defs.TopicSpec(
+                f"{name}{suffix}", s.partitions, s.retention_ms, s.compacted, s.key
+            )
+        )
     ensure_topics(bootstrap, specs)
 
 
@@ -96,7 +105,10 @@ def run(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     job_id = client.get_job_id() if client else None
     log.info(
         "flink job %s started (%s, source %s, checkpoints %s%s)",
-        job_id, "backfill" if opts.backfill else "live", opts.source_topic, checkpoint_dir,
+        job_id,
+        "backfill" if opts.backfill else "live",
+        opts.source_topic,
+        checkpoint_dir,
         f", restored from {opts.restore_path}" if opts.restore_path else "",
     )
     stop = threading.Event()
@@ -120,7 +132,12 @@ def run(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    log.info("flink job %s ended after %.1f s: %s", job_id, time.monotonic() - started, _WAIT_RESULT.get("status"))
+    log.info(
+        "flink job %s ended after %.1f s: %s",
+        job_id,
+        time.monotonic() - started,
+        _WAIT_RESULT.get("status"),
+    )
     return 0 if _WAIT_RESULT.get("ok", True) else 1
 
 
@@ -165,7 +182,9 @@ def cli(argv: list[str]) -> int:
     checkpoint_dir = cfg.resolved_checkpoint_dir()
     if args.backfill:
         # A backfill's checkpoints live apart from the live job's so neither resumes the other.
-        checkpoint_dir = checkpoint_dir / f"backfill-{args.from_ms}-{args.to_ms}{args.output_suffix}"
+        checkpoint_dir = (
+            checkpoint_dir / f"backfill-{args.from_ms}-{args.to_ms}{args.output_suffix}"
+        )
     restore = args.restore
     if restore is None and not args.fresh and not args.backfill:
         found = latest_checkpoint(checkpoint_dir)
@@ -182,5 +201,7 @@ def cli(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     sys.exit(cli(sys.argv[1:]))

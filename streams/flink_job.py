@@ -116,11 +116,15 @@ class FlinkConfig:
 
     def __post_init__(self) -> None:
         if self.python_execution_mode not in ("thread", "process"):
-            raise ValueError(f"python_execution_mode must be thread or process, got {self.python_execution_mode!r}")
+            raise ValueError(
+                f"python_execution_mode must be thread or process, got {self.python_execution_mode!r}"
+            )
         if self.window not in ("tumbling", "sliding"):
             raise ValueError(f"window must be tumbling or sliding, got {self.window!r}")
         if self.starting_offsets not in ("earliest", "latest", "committed"):
-            raise ValueError(f"starting_offsets must be earliest|latest|committed, got {self.starting_offsets!r}")
+            raise ValueError(
+                f"starting_offsets must be earliest|latest|committed, got {self.starting_offsets!r}"
+            )
         for name in ("window_size_ms", "window_slide_ms"):
             value = getattr(self, name)
             # Window ends leave the JVM as epoch seconds * 1000, so windows are whole seconds.
@@ -136,19 +140,29 @@ class FlinkConfig:
 
     def weights(self) -> RewardWeights:
         return RewardWeights(
-            click=self.w_click, ratio=self.w_ratio, satisfaction=self.w_satisfaction,
-            ratio_cap=self.ratio_cap, satisfaction_default=self.satisfaction_default,
+            click=self.w_click,
+            ratio=self.w_ratio,
+            satisfaction=self.w_satisfaction,
+            ratio_cap=self.ratio_cap,
+            satisfaction_default=self.satisfaction_default,
         )
 
     def timeline_params(self) -> TimelineParams:
         return TimelineParams(
-            allowed_lateness_ms=self.allowed_lateness_ms, session_gap_ms=self.session_gap_ms,
-            history_len=self.history_len, pair_prev_k=self.pair_prev_k,
-            weights=self.weights(), sample_salt=self.sample_salt,
+            allowed_lateness_ms=self.allowed_lateness_ms,
+            session_gap_ms=self.session_gap_ms,
+            history_len=self.history_len,
+            pair_prev_k=self.pair_prev_k,
+            weights=self.weights(),
+            sample_salt=self.sample_salt,
         )
 
     def resolved_checkpoint_dir(self) -> Path:
-        return Path(self.checkpoint_dir) if self.checkpoint_dir else state_dir() / "flink" / "checkpoints"
+        return (
+            Path(self.checkpoint_dir)
+            if self.checkpoint_dir
+            else state_dir() / "flink" / "checkpoints"
+        )
 
 
 def load_flink_config(path: Path | str | None = None, **overrides) -> FlinkConfig:
@@ -219,9 +233,13 @@ def _make_validate_fn(source_topic: str, metrics_port: int):
             raw, partition, offset = row[0], row[1], row[2]
             self.m_in.inc()
             try:
-                w = schema.decode_watch(raw, schema.ValidationLimits(now_ms=int(time.time() * 1000)))
+                w = schema.decode_watch(
+                    raw, schema.ValidationLimits(now_ms=int(time.time() * 1000))
+                )
             except schema.ValidationError as err:
-                self.m_dl.labels(component=COMPONENT, source_topic=source_topic, reason=err.reason).inc()
+                self.m_dl.labels(
+                    component=COMPONENT, source_topic=source_topic, reason=err.reason
+                ).inc()
                 yield dl_tag, _dead_letter_row(source_topic, partition, offset, err, raw)
                 return
             yield (w.user_id, watch_tuple(w), partition, offset, raw)
@@ -236,7 +254,9 @@ def _dead_letter_row(topic, partition, offset, err, raw):
     return Row(None, schema.encode(dl).decode("utf-8"))
 
 
-def _make_timeline_fn(params: TimelineParams, ttl_ms: int, source_topic: str, sft_topic: str, metrics_port: int):
+def _make_timeline_fn(
+    params: TimelineParams, ttl_ms: int, source_topic: str, sft_topic: str, metrics_port: int
+):
     from pyflink.common import Row, Time, Types
     from pyflink.datastream import KeyedProcessFunction
     from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
@@ -247,8 +267,24 @@ def _make_timeline_fn(params: TimelineParams, ttl_ms: int, source_topic: str, sf
     dl_tag, pairs_tag = DEADLETTER_TAG, PAIRS_TAG
 
     class UserTimeline(KeyedProcessFunction):
+        """Per-user timeline (streams.user_timeline) on two ValueStates and coalesced timers.
+
+        State: `timeline` holds the small part every record touches (max ts, released max,
+        session, last ts, pending watches); `history` (the last `keep_len` released watches)
+        is read and written only when something is released, so a record's state round
+        trip pickles a few tuples, not the history. (A `timeline` written by an older
+        version still holds the history as its last element; it is split on first read.)
+
+        Timers: one event-time timer per user at the earliest pending ts (re-registered
+        after each release) instead of one per watch; a firing releases everything up to
+        the current watermark. When the watermark passes several pending watches of a user
+        they are released in one call, in the same (ts, event_id) order, before any further
+        record is processed, i.e. exactly what one timer per watch released.
+        """
+
         def open(self, runtime_context):
-            desc = ValueStateDescriptor("timeline", Types.PICKLED_BYTE_ARRAY())
+            head = ValueStateDescriptor("timeline", Types.PICKLED_BYTE_ARRAY())
+            hist = ValueStateDescriptor("history", Types.PICKLED_BYTE_ARRAY())
             if ttl_ms > 0:
                 ttl = (
                     StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
@@ -256,13 +292,18 @@ def _make_timeline_fn(params: TimelineParams, ttl_ms: int, source_topic: str, sf
                     .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
                     .build()
                 )
-                desc.enable_time_to_live(ttl)
-            self.state = runtime_context.get_state(desc)
+                head.enable_time_to_live(ttl)
+                hist.enable_time_to_live(ttl)
+            self.state = runtime_context.get_state(head)
+            self.hist_state = runtime_context.get_state(hist)
             self.r_max = params.weights.max_reward()
             m = _WorkerMetrics.get(metrics_port)
-            self.m_accepted = m.counter("plum_flink_records_accepted_total").labels(topic=source_topic)
+            self.m_accepted = m.counter("plum_flink_records_accepted_total").labels(
+                topic=source_topic
+            )
             self.m_late = m.counter("plum_deadletter_total").labels(
-                component=COMPONENT, source_topic=source_topic, reason=schema.LATE)
+                component=COMPONENT, source_topic=source_topic, reason=schema.LATE
+            )
             self.m_out = m.counter("plum_flink_records_out_total").labels(topic=sft_topic)
             self.m_sampled = m.counter("plum_flink_examples_sampled_total")
             self.m_pairs = m.counter("plum_flink_pairs_total")
@@ -271,11 +312,19 @@ def _make_timeline_fn(params: TimelineParams, ttl_ms: int, source_topic: str, sf
             self.m_lag = m.gauge("plum_flink_watermark_lag_ms")
             self.max_seen = None
 
+        def _head(self):
+            st = self.state.value()
+            if st is not None and len(st) > ut.HISTORY:  # written by the one-state version
+                self.hist_state.update(st.pop())
+                self.state.update(st)
+            return st
+
         def process_element(self, value, ctx):
             user_id, ev, partition, offset, raw = value
-            st = self.state.value()
+            st = self._head()
             if st is None:
                 st = ut.new_state()
+                del st[ut.HISTORY :]
                 self.m_users.inc()
             if not ut.admit(st, ev, params.allowed_lateness_ms):
                 err = schema.ValidationError(
@@ -289,8 +338,9 @@ def _make_timeline_fn(params: TimelineParams, ttl_ms: int, source_topic: str, sf
             self.m_accepted.inc()
             self.m_pending.inc()
             self.state.update(st)
-            ctx.timer_service().register_event_time_timer(ev[ut.TS])
             ts = ev[ut.TS]
+            if st[ut.PENDING][0][ut.TS] == ts:  # a new earliest pending ts: its timer
+                ctx.timer_service().register_event_time_timer(ts)
             if self.max_seen is None or ts > self.max_seen:
                 self.max_seen = ts
                 wm = ctx.timer_service().current_watermark()
@@ -298,13 +348,27 @@ def _make_timeline_fn(params: TimelineParams, ttl_ms: int, source_topic: str, sf
                     self.m_lag.set(ts - wm)
 
         def on_timer(self, timestamp, ctx):
-            st = self.state.value()
+            st = self._head()
             if st is None:  # expired by TTL
                 return
-            before = len(st[ut.PENDING])
-            pairs, examples = ut.release(st, timestamp, params, self.r_max)
-            self.m_pending.dec(before - len(st[ut.PENDING]))
+            pending = st[ut.PENDING]
+            if not pending:
+                return
+            upto = timestamp
+            wm = ctx.timer_service().current_watermark()
+            if wm is not None and wm > upto:
+                upto = wm
+            if pending[0][ut.TS] > upto:  # a stale timer (its watches were released earlier)
+                return
+            before = len(pending)
+            hist = self.hist_state.value()
+            st.append([] if hist is None else hist)
+            pairs, examples = ut.release(st, upto, params, self.r_max)
+            self.hist_state.update(st.pop())
             self.state.update(st)
+            self.m_pending.dec(before - len(st[ut.PENDING]))
+            if st[ut.PENDING]:
+                ctx.timer_service().register_event_time_timer(st[ut.PENDING][0][ut.TS])
             for a, b, ts in pairs:
                 yield pairs_tag, Row(a, b, ts)
             self.m_pairs.inc(len(pairs))
@@ -312,20 +376,37 @@ def _make_timeline_fn(params: TimelineParams, ttl_ms: int, source_topic: str, sf
                 return
             user_id = ctx.get_current_key()
             for ev, r, hist in examples:
-                ex = schema.SftExample(
-                    event_id=ev[ut.EVENT_ID],
-                    user_id=user_id,
-                    history=tuple(schema.HistoryItem(h[0], h[1], h[2], h[3]) for h in hist),
-                    context_video_id=ev[ut.CONTEXT],
-                    target_video_id=ev[ut.VIDEO_ID],
-                    reward=r,
-                    ts=ev[ut.TS],
-                )
-                yield Row(user_id, schema.encode(ex).decode("utf-8"))
+                yield Row(user_id, _encode_example(ev, user_id, r, hist))
             self.m_sampled.inc(len(examples))
             self.m_out.inc(len(examples))
 
     return UserTimeline()
+
+
+def _encode_example(ev, user_id, r, hist) -> str:
+    """`schema.encode(SftExample(...))` without the dataclass round trip (same JSON text;
+    tests/unit/test_user_timeline.py checks the equality)."""
+    import json
+
+    from streams import user_timeline as ut
+
+    return json.dumps(
+        {
+            "event_id": ev[ut.EVENT_ID],
+            "user_id": user_id,
+            "history": [
+                {"video_id": h[0], "watch_ratio": h[1], "watch_time_s": h[2], "hours_since": h[3]}
+                for h in hist
+            ],
+            "context_video_id": ev[ut.CONTEXT],
+            "target_video_id": ev[ut.VIDEO_ID],
+            "reward": r,
+            "ts": ev[ut.TS],
+            "schema": schema.SCHEMA_VERSION,
+        },
+        separators=(",", ":"),
+        allow_nan=False,
+    )
 
 
 # Side-output tags are module-level so the operator code and the graph builder agree.
@@ -340,7 +421,10 @@ def _init_tags():
         from pyflink.datastream import OutputTag
 
         DEADLETTER_TAG = OutputTag("deadletter", KV_TYPE())
-        PAIRS_TAG = OutputTag("pairs", Types.ROW_NAMED(["a", "b", "ts"], [Types.STRING(), Types.STRING(), Types.LONG()]))
+        PAIRS_TAG = OutputTag(
+            "pairs",
+            Types.ROW_NAMED(["a", "b", "ts"], [Types.STRING(), Types.STRING(), Types.LONG()]),
+        )
 
 
 def KV_TYPE():
@@ -354,6 +438,23 @@ def KV_TYPE():
 
 def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
+
+
+def sql_interval(ms: int) -> str:
+    """A Flink SQL interval literal for ``ms`` milliseconds.
+
+    ``INTERVAL 'n' SECOND`` has a leading precision of 2 digits in Flink SQL, so an hour
+    (3600 s) fails to parse; DAY TO SECOND(3) takes any non-negative duration.
+    """
+    if ms < 0:
+        raise ValueError(f"interval must be >= 0 ms, got {ms}")
+    days, rest = divmod(ms, 86_400_000)
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return (
+        f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}' DAY TO SECOND(3)"
+    )
 
 
 def _with(options: dict[str, str]) -> str:
@@ -391,7 +492,9 @@ def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path)
     c.set_string("execution.checkpointing.interval", f"{cfg.checkpoint_interval_ms} ms")
     c.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
     c.set_string("execution.checkpointing.dir", checkpoint_dir.resolve().as_uri())
-    c.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    c.set_string(
+        "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
+    )
     c.set_string("execution.checkpointing.num-retained", "3")
     c.set_string("execution.checkpointing.min-pause", f"{min(cfg.checkpoint_interval_ms, 500)} ms")
     c.set_string("state.backend.type", "hashmap")
@@ -417,7 +520,9 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
 
     export_python_path()
     _init_tags()
-    env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(cfg, run, checkpoint_dir))
+    env = StreamExecutionEnvironment.get_execution_environment(
+        flink_configuration(cfg, run, checkpoint_dir)
+    )
     env.set_parallelism(cfg.parallelism)
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")
@@ -425,7 +530,11 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
 
     topics = run.topics
     src_topic = run.source_topic
-    sft_topic, dl_topic, cooc_topic = run.out(topics.sft_examples), run.out(topics.deadletter), run.out(topics.cooccurrence)
+    sft_topic, dl_topic, cooc_topic = (
+        run.out(topics.sft_examples),
+        run.out(topics.deadletter),
+        run.out(topics.cooccurrence),
+    )
 
     # ---- source (JVM): raw bytes + metadata; `ts` only for the watermark.
     ts_expr = "TRY_CAST(JSON_VALUE(CAST(`raw` AS STRING), '$.ts') AS BIGINT)"
@@ -437,8 +546,12 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         "properties.group.id": cfg.group_id + ("-backfill" if run.backfill else ""),
         "properties.isolation.level": "read_committed",
         "format": "raw",
-        "scan.startup.mode": "earliest-offset" if run.backfill else {
-            "earliest": "earliest-offset", "latest": "latest-offset", "committed": "group-offsets"
+        "scan.startup.mode": "earliest-offset"
+        if run.backfill
+        else {
+            "earliest": "earliest-offset",
+            "latest": "latest-offset",
+            "committed": "group-offsets",
         }[cfg.starting_offsets],
         "scan.watermark.idle-timeout": f"{cfg.idleness_ms} ms",
     }
@@ -453,7 +566,7 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
           `offset` BIGINT METADATA VIRTUAL,
           `ts_raw` AS {ts_expr},
           `rt` AS TO_TIMESTAMP_LTZ(CASE WHEN {ts_expr} BETWEEN 0 AND {guard} THEN {ts_expr} ELSE 0 END, 3),
-          WATERMARK FOR `rt` AS `rt` - INTERVAL '{cfg.out_of_orderness_ms / 1000:.3f}' SECOND
+          WATERMARK FOR `rt` AS `rt` - {sql_interval(cfg.out_of_orderness_ms)}
         ) WITH (
           {_with(src_opts)}
         )""")
@@ -466,11 +579,17 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     raw_stream = t_env.to_data_stream(raw_table)
 
     # ---- Python: validation, then per-user timeline.
-    validated = raw_stream.process(_make_validate_fn(src_topic, cfg.metrics_port)).name("validate").uid("validate")
+    validated = (
+        raw_stream.process(_make_validate_fn(src_topic, cfg.metrics_port))
+        .name("validate")
+        .uid("validate")
+    )
     timeline = (
         validated.key_by(lambda v: v[0], key_type=Types.STRING())
         .process(
-            _make_timeline_fn(cfg.timeline_params(), cfg.state_ttl_ms, src_topic, sft_topic, cfg.metrics_port),
+            _make_timeline_fn(
+                cfg.timeline_params(), cfg.state_ttl_ms, src_topic, sft_topic, cfg.metrics_port
+            ),
             output_type=KV_TYPE(),
         )
         .name("user-timeline")
@@ -480,7 +599,9 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     pairs = timeline.get_side_output(PAIRS_TAG)
 
     # ---- sinks (JVM): one exactly-once Kafka sink per output topic.
-    def kafka_sink(name: str, topic: str, columns: str, value_format: str, key_field: str = "k") -> None:
+    def kafka_sink(
+        name: str, topic: str, columns: str, value_format: str, key_field: str = "k"
+    ) -> None:
         opts = {
             "connector": "kafka",
             "topic": topic,
@@ -498,8 +619,10 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     kafka_sink("sft_sink", sft_topic, "`k` STRING, `v` STRING", "raw")
     kafka_sink("dl_sink", dl_topic, "`k` STRING, `v` STRING", "raw")
     kafka_sink(
-        "cooc_sink", cooc_topic,
-        "`k` STRING, `a` STRING, `b` STRING, `count` BIGINT, `window_end` BIGINT, `schema` INT", "json",
+        "cooc_sink",
+        cooc_topic,
+        "`k` STRING, `a` STRING, `b` STRING, `count` BIGINT, `window_end` BIGINT, `schema` INT",
+        "json",
     )
 
     kv_schema = Schema.new_builder().column("k", "STRING").column("v", "STRING").build()
@@ -515,13 +638,12 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         .build()
     )
     t_env.create_temporary_view("pairs", t_env.from_data_stream(pairs, pair_schema))
-    size_s = cfg.window_size_ms // 1000
     if cfg.window == "tumbling":
-        window = f"TUMBLE(TABLE pairs, DESCRIPTOR(rt), INTERVAL '{size_s}' SECOND)"
+        window = f"TUMBLE(TABLE pairs, DESCRIPTOR(rt), {sql_interval(cfg.window_size_ms)})"
     else:
         window = (
-            f"HOP(TABLE pairs, DESCRIPTOR(rt), INTERVAL '{cfg.window_slide_ms // 1000}' SECOND, "
-            f"INTERVAL '{size_s}' SECOND)"
+            f"HOP(TABLE pairs, DESCRIPTOR(rt), {sql_interval(cfg.window_slide_ms)}, "
+            f"{sql_interval(cfg.window_size_ms)})"
         )
 
     stmts = t_env.create_statement_set()

@@ -60,9 +60,13 @@ class TimelineParams:
 
     def __post_init__(self) -> None:
         if self.allowed_lateness_ms < 0 or self.session_gap_ms <= 0:
-            raise ValueError(f"bad lateness/session gap: {self.allowed_lateness_ms}, {self.session_gap_ms}")
+            raise ValueError(
+                f"bad lateness/session gap: {self.allowed_lateness_ms}, {self.session_gap_ms}"
+            )
         if self.history_len < 0 or self.pair_prev_k < 0:
-            raise ValueError(f"history_len and pair_prev_k must be >= 0, got {self.history_len}, {self.pair_prev_k}")
+            raise ValueError(
+                f"history_len and pair_prev_k must be >= 0, got {self.history_len}, {self.pair_prev_k}"
+            )
 
     @property
     def keep_len(self) -> int:
@@ -72,8 +76,14 @@ class TimelineParams:
 def watch_tuple(w) -> tuple:
     """The accepted-watch tuple of a `streams.schema.WatchEvent`."""
     return (
-        w.ts, w.event_id, w.video_id, w.watch_time_s, w.video_duration_s,
-        w.clicked, w.context_video_id, w.satisfaction,
+        w.ts,
+        w.event_id,
+        w.video_id,
+        w.watch_time_s,
+        w.video_duration_s,
+        w.clicked,
+        w.context_video_id,
+        w.satisfaction,
     )
 
 
@@ -127,7 +137,9 @@ def release(state: list, upto_ts: int, p: TimelineParams, r_max: float):
             ratio = ev[WATCH_TIME] / ev[DURATION] if ev[DURATION] > 0 else 0.0
             r = reward(True, ratio, ev[SATISFACTION], p.weights)
             if keep_example(ev[EVENT_ID], r, r_max, p.sample_salt):
-                hist = [(h[0], h[1], h[2], (ts - h[3]) / HOUR_MS) for h in (history[-hl:] if hl else [])]
+                hist = [
+                    (h[0], h[1], h[2], (ts - h[3]) / HOUR_MS) for h in (history[-hl:] if hl else [])
+                ]
                 examples.append((ev, r, hist))
         ratio = ev[WATCH_TIME] / ev[DURATION] if ev[DURATION] > 0 else 0.0
         history.append((video, ratio, ev[WATCH_TIME], ts, session))

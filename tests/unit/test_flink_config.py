@@ -6,7 +6,7 @@ import pytest
 
 from plum.config import ConfigError
 from streams.flink_cli import cli, parse_time_ms
-from streams.flink_job import FlinkConfig, latest_checkpoint, load_flink_config
+from streams.flink_job import FlinkConfig, latest_checkpoint, load_flink_config, sql_interval
 from tests.flink_support import TEST_CONFIG
 
 
@@ -54,3 +54,21 @@ def test_latest_checkpoint_is_the_newest_completed_one(tmp_path):
         if done:
             (d / "_metadata").write_bytes(b"x")
     assert latest_checkpoint(tmp_path).name == "chk-5"
+
+
+@pytest.mark.parametrize(
+    ("ms", "literal"),
+    [
+        (0, "INTERVAL '0 00:00:00.000' DAY TO SECOND(3)"),
+        (1500, "INTERVAL '0 00:00:01.500' DAY TO SECOND(3)"),
+        (3_600_000, "INTERVAL '0 01:00:00.000' DAY TO SECOND(3)"),
+        (90_061_001, "INTERVAL '1 01:01:01.001' DAY TO SECOND(3)"),
+    ],
+)
+def test_sql_interval_takes_durations_longer_than_99_seconds(ms, literal):
+    assert sql_interval(ms) == literal
+
+
+def test_sql_interval_rejects_negative_durations():
+    with pytest.raises(ValueError, match="interval"):
+        sql_interval(-1)

@@ -14,8 +14,14 @@ from streams.reward import RewardWeights
 from tests.reference_pipeline import RefParams, run_reference
 
 # Sampling always on (r_max tiny relative to any clicked reward) where a test needs examples.
-P = ut.TimelineParams(allowed_lateness_ms=10_000, session_gap_ms=60_000, history_len=3, pair_prev_k=2,
-                      weights=RewardWeights(), sample_salt="")
+P = ut.TimelineParams(
+    allowed_lateness_ms=10_000,
+    session_gap_ms=60_000,
+    history_len=3,
+    pair_prev_k=2,
+    weights=RewardWeights(),
+    sample_salt="",
+)
 
 
 def ev(ts, eid, video, clicked=True, watch=5.0, dur=10.0, ctx=None, sat=None):
@@ -65,19 +71,29 @@ def test_each_watch_pairs_with_previous_k_of_its_session_in_canonical_order():
     _, _, pairs, _ = run(events)
     assert pairs == [
         ("v1", "v3", 2000),
-        ("v2", "v3", 3000), ("v1", "v2", 3000),
-        ("v1", "v4", 4000), ("v2", "v4", 4000),  # k = 2: v3 is too far back
+        ("v2", "v3", 3000),
+        ("v1", "v2", 3000),
+        ("v1", "v4", 4000),
+        ("v2", "v4", 4000),  # k = 2: v3 is too far back
     ]
 
 
 def test_no_pairs_across_a_session_gap_and_no_self_pairs():
-    events = [ev(0, "a", "v1"), ev(1000, "b", "v1"), ev(1000 + 60_001, "c", "v2"), ev(1000 + 60_002, "d", "v3")]
+    events = [
+        ev(0, "a", "v1"),
+        ev(1000, "b", "v1"),
+        ev(1000 + 60_001, "c", "v2"),
+        ev(1000 + 60_002, "d", "v3"),
+    ]
     _, _, pairs, _ = run(events)
     assert pairs == [("v2", "v3", 61_002)]
 
 
 def test_example_carries_history_features_context_and_reward():
-    events = [ev(0, "a", "v1", watch=2.0, dur=8.0), ev(1_800_000, "b", "v2", ctx="v1", watch=10.0, dur=10.0, sat=0.9)]
+    events = [
+        ev(0, "a", "v1", watch=2.0, dur=8.0),
+        ev(1_800_000, "b", "v2", ctx="v1", watch=10.0, dur=10.0, sat=0.9),
+    ]
     _, _, _, examples = run(events)
     target, r, hist = examples[1]
     assert target[ut.CONTEXT] == "v1" and target[ut.VIDEO_ID] == "v2"
@@ -99,17 +115,39 @@ def test_unclicked_watches_are_never_examples():
 
 # ---------------------------------------------------------------- property: job logic == reference
 
-REF = RefParams(out_of_orderness_ms=10**12, allowed_lateness_ms=5_000, session_gap_ms=20_000, history_len=3,
-                pair_prev_k=2, window="tumbling", window_size_ms=10_000, window_slide_ms=10_000, min_count=1,
-                w_click=1.0, w_ratio=1.0, w_satisfaction=0.5, ratio_cap=1.0, satisfaction_default=0.5,
-                sample_salt="p")
-TP = ut.TimelineParams(allowed_lateness_ms=REF.allowed_lateness_ms, session_gap_ms=REF.session_gap_ms,
-                       history_len=REF.history_len, pair_prev_k=REF.pair_prev_k, weights=RewardWeights(),
-                       sample_salt=REF.sample_salt)
+REF = RefParams(
+    out_of_orderness_ms=10**12,
+    allowed_lateness_ms=5_000,
+    session_gap_ms=20_000,
+    history_len=3,
+    pair_prev_k=2,
+    window="tumbling",
+    window_size_ms=10_000,
+    window_slide_ms=10_000,
+    min_count=1,
+    w_click=1.0,
+    w_ratio=1.0,
+    w_satisfaction=0.5,
+    ratio_cap=1.0,
+    satisfaction_default=0.5,
+    sample_salt="p",
+)
+TP = ut.TimelineParams(
+    allowed_lateness_ms=REF.allowed_lateness_ms,
+    session_gap_ms=REF.session_gap_ms,
+    history_len=REF.history_len,
+    pair_prev_k=REF.pair_prev_k,
+    weights=RewardWeights(),
+    sample_salt=REF.sample_salt,
+)
 
 watch_st = st.tuples(
-    st.sampled_from(["u1", "u2", "u3"]), st.integers(0, 120_000), st.sampled_from(["v1", "v2", "v3", "v4"]),
-    st.booleans(), st.floats(0.0, 1.4), st.one_of(st.none(), st.floats(0.0, 1.0)),
+    st.sampled_from(["u1", "u2", "u3"]),
+    st.integers(0, 120_000),
+    st.sampled_from(["v1", "v2", "v3", "v4"]),
+    st.booleans(),
+    st.floats(0.0, 1.4),
+    st.one_of(st.none(), st.floats(0.0, 1.0)),
 )
 
 
@@ -118,12 +156,22 @@ watch_st = st.tuples(
 def test_timeline_agrees_with_the_independent_reference(watches):
     records, events = [], []
     for i, (user, ts, video, clicked, ratio, sat) in enumerate(watches):
-        w = schema.WatchEvent(event_id=f"e{i:03d}", user_id=user, video_id=video, ts=1_700_000_000_000 + ts,
-                              watch_time_s=round(ratio * 10.0, 1), video_duration_s=10.0, clicked=clicked,
-                              surface="home", satisfaction=sat)
+        w = schema.WatchEvent(
+            event_id=f"e{i:03d}",
+            user_id=user,
+            video_id=video,
+            ts=1_700_000_000_000 + ts,
+            watch_time_s=round(ratio * 10.0, 1),
+            video_duration_s=10.0,
+            clicked=clicked,
+            surface="home",
+            satisfaction=sat,
+        )
         records.append((0, i, schema.encode(w)))
         events.append(w)
-    expected = run_reference(records, REF, now_ms=1_800_000_000_000, final_watermark=None, source_topic="t")
+    expected = run_reference(
+        records, REF, now_ms=1_800_000_000_000, final_watermark=None, source_topic="t"
+    )
     states: dict[str, list] = {}
     late, pairs, examples = set(), Counter(), {}
     for i, w in enumerate(events):
@@ -138,5 +186,29 @@ def test_timeline_agrees_with_the_independent_reference(watches):
             examples[e[ut.EVENT_ID]] = (r, [h[0] for h in hist], [h[3] for h in hist])
     assert late == set(expected.dead)
     assert Counter({(a, b, c, end): 1 for (a, b, end), c in pairs.items()}) == expected.pairs
-    assert examples == {k: (x.reward, [h.video_id for h in x.history], [h.hours_since for h in x.history])
-                        for k, x in expected.examples.items()}
+    assert examples == {
+        k: (x.reward, [h.video_id for h in x.history], [h.hours_since for h in x.history])
+        for k, x in expected.examples.items()
+    }
+
+
+def test_flink_job_example_encoding_is_schema_encode():
+    # The Flink operator builds the example JSON directly (no dataclass round trip); it
+    # must be byte-identical to schema.encode(SftExample(...)).
+    from streams.flink_job import _encode_example
+
+    e = ev(1_000, "e1", "v9", ctx="v3", sat=0.25, watch=7, dur=9.5)
+    hist = [("v1", 0.5, 5.0, 0.25), ("v2", 1.0, 12, 1e-7)]
+    for h, ctx_e in ((hist, e), ([], ev(2, "e2", "v8"))):
+        want = schema.encode(
+            schema.SftExample(
+                event_id=ctx_e[ut.EVENT_ID],
+                user_id='u\u00e9"1',
+                history=tuple(schema.HistoryItem(*x) for x in h),
+                context_video_id=ctx_e[ut.CONTEXT],
+                target_video_id=ctx_e[ut.VIDEO_ID],
+                reward=0.75,
+                ts=ctx_e[ut.TS],
+            )
+        )
+        assert _encode_example(ctx_e, 'u\u00e9"1', 0.75, h).encode("utf-8") == want
