@@ -1,0 +1,103 @@
+"""Trainer checkpoints: async save/restore round trip, damaged newest falls back, CPT output."""
+
+import dataclasses
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from streams import schema
+from trainer.checkpoint import CheckpointStore, NoCheckpointError
+from trainer.config import TINY, VocabConfig
+from trainer.cpt import (
+    CptConfig,
+    build_corpus,
+    load_model,
+    sample_batch,
+    train_cpt,
+    vocab_for_corpus,
+)
+from trainer.model import init_params
+from trainer.prompt import SidLookup
+from trainer.step import OptimizerConfig, init_state, make_optimizer
+
+CFG = dataclasses.replace(TINY, d_model=32, d_ff=64, max_len=64)
+
+
+def _state():
+    tx = make_optimizer(OptimizerConfig())
+    return init_state(init_params(CFG.with_vocab(40), jax.random.PRNGKey(1)), tx)
+
+
+def test_state_and_meta_round_trip(tmp_path):
+    state = _state()
+    store = CheckpointStore(tmp_path, async_save=True)
+    store.save(7, state, {"position": {"fresh_offsets": {"0": 12}}, "digest": str(2**63 + 5)})
+    store.wait()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    step, restored, meta = store.restore_latest(abstract)
+    store.close()
+    assert step == 7
+    assert meta["digest"] == str(2**63 + 5)
+    jax.tree.map(np.testing.assert_array_equal, restored, state)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    state = _state()
+    store = CheckpointStore(tmp_path, async_save=False)
+    store.save(1, state, {"n": 1})
+    store.save(2, state, {"n": 2})
+    for path in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    step, _, meta = store.restore_latest(abstract)
+    assert (step, meta["n"]) == (1, 1)
+    shutil.rmtree(tmp_path / "checkpoints" / "1" / "state")
+    with pytest.raises(NoCheckpointError):
+        store.restore_latest(abstract)
+    store.close()
+
+
+def _corpus_inputs():
+    uploads = [
+        schema.UploadEvent(f"v{i}", 0, f"title {i % 3}", "", "ch", (f"topic{i % 2}",), 60.0, {})
+        for i in range(6)
+    ]
+    watches = [
+        schema.WatchEvent(
+            f"e{u}{k}", f"u{u}", f"v{(u + k) % 6}", k * 60_000, 30.0, 60.0, True, "home"
+        )
+        for u in range(4)
+        for k in range(5)
+    ]
+    sids = SidLookup("sv1", {f"v{i}": (i % 4, i // 4, 0, 0) for i in range(6)})
+    return uploads, watches, sids
+
+
+def test_cpt_trains_both_halves_of_the_mixture_and_saves_a_loadable_checkpoint(tmp_path):
+    uploads, watches, lookup = _corpus_inputs()
+    vocab = vocab_for_corpus(
+        uploads, VocabConfig(text_vocab_size=300, disambiguation_size=2), (4, 2, 1)
+    )
+    corpus = build_corpus(uploads, watches, lookup, vocab, seq_len=48)
+    assert len(corpus.metadata) == 12 and len(corpus.behaviour) == 4
+    cfg = CptConfig(steps=25, batch_size=8, seq_len=48, learning_rate=3e-3, warmup_steps=0)
+    metas = [
+        sample_batch(corpus, cfg, np.random.default_rng(s), vocab.pad_id)[1] for s in range(200)
+    ]
+    assert np.mean(metas) == pytest.approx(4.0, abs=0.4)  # 50/50 of 8 rows
+    result = train_cpt(cfg, CFG, vocab, corpus, tmp_path / "cpt")
+    assert result.final_loss < result.first_loss
+    loaded = load_model(tmp_path / "cpt")
+    assert loaded.step == 25 and loaded.meta["sid_version"] == "sv1"
+    assert loaded.model_config.vocab_size == vocab.size == loaded.vocab.size
+    assert loaded.params["embed_tokens"]["embedding"].shape == (vocab.size, 32)
+
+
+def test_cpt_refuses_a_corpus_without_any_sid():
+    uploads, watches, _ = _corpus_inputs()
+    vocab = vocab_for_corpus(uploads, VocabConfig(text_vocab_size=300), (4, 2, 1))
+    with pytest.raises(ValueError, match="empty CPT corpus"):
+        build_corpus(uploads, watches, SidLookup("sv1", {}), vocab, seq_len=48)

@@ -1,0 +1,122 @@
+"""Trainer checkpoints (orbax): arrays and the JSON that says where training stood.
+
+    DIR/checkpoints/<step>/state   the TrainState (params, optimizer state, step) or, for
+                                   a CPT checkpoint, {"params": ...}  (StandardSave)
+    DIR/checkpoints/<step>/meta    JSON: data position (Kafka offsets per partition,
+                                   history cursor, archive step), sid_version, configs,
+                                   counters (JsonSave)
+    DIR/vocab/                     the vocabulary the token ids mean (trainer/vocab.py)
+
+Saves are asynchronous (the step loop goes on while orbax writes) and atomic: orbax
+writes into a temporary directory and renames it when complete, so a process killed
+mid-save leaves the previous checkpoint as the latest. A checkpoint that still fails to
+restore (disk damage) is skipped with an error in the log and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+VOCAB = "vocab"
+
+
+class NoCheckpointError(FileNotFoundError):
+    """No restorable checkpoint in the directory."""
+
+
+class CheckpointStore:
+    """Orbax CheckpointManager over DIR/checkpoints with a Composite(state, meta) item."""
+
+    def __init__(self, directory: Path | str, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory)
+        self._manager = ocp.CheckpointManager(
+            (self.directory / CHECKPOINTS).absolute(),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                create=True,
+                enable_async_checkpointing=async_save,
+            ),
+        )
+
+    @property
+    def vocab_dir(self) -> Path:
+        return self.directory / VOCAB
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Start saving `step` (returns before the write finishes when async)."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """The state (laid out like `abstract_state`: shapes, dtypes, shardings) and meta."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], dict(restored["meta"])
+
+    def restore_untyped(self, step: int) -> tuple[Any, dict[str, Any]]:
+        """State as plain nested dicts of numpy arrays (no target needed), and meta."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        )
+        return restored["state"], dict(restored["meta"])
+
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def restore_latest(
+        self, abstract_state: Any | Callable[[dict[str, Any]], Any]
+    ) -> tuple[int, Any, dict[str, Any]]:
+        """Newest checkpoint that restores; older ones are tried when the newest is damaged.
+
+        `abstract_state` may be a function of the checkpoint's meta (e.g. the model
+        config stored in it decides the shapes).
+        """
+        for step in reversed(self.steps()):
+            try:
+                target = abstract_state
+                if callable(abstract_state):
+                    target = abstract_state(self.restore_meta(step))
+                state, meta = self.restore(step, target)
+            except Exception as err:  # noqa: BLE001 - any damage: log and fall back
+                log.error(
+                    "checkpoint %s/%d does not restore (%s); trying an older one",
+                    self.directory,
+                    step,
+                    err,
+                )
+                continue
+            return step, state, meta
+        raise NoCheckpointError(f"no restorable checkpoint under {self.directory / CHECKPOINTS}")
+
+    def wait(self) -> None:
+        """Block until every pending save is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
