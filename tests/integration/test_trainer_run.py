@@ -1,0 +1,313 @@
+"""The continuous trainer against the real broker: CPT from Kafka, SFT from Kafka, kill -9.
+
+`plum trainer run` is started as a real process; it is killed with SIGKILL after it has
+saved a few checkpoints, more examples are produced, and it is started again. The last
+checkpoint must then account for every produced example exactly once (count and an
+order-free digest of the event ids), the archive must hold each consumed example once,
+and the saved offsets must be the topic's end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from streams import schema
+from streams.kafka_clients import make_producer
+from tokenizer.index import SidIndex
+from trainer.checkpoint import CheckpointStore
+from trainer.config import TINY, VocabConfig
+from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
+from trainer.loop import event_digest
+from trainer.prompt import SidLookup
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+VIDEOS = [f"v{i}" for i in range(24)]
+LEVELS = (8, 4, 2)  # what a tokenizer with codebook_base 8 and 3 levels has
+
+
+def _sid(i: int) -> tuple[int, ...]:
+    return (i % 8, i // 8, i % 2, i // 16)  # unique for the 24 videos
+
+
+CONFIG = """
+[trainer_model]
+d_model = 32
+n_layers = 2
+n_heads = 4
+n_kv_heads = 2
+d_ff = 64
+max_len = 64
+
+[trainer_vocab]
+text_vocab_size = 300
+min_frequency = 1
+disambiguation_size = 3
+
+[trainer_cpt]
+steps = 4
+batch_size = 4
+seq_len = 48
+log_every_s = 1.0
+
+[trainer]
+checkpoint_every_steps = 3
+checkpoint_every_s = 3600.0
+learning_rate = 0.001
+warmup_steps = 0
+log_every_s = 1.0
+
+[trainer_data]
+batch_size = 4
+seq_len = 48
+max_prompt_len = 40
+fresh_fraction = 1.0
+fresh_wait_ms = 100
+prefetch_batches = 2
+sid_refresh_s = 0.5
+"""
+
+
+def _examples(start: int, n: int, unknown_every: int = 0) -> list[schema.SftExample]:
+    rng = np.random.default_rng(start)
+    out = []
+    for i in range(start, start + n):
+        hist = tuple(
+            schema.HistoryItem(VIDEOS[int(v)], 0.5, 30.0, float(k))
+            for k, v in enumerate(rng.integers(0, len(VIDEOS), 3))
+        )
+        target = "unknown-video" if unknown_every and i % unknown_every == 0 else VIDEOS[i % 24]
+        out.append(
+            schema.SftExample(
+                f"ev{i:05d}",
+                f"u{i % 7}",
+                hist,
+                VIDEOS[(i + 1) % 24],
+                target,
+                1.0,
+                1_700_000_000_000 + i,
+            )
+        )
+    return out
+
+
+def _produce(bootstrap: str, topic: str, records: list[bytes]) -> None:
+    producer = make_producer(bootstrap)
+    for i, value in enumerate(records):
+        producer.send(topic, key=f"u{i % 7}".encode(), value=value)
+    producer.flush()
+    producer.close()
+
+
+@pytest.fixture
+def run_setup(tmp_path, topics, kafka_bootstrap):
+    config = tmp_path / "trainer.toml"
+    config.write_text(CONFIG)
+    index_path = tmp_path / "index.sqlite"
+    index = SidIndex(index_path)
+    for i, v in enumerate(VIDEOS):
+        index.record("sv1", v, _sid(i), 0)
+    index.switch("sv1")
+    index.close()
+    # a small CPT checkpoint (the CLI path of CPT is tested below)
+    uploads = [schema.UploadEvent(v, 0, f"title {v}", "", "c", ("t",), 60.0, {}) for v in VIDEOS]
+    vocab = vocab_for_corpus(uploads, VocabConfig(300, 1, 3), LEVELS)
+    lookup = SidLookup("sv1", {v: _sid(i) for i, v in enumerate(VIDEOS)})
+    corpus = build_corpus(uploads, [], lookup, vocab, seq_len=48)
+    model = dataclasses.replace(TINY, d_model=32, d_ff=64, max_len=64)
+    train_cpt(CptConfig(steps=2, batch_size=4, seq_len=48), model, vocab, corpus, tmp_path / "cpt")
+    return config, index_path, tmp_path
+
+
+def _run_cmd(config, bootstrap, prefix, index_path, tmp_path, *extra) -> list[str]:
+    return [
+        sys.executable, "-m", "plum.cli", "trainer", "run", "--config", str(config),
+        "--bootstrap", bootstrap, "--topic-prefix", prefix, "--index", str(index_path),
+        "--cpt", str(tmp_path / "cpt"), "--run-dir", str(tmp_path / "run"), *extra,
+    ]  # fmt: skip
+
+
+def _wait_for_checkpoint(run_dir: Path, min_step: int, proc, timeout_s: float = 180) -> int:
+    deadline = time.monotonic() + timeout_s
+    ckpts = run_dir / "checkpoints"
+    while time.monotonic() < deadline:
+        steps = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
+        if steps and max(steps) >= min_step:
+            return max(steps)
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited early with {proc.returncode}")
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint >= {min_step} under {ckpts} after {timeout_s} s")
+
+
+def test_kill_9_and_restart_trains_every_example_exactly_once(
+    run_setup, topics, topic_prefix, kafka_bootstrap
+):
+    config, index_path, tmp_path = run_setup
+    first = _examples(0, 120, unknown_every=25)
+    second = _examples(120, 80, unknown_every=25)
+    malformed = [b"{not json", b'{"schema": 1, "event_id": 5}']
+    _produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in first] + malformed)
+
+    cmd = _run_cmd(config, kafka_bootstrap, topic_prefix, index_path, tmp_path)
+    log1 = (tmp_path / "run1.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log1, stderr=subprocess.STDOUT)
+    try:
+        killed_after = _wait_for_checkpoint(tmp_path / "run", 9, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    _produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in second])
+    proc2 = subprocess.run(
+        [*cmd, "--idle-exit", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc2.returncode == 0, proc2.stdout[-2000:] + proc2.stderr[-4000:]
+    assert "resuming from checkpoint" in proc2.stderr
+
+    store = CheckpointStore(tmp_path / "run", async_save=False)
+    meta = store.restore_meta(store.latest_step())
+    store.close()
+    produced = first + second
+    c = meta["counters"]
+    unknown = sum(e.target_video_id == "unknown-video" for e in produced)
+    assert c["fresh_records"] == len(produced)
+    assert int(c["fresh_digest"]) == event_digest(e.event_id for e in produced)
+    assert c["fresh_trained"] == len(produced) - unknown
+    assert c["skipped_unknown"] == unknown
+    assert c["malformed"] == len(malformed)
+    assert c["history_trained"] == 0
+    assert meta["sid_version"] == "sv1"
+    ends = {0: 0, 1: 0, 2: 0, 3: 0}
+    from streams.kafka_clients import read_all
+
+    for rec in read_all(kafka_bootstrap, topics.sft_examples):
+        ends[rec.partition] = max(ends.get(rec.partition, 0), rec.offset + 1)
+    offsets = {int(p): o for p, o in meta["position"]["fresh_offsets"].items()}
+    assert offsets == {p: o for p, o in ends.items() if p in offsets}
+    assert sum(offsets.values()) == len(produced) + len(malformed)
+    assert meta["model_config"]["vocab_size"] > 0 and killed_after >= 9
+
+    archived = [
+        eid
+        for part in (tmp_path / "run" / "archive").rglob("*.parquet")
+        for eid in pq.read_table(part, columns=["event_id"]).column("event_id").to_pylist()
+    ]
+    assert sorted(archived) == sorted(e.event_id for e in produced)
+
+
+def test_sigterm_checkpoints_and_exits_zero_and_the_checkpoint_evaluates(
+    run_setup, topics, topic_prefix, kafka_bootstrap
+):
+    config, index_path, tmp_path = run_setup
+    _produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in _examples(0, 40)])
+    cmd = _run_cmd(config, kafka_bootstrap, topic_prefix, index_path, tmp_path)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for_checkpoint(tmp_path / "run", 3, proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    counters = json.loads(out.strip().splitlines()[-1])
+    store = CheckpointStore(tmp_path / "run", async_save=False)
+    meta = store.restore_meta(store.latest_step())
+    store.close()
+    assert meta["counters"]["fresh_records"] == counters["fresh_records"] > 0
+
+    report_path = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "plum.cli", "trainer", "eval", "--config", str(config),
+         "--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix, "--index",
+         str(index_path), "--checkpoint", str(tmp_path / "run"), "--holdout", "0.25",
+         "--beams", "5", "--out", str(report_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(report_path.read_text())
+    assert report["num_examples"] == 10 and report["checkpoint_kind"] == "sft"
+    assert set(report["rankers"]) == {"popularity", "cooccurrence", "model", "model_unconstrained"}
+    assert 0.0 <= report["rankers"]["model"]["recall@10"] <= 1.0
+    assert report["rankers"]["model"]["hallucination_rate"] == 0.0
+
+
+def test_cpt_cli_reads_uploads_and_watches_from_kafka(
+    tmp_path, topics, topic_prefix, kafka_bootstrap
+):
+    config = tmp_path / "trainer.toml"
+    config.write_text(CONFIG)
+    index_path = tmp_path / "index.sqlite"
+    index = SidIndex(index_path)
+    for i, v in enumerate(VIDEOS):
+        index.record("sv1", v, _sid(i), 0)
+    index.switch("sv1")
+    index.close()
+    tok_dir = _tokenizer_checkpoint(tmp_path / "tok")
+    uploads = [
+        schema.UploadEvent(
+            v, 1_700_000_000_000, f"title {v}", "", "c", ("t",), 60.0, {"text": (0.1, 0.2)}
+        )
+        for v in VIDEOS
+    ]
+    watches = [
+        schema.WatchEvent(
+            f"w{i}",
+            f"u{i % 5}",
+            VIDEOS[i % 24],
+            1_700_000_000_000 + i * 1000,
+            30.0,
+            60.0,
+            True,
+            "home",
+        )
+        for i in range(60)
+    ]
+    _produce(kafka_bootstrap, topics.uploads, [schema.encode(u) for u in uploads])
+    _produce(kafka_bootstrap, topics.watches_replay, [schema.encode(w) for w in watches] + [b"bad"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "plum.cli", "trainer", "cpt", "--config", str(config),
+         "--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix, "--index", str(index_path),
+         "--tokenizer", str(tok_dir), "--out", str(tmp_path / "cpt")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "read 24 uploads, 60 watches (1 invalid records skipped)" in proc.stderr
+    store = CheckpointStore(tmp_path / "cpt", async_save=False)
+    meta = store.restore_meta(store.latest_step())
+    store.close()
+    assert meta["sid_version"] == "sv1"
+    assert meta["corpus"]["metadata_sequences"] == 48
+    # 5 users x 12 watches x 7 tokens (4 SID + 3 features) do not fit 49 tokens: 2 chunks each
+    assert meta["corpus"]["behaviour_sequences"] == 10
+
+
+def _tokenizer_checkpoint(directory: Path) -> Path:
+    """A real (tiny, barely trained) tokenizer checkpoint with SID levels LEVELS."""
+    from tokenizer.checkpoint import save_tokenizer
+    from tokenizer.config import load_tokenizer_config
+    from tokenizer.train import train_tokenizer
+
+    emb = {"text": np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)}
+    config = load_tokenizer_config(
+        ROOT / "configs" / "test.toml", env={}, steps=3, codebook_base=8, num_levels=3
+    )
+    tok = train_tokenizer(emb, None, config)
+    assert tok.level_sizes == LEVELS
+    save_tokenizer(tok, directory)
+    return directory

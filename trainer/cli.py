@@ -1,0 +1,182 @@
+"""`plum trainer cpt | run | eval`: continued pre-training, continuous SFT, evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from plum.config import state_dir
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_libraries() -> None:
+    # orbax logs every save/restore at INFO through absl; keep our own lines readable
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+
+def usage() -> str:
+    return (
+        "usage: plum trainer {cpt,run,eval} [options]\n\n"
+        "  cpt    continued pre-training on SID behaviour + metadata -> the CPT checkpoint\n"
+        "  run    continuous SFT from the CPT checkpoint on Kafka + history (never stops)\n"
+        "  eval   Recall@K / NDCG@10 against popularity and co-occurrence baselines"
+    )
+
+
+def _trainer_config(args):
+    from trainer.loop import load_trainer_config
+
+    return load_trainer_config(
+        args.config,
+        bootstrap=args.bootstrap,
+        topic_prefix=args.topic_prefix,
+        index_path=args.index,
+        cpt_dir=getattr(args, "cpt", None),
+        run_dir=getattr(args, "run_dir", None),
+    )
+
+
+def _paths(cfg) -> tuple[Path, Path, Path]:
+    base = state_dir()
+    index = Path(cfg.index_path) if cfg.index_path else base / "tokenizer" / "sid-index.sqlite"
+    cpt = Path(cfg.cpt_dir) if cfg.cpt_dir else base / "trainer" / "cpt"
+    run = Path(cfg.run_dir) if cfg.run_dir else base / "trainer" / "run"
+    return index, cpt, run
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config (default configs/demo.toml)")
+    parser.add_argument("--bootstrap")
+    parser.add_argument("--topic-prefix")
+    parser.add_argument("--index", help="SID index SQLite (default STATE/tokenizer/...)")
+
+
+def cpt(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="plum trainer cpt", description="continued pre-training")
+    _common(parser)
+    parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (SID levels)")
+    parser.add_argument("--out", dest="cpt", help="CPT checkpoint directory")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--base-checkpoint", help="Llama-style safetensors dir to warm-start")
+    args = parser.parse_args(argv)
+    from streams.topics import TopicNames
+    from tokenizer.checkpoint import load_tokenizer
+    from trainer.config import load_model_config, load_vocab_config
+    from trainer.cpt import build_corpus, load_cpt_config, read_events, train_cpt, vocab_for_corpus
+    from trainer.data import index_lookup_source
+
+    cfg = _trainer_config(args)
+    index_path, cpt_dir, _ = _paths(cfg)
+    cpt_cfg = load_cpt_config(args.config, steps=args.steps)
+    model_cfg = load_model_config(args.config)
+    tok = load_tokenizer(args.tokenizer)
+    lookup = index_lookup_source(index_path)()
+    if lookup.version != tok.sid_version:
+        log.warning(
+            "the index's active version %s is not the tokenizer's %s: CPT follows the index",
+            lookup.version,
+            tok.sid_version,
+        )
+    topics = TopicNames.with_prefix(cfg.topic_prefix)
+    uploads, watches = read_events(cfg.bootstrap, topics)
+    params = None
+    if args.base_checkpoint:
+        vocab, model_cfg, params = _warm_start(args.base_checkpoint, tok.level_sizes, model_cfg)
+    else:
+        vocab = vocab_for_corpus(uploads, load_vocab_config(args.config), tok.level_sizes)
+    corpus = build_corpus(uploads, watches, lookup, vocab, cpt_cfg.seq_len)
+    log.info("CPT corpus (sid_version %s): %s", lookup.version, corpus.describe())
+    result = train_cpt(cpt_cfg, model_cfg, vocab, corpus, cpt_dir, params=params)
+    print(json.dumps({"path": str(result.path), "final_loss": result.final_loss}))
+    return 0
+
+
+def _warm_start(base: str, level_sizes, model_cfg):
+    import json as _json
+
+    from trainer.config import load_vocab_config  # noqa: F401 - same section as random init
+    from trainer.vocab import Vocab
+    from trainer.warmstart import config_from_hf, read_safetensors, warm_start
+
+    base_dir = Path(base)
+    vocab = Vocab.from_base_tokenizer(base_dir / "tokenizer.json", level_sizes, 16)
+    hf = _json.loads((base_dir / "config.json").read_text())
+    cfg = config_from_hf(hf, max_len=model_cfg.max_len).with_vocab(vocab.size)
+    ws = warm_start(read_safetensors(base_dir), cfg, vocab)
+    log.info("warm start from %s: %d rows kept, %d new", base, ws.kept_rows, ws.new_rows)
+    return vocab, cfg, ws.params
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="plum trainer run", description="continuous SFT")
+    _common(parser)
+    parser.add_argument("--cpt", help="CPT checkpoint to start from (first start only)")
+    parser.add_argument("--run-dir", help="checkpoints, vocab and archive of this run")
+    parser.add_argument("--idle-exit", type=float, help="stop after this long without input")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--metrics-port", type=int)
+    args = parser.parse_args(argv)
+    from streams.topics import TopicNames
+    from trainer.data import index_lookup_source, load_data_config
+    from trainer.loop import ContinuousTrainer, RunPaths, load_trainer_config
+    from trainer.sharding import initialize_distributed
+
+    initialize_distributed()
+    cfg = load_trainer_config(
+        args.config,
+        bootstrap=args.bootstrap,
+        topic_prefix=args.topic_prefix,
+        index_path=args.index,
+        cpt_dir=args.cpt,
+        run_dir=args.run_dir,
+        idle_exit_s=args.idle_exit,
+        max_steps=args.max_steps,
+        metrics_port=args.metrics_port,
+    )
+    index_path, cpt_dir, run_dir = _paths(cfg)
+    data_cfg = load_data_config(args.config)
+    topic = TopicNames.with_prefix(cfg.topic_prefix).sft_examples
+    trainer = ContinuousTrainer(
+        cfg,
+        data_cfg,
+        RunPaths(run_dir, cpt_dir),
+        cfg.bootstrap,
+        topic,
+        index_lookup_source(index_path),
+    )
+    stop = threading.Event()
+
+    def _stop(signum, _frame):
+        log.info("signal %d: finishing the step, checkpointing, exiting", signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    counters = trainer.run(stop)
+    print(json.dumps(counters.to_dict()))
+    return 0
+
+
+COMMANDS = {"cpt": cpt, "run": run}
+
+
+def cli(argv: list[str]) -> int:
+    _quiet_libraries()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] == "eval":
+        from trainer.eval_cli import cli as eval_cli
+
+        return eval_cli(argv[1:])
+    if argv[0] not in COMMANDS:
+        print(f"plum trainer: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
