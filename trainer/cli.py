@@ -143,14 +143,18 @@ def run(argv: list[str]) -> int:
     index_path, cpt_dir, run_dir = _paths(cfg)
     data_cfg = load_data_config(args.config)
     topic = TopicNames.with_prefix(cfg.topic_prefix).sft_examples
-    trainer = ContinuousTrainer(
-        cfg,
-        data_cfg,
-        RunPaths(run_dir, cpt_dir),
-        cfg.bootstrap,
-        topic,
-        index_lookup_source(index_path),
-    )
+    try:
+        trainer = ContinuousTrainer(
+            cfg,
+            data_cfg,
+            RunPaths(run_dir, cpt_dir),
+            cfg.bootstrap,
+            topic,
+            index_lookup_source(index_path),
+        )
+    except FileNotFoundError as err:  # no CPT checkpoint / no SID index: say which
+        print(f"plum trainer run: {err} (run `plum trainer cpt` first?)", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def _stop(signum, _frame):

@@ -131,7 +131,8 @@ class Counters:
     history_trained: int = 0
     skipped_unknown: int = 0
     malformed: int = 0
-    tokens: int = 0
+    tokens: int = 0  # target tokens trained on (the loss covers these)
+    input_tokens: int = 0  # real (non-padding) tokens the model processed
     newest_event_ts: int = 0
 
     def add(self, mb: MixedBatch, tokens: int) -> None:
@@ -143,6 +144,7 @@ class Counters:
         self.skipped_unknown += mb.n_skipped_unknown
         self.malformed += mb.n_malformed
         self.tokens += tokens
+        self.input_tokens += int(mb.batch.mask.sum()) if mb.n_rows else 0
         if mb.newest_fresh_ts is not None:
             self.newest_event_ts = max(self.newest_event_ts, mb.newest_fresh_ts)
 
@@ -203,6 +205,8 @@ class ContinuousTrainer:
         self.position: DataPosition | None = None
         self.state, self.model_cfg, self.vocab = self._restore_or_start()
         shard = lambda tree: state_shardings(tree, self.mesh)  # noqa: E731
+        # the jitted step takes the state only in the mesh's layout
+        self.state = jax.device_put(self.state, shard(self.state))
         self.stepper = Stepper(
             self.model_cfg, self.tx, shard(self.state), batch_sharding(self.mesh)
         )
@@ -218,6 +222,8 @@ class ContinuousTrainer:
             start=self.position,
         )
         self.sid_version: str | None = None
+        self._bootstrap, self._topic = bootstrap, topic
+        self._lag_consumer = None
 
     # ---- start / resume
     def _restore_or_start(self) -> tuple[TrainState, ModelConfig, Vocab]:
@@ -350,6 +356,7 @@ class ContinuousTrainer:
                     self.save()
                     last_ckpt = now
                 if now - last_log >= cfg.log_every_s:
+                    self._update_lag()
                     rate = (examples_run - examples_at_log) / (now - last_log)
                     log.info(
                         "step %d loss %.4f | %.1f examples/s, %.1f steps/s | input wait %.1f%% "
@@ -371,8 +378,35 @@ class ContinuousTrainer:
         finally:
             self.data.close()
             self.store.close()
+            if self._lag_consumer is not None:
+                self._lag_consumer.close()
             if server:
                 server.close()
+
+    def _update_lag(self) -> None:
+        """plum_trainer_consumer_lag: records of the topic not yet trained on, per partition
+        (end offsets from a separate read_committed client: the input thread owns its own)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        if self.position is None:
+            return
+        try:
+            if self._lag_consumer is None:
+                self._lag_consumer = KafkaConsumer(
+                    bootstrap_servers=self._bootstrap,
+                    enable_auto_commit=False,
+                    isolation_level="read_committed",
+                    client_id="plum-trainer-lag",
+                )
+            offsets = self.position.fresh_offsets
+            tps = [TopicPartition(self._topic, p) for p in offsets]
+            ends = self._lag_consumer.end_offsets(tps)
+        except Exception as err:  # noqa: BLE001 - a metric must not stop training
+            log.warning("consumer lag not updated: %s", err)
+            return
+        gauge = self.metrics.gauge("plum_trainer_consumer_lag")
+        for tp, end in ends.items():
+            gauge.labels(partition=str(tp.partition)).set(max(0, end - offsets[tp.partition]))
 
     def _observe(self, mb: MixedBatch, tokens: int) -> None:
         m = self.metrics

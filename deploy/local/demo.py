@@ -38,8 +38,14 @@ class DemoConfig:
     rate: float = 500.0  # simulated events per wall-clock second
     bad_fraction: float = 0.01
     seed: int = 7
-    components: tuple[str, ...] = ("simulator", "flink", "sid_service")
+    components: tuple[str, ...] = ("simulator", "flink", "sid_service", "trainer")
     tokenizer_steps: int = 800
+    # The trainer joins once Kafka holds uploads with SIDs and watches: CPT on what is
+    # there after this many seconds (skipped when STATE/trainer/cpt holds a checkpoint),
+    # then continuous SFT on the Flink job's examples.
+    trainer_after_s: float = 60.0
+    cpt_steps: int = 150
+    trainer_metrics_port: int = 9104
     tokenizer_items: int = 3000
     grace_s: float = 20.0
     simulator_metrics_port: int = 9101
@@ -88,7 +94,7 @@ class Child:
             return ""
 
 
-COMPONENTS = ("simulator", "flink", "sid_service")
+COMPONENTS = ("simulator", "flink", "sid_service", "trainer")
 
 
 def component_command(
@@ -132,7 +138,78 @@ def component_command(
             "--index",
             str(state_dir() / "demo" / "sid-index.sqlite"),
         ]
+    if name == "cpt":
+        return plum + [
+            "trainer",
+            "cpt",
+            *common,
+            "--tokenizer",
+            str(tokenizer_dir()),
+            "--index",
+            str(demo_index()),
+            "--out",
+            str(cpt_dir()),
+            "--steps",
+            str(config.cpt_steps),
+        ]
+    if name == "trainer":
+        return plum + [
+            "trainer",
+            "run",
+            *common,
+            "--index",
+            str(demo_index()),
+            "--cpt",
+            str(cpt_dir()),
+            "--run-dir",
+            str(state_dir() / "trainer" / "run"),
+            "--metrics-port",
+            str(config.trainer_metrics_port),
+        ]
     raise ValueError(f"unknown demo component {name!r}")
+
+
+def demo_index() -> Path:
+    return state_dir() / "demo" / "sid-index.sqlite"
+
+
+def cpt_dir() -> Path:
+    return state_dir() / "trainer" / "cpt"
+
+
+class TrainerLauncher:
+    """Starts CPT once enough data is in Kafka, then the continuous trainer after it."""
+
+    def __init__(self, config: DemoConfig, bootstrap: str, config_path, log_dir, env) -> None:
+        self.config, self.bootstrap, self.config_path = config, bootstrap, config_path
+        self.log_dir, self.env = log_dir, env
+        self.phase = "waiting"
+        self.cpt: Child | None = None
+
+    def _child(self, name: str) -> Child:
+        cmd = component_command(name, self.config, self.bootstrap, self.config_path)
+        return Child(name, cmd, self.log_dir, self.env)
+
+    def poll(self, elapsed_s: float, children: list[Child]) -> None:
+        """Advance: waiting -> cpt -> running. Raises RuntimeError when CPT fails."""
+        if self.phase == "waiting" and elapsed_s >= self.config.trainer_after_s:
+            if any((cpt_dir() / "checkpoints").glob("*/meta")):
+                log.info("using the CPT checkpoint in %s", cpt_dir())
+                self.phase = "start"
+            else:
+                log.info("CPT on what Kafka holds now (%d steps)", self.config.cpt_steps)
+                self.cpt = self._child("cpt")
+                children.append(self.cpt)
+                self.phase = "cpt"
+        if self.phase == "cpt" and self.cpt is not None and not self.cpt.running():
+            if self.cpt.proc.returncode != 0:
+                raise RuntimeError(
+                    f"CPT failed (exit {self.cpt.proc.returncode}); see {self.cpt.log_path}"
+                )
+            self.phase = "start"
+        if self.phase == "start":
+            children.append(self._child("trainer"))
+            self.phase = "running"
 
 
 def tokenizer_dir() -> Path:
@@ -223,7 +300,12 @@ def cli(argv: list[str]) -> int:
         log_dir = state_dir() / "demo" / "logs"
         if "sid_service" in config.components:
             train_demo_tokenizer(config, args.config, log_dir, env)
-        for name in config.components:
+        launcher = (
+            TrainerLauncher(config, kafka.bootstrap, args.config, log_dir, env)
+            if "trainer" in config.components
+            else None
+        )
+        for name in (c for c in config.components if c != "trainer"):
             children.append(
                 Child(
                     name,
@@ -239,11 +321,13 @@ def cli(argv: list[str]) -> int:
             if args.seconds and time.monotonic() - started > args.seconds:
                 log.info("demo ran %.0f s: stopping", args.seconds)
                 break
+            if launcher is not None:
+                launcher.poll(time.monotonic() - started, children)
             simulator = next((c for c in children if c.name == "simulator"), None)
             if simulator is not None and not simulator.running():
                 log.info("simulator finished (exit %s)", simulator.proc.returncode)
                 break
-            dead = [c for c in children if not c.running() and c.name != "simulator"]
+            dead = [c for c in children if not c.running() and c.name not in ("simulator", "cpt")]
             if dead:
                 log.error(
                     "%s exited with %s; see %s",
