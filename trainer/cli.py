@@ -91,7 +91,11 @@ def cpt(argv: list[str]) -> int:
         vocab, model_cfg, params = _warm_start(args.base_checkpoint, tok.level_sizes, model_cfg)
     else:
         vocab = vocab_for_corpus(uploads, load_vocab_config(args.config), tok.level_sizes)
-    corpus = build_corpus(uploads, watches, lookup, vocab, cpt_cfg.seq_len)
+    try:
+        corpus = build_corpus(uploads, watches, lookup, vocab, cpt_cfg.seq_len)
+    except ValueError as err:  # nothing in Kafka has a SID yet
+        print(f"plum trainer cpt: {err}", file=sys.stderr)
+        return 1
     log.info("CPT corpus (sid_version %s): %s", lookup.version, corpus.describe())
     result = train_cpt(cpt_cfg, model_cfg, vocab, corpus, cpt_dir, params=params)
     print(json.dumps({"path": str(result.path), "final_loss": result.final_loss}))

@@ -231,8 +231,9 @@ def index_lookup_source(index_path: Path | str) -> Callable[[], SidLookup]:
     """A lookup source reading the active version of the SID index at `index_path`.
 
     The index is opened on first use (in the input thread) and kept open; every call
-    re-reads the whole version, so SIDs assigned since show up. No active version yet:
-    an empty lookup with version "" (every example is then archived, none trained).
+    re-reads the whole version, so SIDs assigned since show up. No version switched active
+    yet: the only version when there is one, else an empty lookup with version "" (every
+    example is then archived, none trained).
     """
     path = Path(index_path)
     index: SidIndex | None = None
@@ -245,6 +246,9 @@ def index_lookup_source(index_path: Path | str) -> Callable[[], SidLookup]:
                 raise FileNotFoundError(f"SID index {path} does not exist")
             index = SidIndex(path)
         version = index.active_version
+        if version is None and len(versions := index.versions()) == 1:
+            # one version and no switch yet: the first tokenizer's SIDs are the ones in use
+            version = versions[0]
         if version is None:
             if not warned:
                 log.warning("SID index %s has no active version: nothing can be trained", path)

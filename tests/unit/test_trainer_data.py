@@ -454,10 +454,12 @@ def test_index_lookup_source_follows_the_active_version(tmp_path):
     with pytest.raises(FileNotFoundError):
         index_lookup_source(tmp_path / "missing.sqlite")()
     index = SidIndex(tmp_path / "sids.sqlite")
-    index.record("a", "v1", (1, 2, 0), BASE_TS)
-    index.record("b", "v1", (3, 1, 0), BASE_TS)
     source = index_lookup_source(tmp_path / "sids.sqlite")
-    assert source().version == ""  # nothing switched active yet: nothing known
+    assert source().version == ""  # no version at all: nothing known
+    index.record("a", "v1", (1, 2, 0), BASE_TS)
+    assert source().version == "a"  # the only version, before any switch
+    index.record("b", "v1", (3, 1, 0), BASE_TS)
+    assert source().version == ""  # two versions, none switched active: nothing known
     index.switch("a")
     assert source() == lookup_of("a", {"v1": (1, 2, 0)})
     index.record("a", "v2", (0, 0, 0), BASE_TS)  # assigned since: seen on the next read
