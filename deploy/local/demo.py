@@ -44,7 +44,7 @@ class DemoConfig:
     # there after this many seconds (skipped when STATE/trainer/cpt holds a checkpoint),
     # then continuous SFT on the Flink job's examples.
     trainer_after_s: float = 60.0
-    cpt_steps: int = 150
+    cpt_steps: int = 60
     trainer_metrics_port: int = 9104
     tokenizer_items: int = 3000
     grace_s: float = 20.0
@@ -339,7 +339,8 @@ def cli(argv: list[str]) -> int:
             if time.monotonic() - last_report > 5:
                 last_report = time.monotonic()
                 for c in children:
-                    log.info("[%s] %s", c.name, c.last_line()[-200:])
+                    if c.running():  # a finished step (CPT) has nothing new to say
+                        log.info("[%s] %s", c.name, c.last_line()[-200:])
     except (BrokerError, RuntimeError) as exc:
         log.error("%s", exc)
         return 1
