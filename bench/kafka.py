@@ -90,6 +90,47 @@ def python_consume(bootstrap: str, topic: str, partitions: int) -> dict:
     }
 
 
+def confluent_consume(bootstrap: str, topic: str, partitions: int) -> dict:
+    """`python_consume` with confluent-kafka (librdkafka): every record of `topic`, batched."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer
+    from confluent_kafka import TopicPartition as CTopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"plum-bench-{time.time_ns()}",  # required; nothing is committed
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+        }
+    )
+    tps = [CTopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+    ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+    consumer.assign(tps)
+    # Done when every partition's last record is read (offsets, not counts: transaction
+    # markers take offsets too).
+    behind = {p for p, end in ends.items() if end > 0}
+    count = nbytes = 0
+    start = time.perf_counter()
+    deadline = start + 300
+    while behind and time.perf_counter() < deadline:
+        for msg in consumer.consume(num_messages=5000, timeout=0.5):
+            if msg.error() is not None:
+                continue
+            count += 1
+            nbytes += len(msg.value())
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                behind.discard(msg.partition())
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return {
+        "records": count,
+        "seconds": round(elapsed, 3),
+        "records_per_s": round(count / elapsed),
+        "mb_per_s": round(nbytes / elapsed / 1e6, 2),
+    }
+
+
 def _java(main: str, *args: str, timeout: float = 600) -> str:
     cmd = [java_binary(), "-Xmx512m", "-cp", kafka_classpath(), main, *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 SCHEMA_VERSION = 1
 
@@ -204,10 +207,21 @@ def to_dict(event: Any) -> dict[str, Any]:
     Shallow by design: `dataclasses.asdict` deep-copies every embedding value and was
     90% of the cost of encoding an upload.
     """
-    return {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
+    return {name: _plain(getattr(event, name)) for name in _field_names(type(event))}
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+# Most values are scalars: answer them before the (slower) dataclass and Mapping checks.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _plain(value: Any) -> Any:
+    if type(value) in _SCALARS:
+        return value
     if dataclasses.is_dataclass(value):
         return to_dict(value)
     if isinstance(value, (list, tuple)):
@@ -219,9 +233,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # = json.dumps(...) args
+
+
 def encode(event: Any) -> bytes:
     """Compact UTF-8 JSON bytes of an event; stable for equal events."""
-    return json.dumps(to_dict(event), separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(to_dict(event)).encode("utf-8")
 
 
 def encode_key(key: str | None) -> bytes | None:
@@ -231,8 +248,15 @@ def encode_key(key: str | None) -> bytes | None:
 # ---------------------------------------------------------------------------- decoding
 
 
-def parse_object(raw: bytes | str, limits: ValidationLimits = ValidationLimits()) -> dict[str, Any]:
-    """Bytes to a JSON object with a known schema version, or ValidationError."""
+def parse_object(
+    raw: bytes | str, limits: ValidationLimits = ValidationLimits(), *, fast: bool = False
+) -> dict[str, Any]:
+    """Bytes to a JSON object with a known schema version, or ValidationError.
+
+    `fast` parses with orjson (see `_fast_loads`): the same objects as json.loads except
+    that integers beyond 64 bits become floats, so use it only where a caller re-decodes
+    exactly whenever the fast result fails validation (as `decode_upload` does).
+    """
     size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
     if size > limits.max_payload_bytes:
         raise ValidationError(
@@ -241,7 +265,7 @@ def parse_object(raw: bytes | str, limits: ValidationLimits = ValidationLimits()
     try:
         # json.loads accepts NaN/Infinity; they are kept so validation can name them
         # (nan_embedding, wrong_type) rather than calling the whole record not_json.
-        obj = json.loads(raw)
+        obj = _fast_loads(raw) if fast else json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValidationError(NOT_JSON, f"not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -252,6 +276,15 @@ def parse_object(raw: bytes | str, limits: ValidationLimits = ValidationLimits()
             UNKNOWN_SCHEMA, f"schema={version!r}, this code reads {SCHEMA_VERSION}"
         )
     return obj
+
+
+def _fast_loads(raw: bytes | str) -> Any:
+    """orjson (~7x faster than json here), and json.loads for what orjson rejects but json
+    reads (NaN, Infinity, 1e400, lone surrogates, UTF-16/32 or BOM-prefixed bytes)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 def _require(obj: Mapping[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
@@ -298,6 +331,7 @@ def _timestamp(obj: Mapping[str, Any], limits: ValidationLimits) -> int:
 
 
 _NUMBER = (int, float)
+_NUMBER_TYPES = frozenset(_NUMBER)  # exact types: bool (an int subclass) is not a number here
 
 
 def watch_from_dict(
@@ -380,7 +414,7 @@ def _embeddings(
         if not isinstance(vector, list):
             raise ValidationError(WRONG_TYPE, f"embedding {name!r} must be a list of numbers")
         # Fast path first (C-level scans); the slow loop only runs to name the culprit.
-        if not all(type(x) is float or type(x) is int for x in vector):
+        if not _NUMBER_TYPES.issuperset(map(type, vector)):
             for i, x in enumerate(vector):
                 if isinstance(x, bool) or not isinstance(x, _NUMBER):
                     raise ValidationError(
@@ -391,13 +425,13 @@ def _embeddings(
             raise ValidationError(
                 NAN_EMBEDDING, f"embedding {name!r}[{i}]={vector[i]!r} is not finite"
             )
-        values = [float(x) for x in vector]
+        values = tuple(map(float, vector))
         if expected is not None and len(values) != expected[name]:
             raise ValidationError(
                 WRONG_EMBEDDING_LENGTH,
                 f"embedding {name!r} has length {len(values)}, expected {expected[name]}",
             )
-        out[name] = tuple(values)
+        out[name] = values
     if expected is not None:
         missing = sorted(set(expected) - set(out))
         if missing:
@@ -410,7 +444,15 @@ def decode_watch(raw: bytes | str, limits: ValidationLimits = ValidationLimits()
 
 
 def decode_upload(raw: bytes | str, limits: ValidationLimits = ValidationLimits()) -> UploadEvent:
-    return upload_from_dict(parse_object(raw, limits), limits)
+    try:
+        # The fast parse differs from json.loads only in reading integers beyond 64 bits
+        # as floats: for an upload that can turn a valid event invalid (ts must be an
+        # int) or change an error's reason or message, never change a valid event (every
+        # other number is float()-ed). So a valid fast result stands; errors are decided
+        # by the exact parse.
+        return upload_from_dict(parse_object(raw, limits, fast=True), limits)
+    except ValidationError:
+        return upload_from_dict(parse_object(raw, limits), limits)
 
 
 def decode_sid_assignment(raw: bytes | str) -> SidAssignment:

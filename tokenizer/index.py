@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +49,19 @@ def topic_key(sid_version: str, video_id: str) -> bytes:
 
 
 def _sid_text(sid: Iterable[int]) -> str:
-    return ".".join(str(int(c)) for c in sid)
+    return ".".join(map(str, map(int, sid)))
 
 
 def _parse_sid(text: str) -> tuple[int, ...]:
     return tuple(int(c) for c in text.split("."))
+
+
+# Bound parameters per IN (...) query: under SQLite's default limit of 999 on old builds.
+_IN_CHUNK = 900
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
 
 
 class SidIndex:
@@ -121,6 +129,19 @@ class SidIndex:
         rows = self._db.execute("SELECT video_id, sid FROM sids WHERE version = ?", (version,))
         return {video: _parse_sid(sid) for video, sid in rows}
 
+    def lookup_many(self, version: str, video_ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        """The SIDs of those of `video_ids` that have one under `version` (one query per chunk)."""
+        ids = list(video_ids)
+        found: dict[str, tuple[int, ...]] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            rows = self._db.execute(
+                f"SELECT video_id, sid FROM sids WHERE version = ? AND video_id IN ({_marks(len(chunk))})",
+                (version, *chunk),
+            )
+            found.update((video, _parse_sid(sid)) for video, sid in rows)
+        return found
+
     def size(self, version: str) -> int:
         return self._db.execute(
             "SELECT COUNT(*) FROM sids WHERE version = ?", (version,)
@@ -151,6 +172,68 @@ class SidIndex:
         sid = (*(int(c) for c in codes), code)
         self._put(version, video_id, sid, ts)
         return Assignment(video_id, sid, version, ts, new=True)
+
+    def assign_many(
+        self, version: str, codes: Iterable[tuple[str, Iterable[int]]], ts: int
+    ) -> list[Assignment | SidSpaceExhausted]:
+        """`assign` for many videos at once, in order; the same SIDs as calling it per video.
+
+        A video whose prefix is full gets its `SidSpaceExhausted` in its place in the
+        result (nothing written for it); the others are written with one `executemany`
+        per table, which is what makes a batch of thousands cheap.
+        """
+        items = [(video, tuple(map(int, row))) for video, row in codes]
+        existing = self.lookup_many(version, {video for video, _ in items})
+        texts = [_sid_text(row) for _, row in items]  # each video's prefix
+        next_code = self._next_codes(
+            version,
+            {t for (video, _), t in zip(items, texts, strict=True) if video not in existing},
+        )
+        out: list[Assignment | SidSpaceExhausted] = []
+        sid_rows: list[tuple[str, str, str, int]] = []
+        used: set[str] = set()
+        for (video, row), prefix in zip(items, texts, strict=True):
+            sid = existing.get(video)
+            if sid is not None:
+                out.append(Assignment(video, sid, version, ts, new=False))
+                continue
+            code = next_code.get(prefix, 0)
+            if code >= self.disambiguation_size:
+                out.append(
+                    SidSpaceExhausted(
+                        f"prefix {prefix} of version {version} already has {code} videos "
+                        f"(disambiguation_size {self.disambiguation_size}); video {video!r} cannot get a SID"
+                    )
+                )
+                continue
+            next_code[prefix] = code + 1
+            sid = (*row, code)
+            existing[video] = sid  # a video listed twice keeps its first SID
+            used.add(prefix)
+            sid_rows.append((version, video, f"{prefix}.{code}" if prefix else str(code), ts))
+            out.append(Assignment(video, sid, version, ts, new=True))
+        if sid_rows:
+            self._db.executemany(
+                "INSERT INTO sids (version, video_id, sid, ts) VALUES (?, ?, ?, ?)", sid_rows
+            )
+            self._db.executemany(
+                "INSERT INTO prefixes (version, prefix, next_code) VALUES (?, ?, ?) "
+                "ON CONFLICT (version, prefix) DO UPDATE SET next_code = MAX(next_code, excluded.next_code)",
+                [(version, p, next_code[p]) for p in used],
+            )
+        return out
+
+    def _next_codes(self, version: str, prefixes: Iterable[str]) -> dict[str, int]:
+        wanted = list(prefixes)
+        found: dict[str, int] = {}
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            rows = self._db.execute(
+                f"SELECT prefix, next_code FROM prefixes WHERE version = ? AND prefix IN ({_marks(len(chunk))})",
+                (version, *chunk),
+            )
+            found.update(rows)
+        return found
 
     def record(self, version: str, video_id: str, sid: Iterable[int], ts: int) -> None:
         """Store an assignment read from the topic (rebuild/sync); keeps prefixes consistent."""
@@ -190,6 +273,29 @@ class SidIndex:
             "ON CONFLICT (video_id) DO UPDATE SET ts = excluded.ts, layout = excluded.layout, "
             "embeddings = excluded.embeddings",
             (video_id, ts, layout, blob),
+        )
+
+    def remember_items(
+        self,
+        layout: Mapping[str, int],
+        video_ids: Sequence[str],
+        ts: Sequence[int],
+        vectors: np.ndarray,
+    ) -> None:
+        """`remember_item` for many items at once. `vectors` is [len(video_ids), total
+        length]: each row the item's modalities concatenated in `layout` ({modality:
+        length}) order."""
+        layout_text = json.dumps({k: int(v) for k, v in layout.items()})
+        flat = np.ascontiguousarray(vectors, np.float32)
+        blob, width = flat.tobytes(), flat.shape[1] * 4 if flat.ndim == 2 else 0
+        self._db.executemany(
+            "INSERT INTO items (video_id, ts, layout, embeddings) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (video_id) DO UPDATE SET ts = excluded.ts, layout = excluded.layout, "
+            "embeddings = excluded.embeddings",
+            [
+                (video, t, layout_text, blob[i * width : (i + 1) * width])
+                for i, (video, t) in enumerate(zip(video_ids, ts, strict=True))
+            ],
         )
 
     def items(self) -> Iterator[tuple[str, int, dict[str, np.ndarray]]]:

@@ -16,12 +16,16 @@ Why that order is safe:
 A video that already has a SID under this version is never re-published, so a replay of
 the uploads topic changes nothing and duplicates nothing.
 
+The Kafka side (consumer, transactional producer) is `tokenizer.service_kafka`: librdkafka
+(confluent-kafka) by default, kafka-python as a fallback (`kafka_client`).
+
 The service never stops on a bad record: decode errors, wrong or missing modalities,
 NaN/inf and a full disambiguation space all become dead letters.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -32,13 +36,13 @@ from typing import Any, Protocol
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
 
 from monitoring.metrics import Metrics
 from streams import schema
 from streams.kafka_clients import make_producer
 from streams.topics import TopicNames
 from tokenizer.index import SidIndex, SidSpaceExhausted, topic_key
+from tokenizer.service_kafka import KAFKA_CLIENTS, Output, Record, TransactionalIO, open_io
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,13 @@ class SidServiceConfig:
     checkpoint: str = ""  # tokenizer checkpoint directory
     metrics_port: int = 9103
     progress_every_s: float = 10.0
+    # Kafka client of the consume/transaction cycle: "confluent" (librdkafka, ~3x the
+    # assignments/s on 2 cores, see bench/results/sid-service.json) or "kafka-python".
+    kafka_client: str = "confluent"
+
+    def __post_init__(self) -> None:
+        if self.kafka_client not in KAFKA_CLIENTS:
+            raise ValueError(f"kafka_client={self.kafka_client!r}; expected one of {KAFKA_CLIENTS}")
 
 
 @dataclass
@@ -104,31 +115,29 @@ class SidService:
         # reads every upload again, and a zombie of the same version is fenced.
         self.group_id = f"{config.group_id}-{self.version}"
         self.totals = BatchStats()
-        self._consumer: KafkaConsumer | None = None
-        self._producer = None
+        self._io: TransactionalIO | None = None
+        self._index_size = 0  # kept up to date rather than COUNT(*)-ed on every batch
         self.metrics.gauge("plum_sid_version_info").labels(version=self.version).set(1)
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         self.sync_index()
+        self._index_size = self.index.size(self.version)
         self.warm_up()
-        self._producer = make_producer(
+        self._io = open_io(
+            self.config.kafka_client,
             self.config.bootstrap,
-            transactional_id=f"{self.config.transactional_id}-{self.version}",
-            linger_ms=5,
-        )
-        self._producer.init_transactions()
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=self.config.bootstrap,
+            self.source_topics,
             group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
+            transactional_id=f"{self.config.transactional_id}-{self.version}",
             max_poll_records=self.config.batch_size,
-            client_id="plum-sid-service",
         )
-        self._consumer.subscribe(self.source_topics)
+        # Everything alive now (JAX, the model, the clients) lives as long as the service:
+        # move it out of the collector's view, so the gen-2 collections that a batch of
+        # thousands of decoded uploads triggers do not re-scan it every time.
+        gc.freeze()
+        log.info("SID service %s on %s", self.version, self.config.kafka_client)
 
     def warm_up(self) -> None:
         """Compile the encoder for every batch shape it can see before taking traffic.
@@ -153,10 +162,9 @@ class SidService:
         )
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-        if self._producer is not None:
-            self._producer.close()
+        if self._io is not None:
+            self._io.close()
+            self._io = None
 
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> BatchStats:
         """Process batches until `stop` is set (or no input for `idle_exit_s`)."""
@@ -169,6 +177,8 @@ class SidService:
                 if records:
                     last_input = time.monotonic()
                     self.process(records)
+                elif not self._io.assigned:
+                    last_input = time.monotonic()  # still joining the group: not idle yet
                 elif idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:
                     log.info("no uploads for %.1f s: exiting", idle_exit_s)
                     break
@@ -184,7 +194,7 @@ class SidService:
                         self.totals.assigned,
                         self.totals.collisions,
                         sum(self.totals.dead_letters.values()),
-                        self.index.size(self.version),
+                        self._index_size,
                     )
         finally:
             self.close()
@@ -192,36 +202,38 @@ class SidService:
 
     # ------------------------------------------------------------------ the cycle
 
-    def _poll_batch(self, stop: threading.Event) -> list:
-        assert self._consumer is not None
+    def _poll_batch(self, stop: threading.Event) -> list[Record]:
+        """Records until the batch is full or `batch_time_ms` passed (checking `stop`)."""
+        assert self._io is not None
         deadline = time.monotonic() + self.config.batch_time_ms / 1000
-        records: list = []
+        records: list[Record] = []
         while len(records) < self.config.batch_size and not stop.is_set():
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0.001:
                 break
-            polled = self._consumer.poll(
-                timeout_ms=min(remaining_ms, self.config.poll_timeout_ms),
-                max_records=self.config.batch_size - len(records),
+            records.extend(
+                self._io.poll(
+                    self.config.batch_size - len(records),
+                    min(remaining_s, self.config.poll_timeout_ms / 1000),
+                )
             )
-            for batch in polled.values():
-                records.extend(batch)
         return records
 
-    def process(self, records: list) -> BatchStats:
+    def process(self, records: list[Record]) -> BatchStats:
         """Assign SIDs for one batch of consumed upload records and commit it atomically."""
-        assert self._producer is not None and self._consumer is not None
+        assert self._io is not None
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         stats = BatchStats(consumed=len(records))
         limits = schema.ValidationLimits(
             now_ms=now_ms, max_future_ms=self.config.max_future_ms, embedding_dims=self.dims
         )
-        uploads: dict[str, tuple[schema.UploadEvent, Any]] = {}
+        uploads: dict[str, tuple[schema.UploadEvent, Record]] = {}
         letters: list[schema.DeadLetter] = []
+        decode = schema.decode_upload
         for rec in records:
             try:
-                event = schema.decode_upload(rec.value, limits)
+                event = decode(rec.value, limits)
             except schema.ValidationError as err:
                 letters.append(
                     schema.DeadLetter.of(
@@ -235,11 +247,13 @@ class SidService:
         # The index commits when this block exits, i.e. only after the Kafka transaction
         # committed; any exception rolls it back (see the module docstring).
         with self.index.transaction():
-            fresh = [vid for vid in uploads if self.index.lookup(self.version, vid) is None]
+            known = self.index.lookup_many(self.version, uploads)
+            fresh = [vid for vid in uploads if vid not in known]
             stats.reused = len(uploads) - len(fresh)
             if fresh:
                 outputs, latencies = self._assign(fresh, uploads, letters, stats, now_ms)
             self._commit_to_kafka(records, outputs, letters)
+        self._index_size += stats.assigned
         for letter in letters:
             stats.dead_letters[letter.reason] += 1
         self._account(stats, latencies, time.perf_counter() - started)
@@ -247,59 +261,63 @@ class SidService:
 
     def _assign(
         self, fresh: list[str], uploads: dict, letters: list, stats: BatchStats, now_ms: int
-    ):
+    ) -> tuple[list[tuple[bytes, bytes]], list[float]]:
+        """Encode the new videos, give each a SID in the index; the records to publish."""
         inputs = {
             name: np.asarray([uploads[v][0].embeddings[name] for v in fresh], np.float32)
             for name in self.dims
-        }
-        codes = np.asarray(self.tokenizer.encode(inputs))  # [len(fresh), L]
+        }  # {modality: [len(fresh), dim]}
+        codes = np.asarray(self.tokenizer.encode(inputs)).tolist()  # [len(fresh), L]
+        results = self.index.assign_many(self.version, zip(fresh, codes, strict=True), now_ms)
         outputs: list[tuple[bytes, bytes]] = []
         latencies: list[float] = []
+        kept: list[int] = []  # rows of `fresh` that got a SID
         wall_ms = time.time() * 1000
-        for vid, row in zip(fresh, codes, strict=True):
+        version = self.version
+        encode, assignment_cls = schema.encode, schema.SidAssignment
+        for row, (vid, result) in enumerate(zip(fresh, results, strict=True)):
             event, rec = uploads[vid]
-            try:
-                assignment = self.index.assign(self.version, vid, row.tolist(), now_ms)
-            except SidSpaceExhausted as exc:
-                err = schema.ValidationError(schema.SID_SPACE_EXHAUSTED, str(exc))
+            if isinstance(result, SidSpaceExhausted):
+                err = schema.ValidationError(schema.SID_SPACE_EXHAUSTED, str(result))
                 letters.append(
                     schema.DeadLetter.of(
                         rec.topic, rec.partition, rec.offset, err, rec.value, now_ms
                     )
                 )
                 continue
-            self.index.remember_item(vid, event.ts, event.embeddings)
-            stats.assigned += 1
-            stats.collisions += assignment.sid[-1] > 0
-            value = schema.encode(
-                schema.SidAssignment(
-                    video_id=vid, sid=assignment.sid, sid_version=self.version, ts=now_ms
-                )
+            kept.append(row)
+            stats.collisions += result.sid[-1] > 0
+            value = encode(
+                assignment_cls(video_id=vid, sid=result.sid, sid_version=version, ts=now_ms)
             )
-            outputs.append((topic_key(self.version, vid), value))
+            outputs.append((topic_key(version, vid), value))
             if rec.timestamp is not None and rec.timestamp > 0:
                 latencies.append(max(0.0, (wall_ms - rec.timestamp) / 1000))
+        stats.assigned = len(kept)
+        # The items table keeps float32 embeddings for a reindex; the matrix built for
+        # the encoder already holds them, one row per video in `self.dims` order.
+        kept_ids = [fresh[row] for row in kept]
+        self.index.remember_items(
+            self.dims,
+            kept_ids,
+            [uploads[vid][0].ts for vid in kept_ids],
+            np.concatenate([inputs[name] for name in self.dims], axis=1)[kept],
+        )
         return outputs, latencies
 
     def _commit_to_kafka(
-        self, records: list, outputs: list[tuple[bytes, bytes]], letters: list
+        self, records: list[Record], outputs: list[tuple[bytes, bytes]], letters: list
     ) -> None:
-        producer, consumer = self._producer, self._consumer
-        producer.begin_transaction()
-        futures = [producer.send(self.topics.sid_assignments, key=k, value=v) for k, v in outputs]
-        for letter in letters:
-            producer.send(self.topics.deadletter, value=schema.encode(letter))
-        next_offsets: dict[TopicPartition, int] = {}
+        """One transaction: the assignments, the dead letters and the next offsets."""
+        assert self._io is not None
+        sends: list[Output] = [(self.topics.sid_assignments, k, v) for k, v in outputs]
+        sends.extend((self.topics.deadletter, None, schema.encode(letter)) for letter in letters)
+        next_offsets: dict[tuple[str, int], int] = {}
         for rec in records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            next_offsets[tp] = max(next_offsets.get(tp, 0), rec.offset + 1)
-        producer.send_offsets_to_transaction(
-            {tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()},
-            consumer.group_metadata(),
-        )
-        producer.commit_transaction()
-        for fut in futures:
-            fut.get(timeout=30)  # already acknowledged by the commit; raises if one was not
+            tp = (rec.topic, rec.partition)
+            if rec.offset >= next_offsets.get(tp, 0):
+                next_offsets[tp] = rec.offset + 1
+        self._io.commit(sends, next_offsets)
 
     def _account(self, stats: BatchStats, latencies: Iterable[float], seconds: float) -> None:
         m = self.metrics
@@ -315,9 +333,7 @@ class SidService:
                 component="sid_service", source_topic=self.topics.uploads, reason=reason
             ).inc(n)
             self.totals.dead_letters[reason] += n
-        m.gauge("plum_sid_index_size").labels(version=self.version).set(
-            self.index.size(self.version)
-        )
+        m.gauge("plum_sid_index_size").labels(version=self.version).set(self._index_size)
         self.totals.consumed += stats.consumed
         self.totals.assigned += stats.assigned
         self.totals.reused += stats.reused

@@ -19,6 +19,9 @@ from tokenizer.train import train_tokenizer
 
 pytestmark = pytest.mark.integration
 
+# The exactly-once tests run on both Kafka clients of tokenizer.service_kafka.
+both_clients = pytest.mark.parametrize("kafka_client", ["confluent", "kafka-python"])
+
 
 @pytest.fixture(scope="module")
 def uploads(repo_root):
@@ -60,12 +63,17 @@ def published(bootstrap: str, topics) -> list[schema.SidAssignment]:
     ]
 
 
+@both_clients
 def test_uploads_get_unique_sids_and_bad_uploads_are_dead_lettered(
-    kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer
+    kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer, kafka_client
 ):
     produce(kafka_bootstrap, topics.uploads, uploads)
     config = SidServiceConfig(
-        bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, batch_size=200, batch_time_ms=100
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        batch_size=200,
+        batch_time_ms=100,
+        kafka_client=kafka_client,
     )
     index = SidIndex(tmp_path / "sids.sqlite")
     totals, _ = run_service(config, tokenizer, index)
@@ -91,11 +99,16 @@ def test_uploads_get_unique_sids_and_bad_uploads_are_dead_lettered(
     index.close()
 
 
+@both_clients
 def test_restart_and_replay_change_no_sid_and_duplicate_nothing(
-    kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer
+    kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer, kafka_client
 ):
     config = SidServiceConfig(
-        bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, batch_size=100, batch_time_ms=100
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        batch_size=100,
+        batch_time_ms=100,
+        kafka_client=kafka_client,
     )
     half = len(uploads) // 2
     produce(kafka_bootstrap, topics.uploads, uploads[:half])
@@ -150,14 +163,20 @@ class CrashAfterKafkaCommit(SidService):
             raise RuntimeError("simulated crash after the Kafka commit")
 
 
+@both_clients
 def test_crash_between_kafka_commit_and_index_commit_loses_nothing(
-    kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer
+    kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer, kafka_client
 ):
     config = SidServiceConfig(
-        bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, batch_size=100, batch_time_ms=100
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        batch_size=100,
+        batch_time_ms=100,
+        kafka_client=kafka_client,
     )
     produce(kafka_bootstrap, topics.uploads, uploads)
     index = SidIndex(tmp_path / "sids.sqlite")
+    CrashAfterKafkaCommit.crashed = False
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_service(config, tokenizer, index, CrashAfterKafkaCommit)
     assert index.size(tokenizer.sid_version) == 0  # the index rolled back...

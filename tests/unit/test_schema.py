@@ -246,3 +246,44 @@ def test_sid_and_example_records_round_trip():
     pair = schema.CooccurrencePair(a="a", b="b", count=3, window_end=100)
     assert schema.decode_cooccurrence(schema.encode(pair)) == pair
     assert not math.isnan(ex.reward)
+
+
+def _exact_decode_upload(data: bytes):
+    """decode_upload as it was before the orjson fast path: json.loads only."""
+    return schema.upload_from_dict(schema.parse_object(data, LIMITS), LIMITS)
+
+
+def _outcome(fn, data: bytes):
+    try:
+        return fn(data)
+    except ValidationError as err:
+        return (err.reason, err.message)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        raw(upload()),
+        raw(upload(ts=10**25)),  # beyond 64 bits: orjson would read a float
+        raw(upload(schema=10**25)),
+        raw(upload(duration_s=10**25)),
+        raw(upload(embeddings={"text": [10**25, 0.2, 0.3], "visual": [1.0, 2.0]})),
+        b'{"schema":1,"video_id":"v1","ts":1,"title":"t","duration_s":NaN,"embeddings":{}}',
+        raw(upload(embeddings={"text": [0.1, float("inf"), 0.3], "visual": [1.0, 2.0]})),
+        raw(upload(title="\ud800")),  # lone surrogate: json reads it, orjson does not
+        json.dumps(upload()).encode("utf-16"),
+        b"\xef\xbb\xbf" + raw(upload()),
+        b'{"schema":1,"video_id":"\xff"}',
+    ],
+)
+def test_fast_upload_decode_gives_exactly_what_json_loads_gives(data):
+    assert _outcome(lambda d: schema.decode_upload(d, LIMITS), data) == _outcome(
+        _exact_decode_upload, data
+    )
+
+
+@given(st.binary(max_size=200))
+def test_fast_upload_decode_matches_json_loads_on_any_bytes(data):
+    assert _outcome(lambda d: schema.decode_upload(d, LIMITS), data) == _outcome(
+        _exact_decode_upload, data
+    )

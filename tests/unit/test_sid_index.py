@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from tokenizer.index import SidIndex, SidSpaceExhausted
+from tokenizer.index import Assignment, SidIndex, SidSpaceExhausted
 
 
 @pytest.fixture
@@ -93,3 +94,40 @@ def test_switch_needs_a_version_with_sids(index):
         index.assign("v1", "vid-a", [1, 2, 3], ts=1)
     index.switch("v1")
     assert index.active_version == "v1"
+
+
+def test_assign_many_gives_the_sids_of_assigning_one_by_one(tmp_path):
+    rng = np.random.default_rng(0)
+    # Few distinct prefixes and a tiny disambiguation space: collisions, exhaustion,
+    # videos already known and a video listed twice all happen in one batch.
+    batch = [(f"vid-{rng.integers(40)}", rng.integers(0, 3, size=2).tolist()) for _ in range(60)]
+    one, many = SidIndex(tmp_path / "one.sqlite", 4), SidIndex(tmp_path / "many.sqlite", 4)
+    for idx in (one, many):
+        with idx.transaction():
+            idx.assign("v1", "vid-1", [0, 0], ts=0)
+    expected = []
+    with one.transaction():
+        for video, codes in batch:
+            try:
+                expected.append(one.assign("v1", video, codes, ts=5))
+            except SidSpaceExhausted as exc:
+                expected.append(str(exc))
+    with many.transaction():
+        got = many.assign_many("v1", batch, ts=5)
+    assert [r if isinstance(r, Assignment) else str(r) for r in got] == expected
+    assert many.all_sids("v1") == one.all_sids("v1")
+    with one.transaction(), many.transaction():  # the next free codes agree too
+        assert many.assign("v1", "new", [0, 1], 6) == one.assign("v1", "new", [0, 1], 6)
+    one.close()
+    many.close()
+
+
+def test_remember_items_stores_what_remember_item_does(tmp_path):
+    idx = SidIndex(tmp_path / "sids.sqlite")
+    vec = np.asarray([0.5, 0.25, -1.0], np.float32)
+    with idx.transaction():
+        idx.remember_items({"text": 2, "audio": 1}, ["vid-a"], [3], vec[None, :])
+    [(vid, ts, emb)] = list(idx.items())
+    assert (vid, ts) == ("vid-a", 3)
+    assert emb["text"].tolist() == [0.5, 0.25] and emb["audio"].tolist() == [-1.0]
+    idx.close()

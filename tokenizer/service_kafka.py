@@ -1,0 +1,251 @@
+"""The SID service's Kafka side: consume uploads, and publish results + offsets atomically.
+
+Two clients behind one small interface (`TransactionalIO`), so `tokenizer.service` holds
+the exactly-once cycle once:
+
+- `ConfluentIO` (librdkafka via confluent-kafka): the default. Fetching, decompression
+  and batching run in librdkafka's C threads; it consumes the uploads topic several times
+  faster than kafka-python on the same cores, and the service's rate is bounded by its
+  consumer.
+- `KafkaPythonIO` (kafka-python): the original path, kept as a fallback.
+
+Both consume `read_committed` in a consumer group with auto-commit off, and commit a batch
+with ONE transaction: its output records, then the group's next offsets
+(`send_offsets_to_transaction` with the consumer's group metadata), then commit. A failed
+transaction is aborted and the error re-raised: the service stops, and its restart reads
+the batch again from the last committed offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+log = logging.getLogger(__name__)
+
+KAFKA_CLIENTS = ("confluent", "kafka-python")
+# Dead letters carry a rejected record whole (see schema.DEAD_LETTER_MAX_BYTES).
+MAX_MESSAGE_BYTES = 3 * 1024 * 1024
+TRANSACTION_TIMEOUT_S = 30.0
+
+
+class Record(NamedTuple):
+    """One consumed record; kafka-python's ConsumerRecord has the same attributes."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp: int | None  # producer/broker timestamp, epoch ms
+
+
+# (topic, key, value) of a record to publish inside the batch's transaction.
+Output = tuple[str, bytes | None, bytes]
+# (topic, partition) -> the next offset to consume, committed with the transaction.
+NextOffsets = Mapping[tuple[str, int], int]
+
+
+class TransactionalIO(Protocol):
+    def poll(self, max_records: int, timeout_s: float) -> Sequence[Record]:
+        """Up to `max_records` records, waiting at most `timeout_s` (may return fewer)."""
+        ...
+
+    def commit(self, outputs: Sequence[Output], next_offsets: NextOffsets) -> None:
+        """Publish `outputs` and commit `next_offsets` for the group in one transaction."""
+        ...
+
+    @property
+    def assigned(self) -> bool:
+        """Whether the group has given this consumer partitions yet (joining takes seconds)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_io(
+    client: str,
+    bootstrap: str,
+    topics: Sequence[str],
+    group_id: str,
+    transactional_id: str,
+    max_poll_records: int,
+    client_id: str = "plum-sid-service",
+) -> TransactionalIO:
+    """A subscribed consumer and an initialised transactional producer of kind `client`."""
+    if client == "confluent":
+        return ConfluentIO(bootstrap, topics, group_id, transactional_id, client_id)
+    if client == "kafka-python":
+        return KafkaPythonIO(
+            bootstrap, topics, group_id, transactional_id, max_poll_records, client_id
+        )
+    raise ValueError(f"kafka_client={client!r}; expected one of {KAFKA_CLIENTS}")
+
+
+class ConfluentIO:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        transactional_id: str,
+        client_id: str,
+    ):
+        from confluent_kafka import Consumer, Producer
+
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "client.id": client_id,
+                "transactional.id": transactional_id,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.max.bytes": MAX_MESSAGE_BYTES,
+            }
+        )
+        self._producer.init_transactions(TRANSACTION_TIMEOUT_S)
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "client.id": client_id,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": False,
+            }
+        )
+        self._assigned = False
+        self._consumer.subscribe(list(topics), on_assign=self._on_assign)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self._assigned = True
+
+    @property
+    def assigned(self) -> bool:
+        return self._assigned
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        from confluent_kafka import KafkaException
+
+        out: list[Record] = []
+        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout_s):
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer: %s", err)  # transient; librdkafka retries itself
+                continue
+            kind, ts = msg.timestamp()
+            out.append(
+                Record(
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    msg.value(),
+                    ts if kind else None,  # 0 = TIMESTAMP_NOT_AVAILABLE
+                )
+            )
+        return out
+
+    def commit(self, outputs: Sequence[Output], next_offsets: NextOffsets) -> None:
+        from confluent_kafka import TopicPartition
+
+        producer = self._producer
+        producer.begin_transaction()
+        try:
+            for topic, key, value in outputs:
+                try:
+                    producer.produce(topic, value, key)
+                except BufferError:  # local queue full: let it drain, then retry once
+                    producer.poll(1.0)
+                    producer.produce(topic, value, key)
+            producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+                self._consumer.consumer_group_metadata(),
+                TRANSACTION_TIMEOUT_S,
+            )
+            # Flushes every produced record; fails if any one of them failed.
+            producer.commit_transaction(TRANSACTION_TIMEOUT_S)
+        except BaseException:
+            _abort(producer)
+            raise
+
+    def close(self) -> None:
+        self._consumer.close()
+        # close(), not just flush(): the handle (its threads, its connections) must go now,
+        # not whenever the collector gets to it.
+        self._producer.close()
+
+
+class KafkaPythonIO:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        transactional_id: str,
+        max_poll_records: int,
+        client_id: str,
+    ):
+        from kafka import KafkaConsumer
+
+        from streams.kafka_clients import make_producer
+
+        self._producer = make_producer(bootstrap, transactional_id=transactional_id, linger_ms=5)
+        self._producer.init_transactions()
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=max_poll_records,
+            client_id=client_id,
+        )
+        self._consumer.subscribe(list(topics))
+
+    @property
+    def assigned(self) -> bool:
+        return bool(self._consumer.assignment())
+
+    def poll(self, max_records: int, timeout_s: float) -> list:
+        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        if len(polled) == 1:
+            return next(iter(polled.values()))
+        return [rec for batch in polled.values() for rec in batch]
+
+    def commit(self, outputs: Sequence[Output], next_offsets: NextOffsets) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        producer = self._producer
+        producer.begin_transaction()
+        try:
+            futures = [producer.send(topic, key=key, value=value) for topic, key, value in outputs]
+            producer.send_offsets_to_transaction(
+                {
+                    TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                    for (t, p), o in next_offsets.items()
+                },
+                self._consumer.group_metadata(),
+            )
+            producer.commit_transaction()
+            for fut in futures:
+                fut.get(timeout=TRANSACTION_TIMEOUT_S)  # acknowledged by the commit; raises if not
+        except BaseException:
+            _abort(producer)
+            raise
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._producer.close()
+
+
+def _abort(producer) -> None:
+    try:
+        producer.abort_transaction()
+    except Exception as exc:  # the original error is the one worth raising
+        log.warning("aborting the SID transaction failed too: %s", exc)
