@@ -11,6 +11,7 @@ BENCHMARKS = {
     "tokenizer": "bench.tokenizer",
     "sid-service": "bench.sid_service",
     "trainer": "bench.trainer",
+    "trainer-quality": "bench.trainer_quality",
 }
 
 
