@@ -241,6 +241,28 @@ def encode(event: Any) -> bytes:
     return _ENCODER.encode(to_dict(event)).encode("utf-8")
 
 
+def encode_sid_assignment(a: SidAssignment) -> bytes:
+    """`encode(a)`, byte for byte, ~10x faster: the SID service writes one per new video.
+
+    orjson writes non-ASCII characters as UTF-8 where json.dumps escapes them (\\uXXXX),
+    so ids that are not pure ASCII take the generic path and the bytes never differ.
+    """
+    if a.video_id.isascii() and a.sid_version.isascii():
+        try:
+            return orjson.dumps(
+                {
+                    "video_id": a.video_id,
+                    "sid": list(a.sid),
+                    "sid_version": a.sid_version,
+                    "ts": a.ts,
+                    "schema": a.schema,
+                }
+            )
+        except TypeError:  # e.g. numpy integers: json.dumps has its own view of those
+            pass
+    return encode(a)
+
+
 def encode_key(key: str | None) -> bytes | None:
     return None if key is None else key.encode("utf-8")
 

@@ -99,17 +99,28 @@ class SidIndex:
     @contextmanager
     def transaction(self) -> Iterator[SidIndex]:
         """All writes inside commit together or not at all."""
-        self._db.execute("BEGIN IMMEDIATE")
-        self._in_tx = True
+        self.begin()
         try:
             yield self
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self.rollback()
             raise
         else:
-            self._db.execute("COMMIT")
-        finally:
-            self._in_tx = False
+            self.commit()
+
+    def begin(self) -> None:
+        """Open a write transaction explicitly (for a commit that waits on something else,
+        like the SID service's Kafka transaction); end it with commit() or rollback()."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+        self._in_tx = False
+
+    def rollback(self) -> None:
+        self._db.execute("ROLLBACK")
+        self._in_tx = False
 
     # ------------------------------------------------------------------ reads
 

@@ -47,6 +47,25 @@ from tokenizer.service_kafka import KAFKA_CLIENTS, Output, Record, Transactional
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _PendingBatch:
+    """A batch whose index writes are done but not committed, waiting for its Kafka
+    transaction (run inline, or in a worker thread while the next batch is polled)."""
+
+    stats: BatchStats
+    letters: list
+    latencies: list[float]
+    started: float
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+    def run(self, commit, *args) -> None:
+        try:
+            commit(*args)
+        except BaseException as err:  # re-raised by the main thread in _finish_pending
+            self.error = err
+
+
 class SidEncoder(Protocol):
     """What the service needs of a tokenizer (tokenizer.frozen.TrainedTokenizer is one)."""
 
@@ -116,6 +135,7 @@ class SidService:
         self.group_id = f"{config.group_id}-{self.version}"
         self.totals = BatchStats()
         self._io: TransactionalIO | None = None
+        self._pending: _PendingBatch | None = None
         self._index_size = 0  # kept up to date rather than COUNT(*)-ed on every batch
         self.metrics.gauge("plum_sid_version_info").labels(version=self.version).set(1)
 
@@ -174,9 +194,15 @@ class SidService:
         try:
             while not stop.is_set():
                 records = self._poll_batch(stop)
+                # The previous batch's Kafka commit ran while this batch was polled; it
+                # must finish (and the index commit after it) before this one touches
+                # the index.
+                self._finish_pending()
                 if records:
                     last_input = time.monotonic()
-                    self.process(records)
+                    self._pending = self._begin(records, background=self._pipelined)
+                    if not self._pipelined:
+                        self._finish_pending()
                 elif not self._io.assigned:
                     last_input = time.monotonic()  # still joining the group: not idle yet
                 elif idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:
@@ -196,7 +222,9 @@ class SidService:
                         sum(self.totals.dead_letters.values()),
                         self._index_size,
                     )
+            self._finish_pending()
         finally:
+            self._abandon_pending()
             self.close()
         return self.totals
 
@@ -221,6 +249,17 @@ class SidService:
 
     def process(self, records: list[Record]) -> BatchStats:
         """Assign SIDs for one batch of consumed upload records and commit it atomically."""
+        self._pending = self._begin(records, background=False)
+        return self._finish_pending()
+
+    @property
+    def _pipelined(self) -> bool:
+        # librdkafka handles may be used from two threads; kafka-python's consumer may not
+        return self.config.kafka_client == "confluent"
+
+    def _begin(self, records: list[Record], background: bool) -> _PendingBatch:
+        """Validate, assign in an open index transaction, and start the Kafka transaction
+        (in a worker thread when `background`, so the next poll overlaps its commit)."""
         assert self._io is not None
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
@@ -244,20 +283,61 @@ class SidService:
             uploads[event.video_id] = (event, rec)  # the last upload of a video in a batch wins
         outputs: list[tuple[bytes, bytes]] = []
         latencies: list[float] = []
-        # The index commits when this block exits, i.e. only after the Kafka transaction
+        # The index commits in _finish_pending, only after the Kafka transaction
         # committed; any exception rolls it back (see the module docstring).
-        with self.index.transaction():
+        self.index.begin()
+        try:
             known = self.index.lookup_many(self.version, uploads)
             fresh = [vid for vid in uploads if vid not in known]
             stats.reused = len(uploads) - len(fresh)
             if fresh:
                 outputs, latencies = self._assign(fresh, uploads, letters, stats, now_ms)
-            self._commit_to_kafka(records, outputs, letters)
+        except BaseException:
+            self.index.rollback()
+            raise
+        pending = _PendingBatch(stats, letters, latencies, started)
+        if background:
+            pending.thread = threading.Thread(
+                target=pending.run,
+                args=(self._commit_to_kafka, records, outputs, letters),
+                name="sid-kafka-commit",
+                daemon=True,
+            )
+            pending.thread.start()
+        else:
+            pending.run(self._commit_to_kafka, records, outputs, letters)
+        return pending
+
+    def _finish_pending(self) -> BatchStats | None:
+        """Wait for the pending batch's Kafka commit, then commit (or roll back) the index."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        if pending.thread is not None:
+            pending.thread.join()
+        if pending.error is not None:
+            self.index.rollback()
+            raise pending.error
+        self.index.commit()
+        stats = pending.stats
         self._index_size += stats.assigned
-        for letter in letters:
+        for letter in pending.letters:
             stats.dead_letters[letter.reason] += 1
-        self._account(stats, latencies, time.perf_counter() - started)
+        self._account(stats, pending.latencies, time.perf_counter() - pending.started)
         return stats
+
+    def _abandon_pending(self) -> None:
+        """On the way out after an error: let an in-flight commit end, keep the index
+        only if Kafka committed (else the batch is redone after a restart)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.thread is not None:
+            pending.thread.join()
+        if pending.error is None:
+            self.index.commit()
+        else:
+            self.index.rollback()
 
     def _assign(
         self, fresh: list[str], uploads: dict, letters: list, stats: BatchStats, now_ms: int
@@ -274,7 +354,7 @@ class SidService:
         kept: list[int] = []  # rows of `fresh` that got a SID
         wall_ms = time.time() * 1000
         version = self.version
-        encode, assignment_cls = schema.encode, schema.SidAssignment
+        encode, assignment_cls = schema.encode_sid_assignment, schema.SidAssignment
         for row, (vid, result) in enumerate(zip(fresh, results, strict=True)):
             event, rec = uploads[vid]
             if isinstance(result, SidSpaceExhausted):

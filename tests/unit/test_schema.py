@@ -287,3 +287,14 @@ def test_fast_upload_decode_matches_json_loads_on_any_bytes(data):
     assert _outcome(lambda d: schema.decode_upload(d, LIMITS), data) == _outcome(
         _exact_decode_upload, data
     )
+
+
+@given(
+    video_id=st.text(max_size=12),
+    sid=st.lists(st.integers(0, 2**31), min_size=1, max_size=5),
+    version=st.text(max_size=12),
+    ts=st.integers(0, 2**62),
+)
+def test_the_fast_sid_assignment_encoding_is_byte_identical(video_id, sid, version, ts):
+    a = schema.SidAssignment(video_id=video_id, sid=tuple(sid), sid_version=version, ts=ts)
+    assert schema.encode_sid_assignment(a) == schema.encode(a)
