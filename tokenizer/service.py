@@ -17,7 +17,10 @@ A video that already has a SID under this version is never re-published, so a re
 the uploads topic changes nothing and duplicates nothing.
 
 The Kafka side (consumer, transactional producer) is `tokenizer.service_kafka`: librdkafka
-(confluent-kafka) by default, kafka-python as a fallback (`kafka_client`).
+(confluent-kafka) by default, kafka-python as a fallback (`kafka_client`). With librdkafka
+a batch's Kafka transaction runs in a worker thread while the next batch is polled (its
+commit is ~75 ms of broker round trips); the next batch touches the index only after that
+commit and the index commit that follows it, so the order above holds.
 
 The service never stops on a bad record: decode errors, wrong or missing modalities,
 NaN/inf and a full disambiguation space all become dead letters.
