@@ -31,6 +31,15 @@ from streams.topics import TopicSpec
 log = logging.getLogger(__name__)
 
 
+def consume_rate(count: int, nbytes: int, elapsed: float) -> dict[str, float]:
+    return {
+        "records": count,
+        "seconds": round(elapsed, 3),
+        "records_per_s": round(count / elapsed),
+        "mb_per_s": round(nbytes / elapsed / 1e6, 2),
+    }
+
+
 def python_produce(bootstrap: str, topic: str, records: int, size: int) -> dict:
     payload = os.urandom(size)
     producer = make_producer(bootstrap, linger_ms=20, batch_size=512 * 1024)
@@ -82,12 +91,7 @@ def python_consume(bootstrap: str, topic: str, partitions: int) -> dict:
             nbytes += sum(len(r.value) for r in batch)
     elapsed = time.perf_counter() - start
     consumer.close()
-    return {
-        "records": count,
-        "seconds": round(elapsed, 3),
-        "records_per_s": round(count / elapsed),
-        "mb_per_s": round(nbytes / elapsed / 1e6, 2),
-    }
+    return consume_rate(count, nbytes, elapsed)
 
 
 def confluent_consume(bootstrap: str, topic: str, partitions: int) -> dict:
@@ -123,12 +127,7 @@ def confluent_consume(bootstrap: str, topic: str, partitions: int) -> dict:
                 behind.discard(msg.partition())
     elapsed = time.perf_counter() - start
     consumer.close()
-    return {
-        "records": count,
-        "seconds": round(elapsed, 3),
-        "records_per_s": round(count / elapsed),
-        "mb_per_s": round(nbytes / elapsed / 1e6, 2),
-    }
+    return consume_rate(count, nbytes, elapsed)
 
 
 def _java(main: str, *args: str, timeout: float = 600) -> str:

@@ -43,6 +43,20 @@ def tokenizer(repo_root, uploads):
     return train_tokenizer(emb, None, config)
 
 
+def service_config(
+    bootstrap: str, topic_prefix: str, batch_size: int, kafka_client: str | None = None
+) -> SidServiceConfig:
+    """The service on the test's topics, batches by size or 100 ms."""
+    client = {} if kafka_client is None else {"kafka_client": kafka_client}
+    return SidServiceConfig(
+        bootstrap=bootstrap,
+        topic_prefix=topic_prefix,
+        batch_size=batch_size,
+        batch_time_ms=100,
+        **client,
+    )
+
+
 def produce(bootstrap: str, topic: str, records) -> None:
     producer = make_producer(bootstrap)
     for r in records:
@@ -68,13 +82,7 @@ def test_uploads_get_unique_sids_and_bad_uploads_are_dead_lettered(
     kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer, kafka_client
 ):
     produce(kafka_bootstrap, topics.uploads, uploads)
-    config = SidServiceConfig(
-        bootstrap=kafka_bootstrap,
-        topic_prefix=topic_prefix,
-        batch_size=200,
-        batch_time_ms=100,
-        kafka_client=kafka_client,
-    )
+    config = service_config(kafka_bootstrap, topic_prefix, 200, kafka_client)
     index = SidIndex(tmp_path / "sids.sqlite")
     totals, _ = run_service(config, tokenizer, index)
 
@@ -103,13 +111,7 @@ def test_uploads_get_unique_sids_and_bad_uploads_are_dead_lettered(
 def test_restart_and_replay_change_no_sid_and_duplicate_nothing(
     kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer, kafka_client
 ):
-    config = SidServiceConfig(
-        bootstrap=kafka_bootstrap,
-        topic_prefix=topic_prefix,
-        batch_size=100,
-        batch_time_ms=100,
-        kafka_client=kafka_client,
-    )
+    config = service_config(kafka_bootstrap, topic_prefix, 100, kafka_client)
     half = len(uploads) // 2
     produce(kafka_bootstrap, topics.uploads, uploads[:half])
     index = SidIndex(tmp_path / "sids.sqlite")
@@ -133,9 +135,7 @@ def test_restart_and_replay_change_no_sid_and_duplicate_nothing(
 def test_lost_index_is_rebuilt_from_the_topic(
     kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer
 ):
-    config = SidServiceConfig(
-        bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, batch_size=300, batch_time_ms=100
-    )
+    config = service_config(kafka_bootstrap, topic_prefix, 300)
     half = len(uploads) // 2
     produce(kafka_bootstrap, topics.uploads, uploads[:half])
     index = SidIndex(tmp_path / "a.sqlite")
@@ -167,13 +167,7 @@ class CrashAfterKafkaCommit(SidService):
 def test_crash_between_kafka_commit_and_index_commit_loses_nothing(
     kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer, kafka_client
 ):
-    config = SidServiceConfig(
-        bootstrap=kafka_bootstrap,
-        topic_prefix=topic_prefix,
-        batch_size=100,
-        batch_time_ms=100,
-        kafka_client=kafka_client,
-    )
+    config = service_config(kafka_bootstrap, topic_prefix, 100, kafka_client)
     produce(kafka_bootstrap, topics.uploads, uploads)
     index = SidIndex(tmp_path / "sids.sqlite")
     CrashAfterKafkaCommit.crashed = False
@@ -192,9 +186,7 @@ def test_crash_between_kafka_commit_and_index_commit_loses_nothing(
 def test_reindex_writes_a_new_version_and_keeps_the_old(
     kafka_bootstrap, topics, topic_prefix, tmp_path, uploads, tokenizer, repo_root
 ):
-    config = SidServiceConfig(
-        bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, batch_size=500, batch_time_ms=100
-    )
+    config = service_config(kafka_bootstrap, topic_prefix, 500)
     produce(kafka_bootstrap, topics.uploads, uploads)
     index = SidIndex(tmp_path / "sids.sqlite")
     run_service(config, tokenizer, index)

@@ -110,8 +110,8 @@ def _produce(bootstrap: str, topic: str, records: list[bytes]) -> None:
     producer.close()
 
 
-@pytest.fixture
-def run_setup(tmp_path, topics, kafka_bootstrap):
+def _config_and_index(tmp_path: Path) -> tuple[Path, Path]:
+    """The test's config file and a SID index with every video under active version sv1."""
     config = tmp_path / "trainer.toml"
     config.write_text(CONFIG)
     index_path = tmp_path / "index.sqlite"
@@ -120,6 +120,12 @@ def run_setup(tmp_path, topics, kafka_bootstrap):
         index.record("sv1", v, _sid(i), 0)
     index.switch("sv1")
     index.close()
+    return config, index_path
+
+
+@pytest.fixture
+def run_setup(tmp_path, topics, kafka_bootstrap):
+    config, index_path = _config_and_index(tmp_path)
     # a small CPT checkpoint (the CLI path of CPT is tested below)
     uploads = [schema.UploadEvent(v, 0, f"title {v}", "", "c", ("t",), 60.0, {}) for v in VIDEOS]
     vocab = vocab_for_corpus(uploads, VocabConfig(300, 1, 3), LEVELS)
@@ -250,14 +256,7 @@ def test_sigterm_checkpoints_and_exits_zero_and_the_checkpoint_evaluates(
 def test_cpt_cli_reads_uploads_and_watches_from_kafka(
     tmp_path, topics, topic_prefix, kafka_bootstrap
 ):
-    config = tmp_path / "trainer.toml"
-    config.write_text(CONFIG)
-    index_path = tmp_path / "index.sqlite"
-    index = SidIndex(index_path)
-    for i, v in enumerate(VIDEOS):
-        index.record("sv1", v, _sid(i), 0)
-    index.switch("sv1")
-    index.close()
+    config, index_path = _config_and_index(tmp_path)
     tok_dir = _tokenizer_checkpoint(tmp_path / "tok")
     uploads = [
         schema.UploadEvent(
