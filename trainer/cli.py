@@ -30,7 +30,8 @@ def usage() -> str:
     )
 
 
-def _trainer_config(args):
+def trainer_config(args: argparse.Namespace, **overrides):
+    """[trainer] of --config, with the command line's values over it (None = not given)."""
     from trainer.loop import load_trainer_config
 
     return load_trainer_config(
@@ -38,12 +39,11 @@ def _trainer_config(args):
         bootstrap=args.bootstrap,
         topic_prefix=args.topic_prefix,
         index_path=args.index,
-        cpt_dir=getattr(args, "cpt", None),
-        run_dir=getattr(args, "run_dir", None),
+        **overrides,
     )
 
 
-def _paths(cfg) -> tuple[Path, Path, Path]:
+def state_paths(cfg) -> tuple[Path, Path, Path]:
     base = state_dir()
     index = Path(cfg.index_path) if cfg.index_path else base / "tokenizer" / "sid-index.sqlite"
     cpt = Path(cfg.cpt_dir) if cfg.cpt_dir else base / "trainer" / "cpt"
@@ -51,7 +51,8 @@ def _paths(cfg) -> tuple[Path, Path, Path]:
     return index, cpt, run
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, --bootstrap, --topic-prefix, --index: every trainer command has them."""
     parser.add_argument("--config", help="TOML config (default configs/demo.toml)")
     parser.add_argument("--bootstrap")
     parser.add_argument("--topic-prefix")
@@ -60,7 +61,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def cpt(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plum trainer cpt", description="continued pre-training")
-    _common(parser)
+    common_arguments(parser)
     parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (SID levels)")
     parser.add_argument("--out", dest="cpt", help="CPT checkpoint directory")
     parser.add_argument("--steps", type=int)
@@ -72,8 +73,8 @@ def cpt(argv: list[str]) -> int:
     from trainer.cpt import build_corpus, load_cpt_config, read_events, train_cpt, vocab_for_corpus
     from trainer.data import index_lookup_source
 
-    cfg = _trainer_config(args)
-    index_path, cpt_dir, _ = _paths(cfg)
+    cfg = trainer_config(args, cpt_dir=args.cpt)
+    index_path, cpt_dir, _ = state_paths(cfg)
     cpt_cfg = load_cpt_config(args.config, steps=args.steps)
     model_cfg = load_model_config(args.config)
     tok = load_tokenizer(args.tokenizer)
@@ -120,7 +121,7 @@ def _warm_start(base: str, level_sizes, model_cfg):
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plum trainer run", description="continuous SFT")
-    _common(parser)
+    common_arguments(parser)
     parser.add_argument("--cpt", help="CPT checkpoint to start from (first start only)")
     parser.add_argument("--run-dir", help="checkpoints, vocab and archive of this run")
     parser.add_argument("--idle-exit", type=float, help="stop after this long without input")
@@ -129,22 +130,19 @@ def run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from streams.topics import TopicNames
     from trainer.data import index_lookup_source, load_data_config
-    from trainer.loop import ContinuousTrainer, RunPaths, load_trainer_config
+    from trainer.loop import ContinuousTrainer, RunPaths
     from trainer.sharding import initialize_distributed
 
     initialize_distributed()
-    cfg = load_trainer_config(
-        args.config,
-        bootstrap=args.bootstrap,
-        topic_prefix=args.topic_prefix,
-        index_path=args.index,
+    cfg = trainer_config(
+        args,
         cpt_dir=args.cpt,
         run_dir=args.run_dir,
         idle_exit_s=args.idle_exit,
         max_steps=args.max_steps,
         metrics_port=args.metrics_port,
     )
-    index_path, cpt_dir, run_dir = _paths(cfg)
+    index_path, cpt_dir, run_dir = state_paths(cfg)
     data_cfg = load_data_config(args.config)
     topic = TopicNames.with_prefix(cfg.topic_prefix).sft_examples
     try:

@@ -18,15 +18,14 @@ import json
 import logging
 from pathlib import Path
 
+from trainer.cli import common_arguments, state_paths, trainer_config
+
 log = logging.getLogger(__name__)
 
 
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plum trainer eval", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="TOML config (default configs/demo.toml)")
-    parser.add_argument("--bootstrap")
-    parser.add_argument("--topic-prefix")
-    parser.add_argument("--index", help="SID index SQLite (default STATE/tokenizer/...)")
+    common_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help="CPT or run directory")
     parser.add_argument("--holdout", type=float, default=0.1, help="newest share held out")
     parser.add_argument("--beams", type=int, default=10)
@@ -37,16 +36,12 @@ def cli(argv: list[str]) -> int:
     from streams import schema
     from streams.kafka_clients import read_all
     from streams.topics import TopicNames
-    from trainer.cli import _paths
     from trainer.cpt import load_model
     from trainer.data import index_lookup_source, load_data_config
     from trainer.eval import ModelRanker, candidate_ids, evaluate, fit_baselines, fresh_split
-    from trainer.loop import load_trainer_config
 
-    cfg = load_trainer_config(
-        args.config, bootstrap=args.bootstrap, topic_prefix=args.topic_prefix, index_path=args.index
-    )
-    index_path, _, _ = _paths(cfg)
+    cfg = trainer_config(args)
+    index_path, _, _ = state_paths(cfg)
     data_cfg = load_data_config(args.config)
     model = load_model(args.checkpoint)
     lookup = index_lookup_source(index_path)()

@@ -170,12 +170,18 @@ class RunPaths:
         return self.run_dir / "archive"
 
 
-def _abstract_state(model_cfg: ModelConfig, tx, shardings_fn) -> Any:
-    shapes = jax.eval_shape(lambda: init_state(init_params(model_cfg, jax.random.PRNGKey(0)), tx))
-    shardings = shardings_fn(shapes)
+def _abstract(build: Callable[[], Any], shardings_fn) -> Any:
+    """Shapes, dtypes and shardings of what `build` would return, without computing it."""
+    shapes = jax.eval_shape(build)
     return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        shapes,
+        shardings_fn(shapes),
     )
+
+
+def _model_config(meta: dict[str, Any]) -> ModelConfig:
+    return ModelConfig.from_dict(meta["model_config"])
 
 
 class ContinuousTrainer:
@@ -230,7 +236,12 @@ class ContinuousTrainer:
         shard = lambda tree: state_shardings(tree, self.mesh)  # noqa: E731
         if self.store.latest_step() is not None:
             step, state, meta = self.store.restore_latest(
-                lambda m: _abstract_state(ModelConfig.from_dict(m["model_config"]), self.tx, shard)
+                lambda m: _abstract(
+                    lambda: init_state(
+                        init_params(_model_config(m), jax.random.PRNGKey(0)), self.tx
+                    ),
+                    shard,
+                )
             )
             self.position = DataPosition.from_dict(meta["position"])
             self.counters = Counters.from_dict(meta["counters"])
@@ -240,32 +251,18 @@ class ContinuousTrainer:
                 self.position.fresh_offsets,
                 self.position.history_draws,
             )
-            return (
-                state,
-                ModelConfig.from_dict(meta["model_config"]),
-                Vocab.load(self.store.vocab_dir),
-            )
+            return state, _model_config(meta), Vocab.load(self.store.vocab_dir)
         return self._start_from_cpt(shard)
 
     def _start_from_cpt(self, shard) -> tuple[TrainState, ModelConfig, Vocab]:
         cpt = CheckpointStore(self.paths.cpt_dir, async_save=False)
-        model_cfg: ModelConfig | None = None
-
-        def abstract(meta):
-            nonlocal model_cfg
-            model_cfg = ModelConfig.from_dict(meta["model_config"])
-            shapes = jax.eval_shape(
-                lambda: {"params": init_params(model_cfg, jax.random.PRNGKey(0))}
+        step, restored, meta = cpt.restore_latest(
+            lambda m: _abstract(
+                lambda: {"params": init_params(_model_config(m), jax.random.PRNGKey(0))}, shard
             )
-            return jax.tree.map(
-                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                shapes,
-                shard(shapes),
-            )
-
-        step, restored, meta = cpt.restore_latest(abstract)
+        )
         cpt.close()
-        assert model_cfg is not None
+        model_cfg = _model_config(meta)
         if self.store.vocab_dir.exists():
             shutil.rmtree(self.store.vocab_dir)
         shutil.copytree(cpt.vocab_dir, self.store.vocab_dir)
