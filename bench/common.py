@@ -67,6 +67,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "java": _java_version(),
         "platform": platform.platform(),
+        # Other jobs on the machine change every number; this says how busy it was.
+        "load_average_1m_at_write": round(os.getloadavg()[0], 2),
     }
 
 

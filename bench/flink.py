@@ -256,9 +256,15 @@ def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plum bench flink", description=__doc__)
     parser.add_argument("--bootstrap", help="use this broker instead of starting a private one")
     parser.add_argument(
-        "--events", type=int, default=100_000, help="simulator records (most are watches)"
+        "--events",
+        type=int,
+        default=300_000,
+        help="simulator records (most are watches); enough that the job's ~8 s start and "
+        "the JVM's JIT warm-up do not dominate a job that runs for days",
     )
-    parser.add_argument("--modes", default="thread,process")
+    parser.add_argument(
+        "--modes", default="thread", help="comma-separated Python execution modes (thread, process)"
+    )
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
@@ -310,7 +316,7 @@ def cli(argv: list[str]) -> int:
         "checkpoint_interval_ms": 5000,
         "config": str(BENCH_CONFIG),
     }
-    path = write_result("flink", config, metrics, baseline, ratio)
+    path = write_result("flink", config, metrics, baseline, ratio, out_dir=args.out_dir)
     print(json.dumps({"metrics": metrics, "baseline": baseline, "ratio": ratio}, indent=2))
     print(f"wrote {path}")
     return 0

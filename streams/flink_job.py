@@ -6,28 +6,37 @@ changes to the job):
     Kafka source, SQL connector, JVM [src-watches]
       value as raw bytes + partition + offset metadata; event time = JSON `ts` extracted
       in the JVM (JSON_VALUE) only to drive watermarks: bounded out-of-orderness and
-      idleness, generated per Kafka partition inside the source
-    -> validate, Python [validate]                    -- failures -> dead letters
+      idleness, generated per Kafka partition inside the source; the key (`user_id`)
+      extracted in the JVM too
+    -> keyBy user_id in the JVM -> validate + user timeline, Python [user-timeline]
       the shared schema (streams.schema.decode_watch) so every component rejects the same
-      records for the same reasons
-    -> key by user_id -> user timeline, Python [user-timeline]
-      per-user ValueState with TTL: lateness, event-time ordering, sessions, history,
-      pairs, reward + deterministic sampling (streams.user_timeline, streams.reward)
-         |-- main output: SFT examples ----------------------> Kafka sink, EXACTLY_ONCE
-         |-- side output `late` -> dead letters -------------> Kafka sink, EXACTLY_ONCE
-         `-- side output `pairs` (a, b, ts)
-              -> SQL window TVF (TUMBLE or HOP on ts), COUNT(*) GROUP BY a, b, window,
-                 HAVING COUNT(*) >= min_count, JVM --------> Kafka sink, EXACTLY_ONCE
+      records for the same reasons; per-user state with TTL: lateness, event-time
+      ordering, sessions, history, pairs, reward + deterministic sampling
+      (streams.user_timeline, streams.reward). One output stream of tuples
+      (kind, user, value, video, others, ts), split again in SQL:
+         |-- kind EXAMPLE: SFT example JSON -----------------> Kafka sink, EXACTLY_ONCE
+         |-- kind DEAD: dead letters (schema, `late`) -------> Kafka sink, EXACTLY_ONCE
+         `-- kind EXAMPLE/RELEASED: released watch + the videos it pairs with
+              -> UNNEST to (LEAST, GREATEST, rt) pairs, SQL window TVF (TUMBLE or HOP on
+                 rt), COUNT(*) GROUP BY a, b, window, HAVING COUNT(*) >= min_count,
+                 JVM ------------------------------------------> Kafka sink, EXACTLY_ONCE
 
-Why this split: Python per-record work is the cost (ARCHITECTURE.md: ~17k rec/s for one
-Python keyed operator in thread mode on 2 cores), so everything that needs no Python runs
-in the JVM: Kafka I/O, the `ts` extraction for watermarks, window assignment, counting
-and the min_count filter, and the JSON encoding of pairs. Validation must be the shared
-Python schema (one definition of "valid" for the whole system) and the per-user logic
-(ordering, sessions, history, blake2b sampling) is not expressible in SQL without a
-Java UDF, so those two stay in Python, chained into as few Python operators as keying
-allows. Python runs in `thread` mode (PEMJA, in the JVM; no gRPC hop) by default; see
-`bench/flink.py` for the measurement behind that default.
+Why this shape (measured with bench/flink.py and py-spy on the job's JVM, 2 cores):
+the Python operator's thread is the bottleneck, so everything that needs no Python runs
+in the JVM: Kafka I/O, the `ts` and `user_id` extraction, keying, pair expansion, window
+assignment, counting, the min_count filter and the JSON encoding of pairs. Validation
+must be the shared Python schema (one definition of "valid" for the whole system) and the
+per-user logic (ordering, sessions, history, blake2b sampling) is not expressible in SQL
+without a Java UDF, so those stay in Python, in ONE operator: PyFlink's `key_by` would
+add a second Python operator (its key selector) and a separate validation operator a
+third, each with its own per-record conversions; they would also contend for the one
+GIL the embedded interpreter has. Side outputs are avoided: in thread mode a side-output
+record is pushed through its downstream JVM operators inside the Python call, holding the
+GIL (38% of the Python thread's time when pairs and dead letters were side outputs);
+main-output tuples return to the JVM between calls. State is split so a record's cost
+does not grow with the watches its user has buffered (see UserTimeline). Python runs in
+`thread` mode (PEMJA, in the JVM; no gRPC hop): process mode measured several times
+slower (335 events/s when first measured; `plum bench flink --modes thread,process`).
 
 Exactly-once: checkpoints (EXACTLY_ONCE mode, retained on cancellation, local file
 system here, any Flink file system at scale), Kafka sinks with
@@ -55,11 +64,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from plum.config import load_section, state_dir
 from streams import schema
 from streams.reward import RewardWeights
 from streams.topics import TopicNames
-from streams.user_timeline import TimelineParams
+from streams.user_timeline import CONTEXT, EVENT_ID, TS, VIDEO_ID, TimelineParams, watch_tuple
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +104,10 @@ class FlinkConfig:
     # Event time.
     out_of_orderness_ms: int = 60_000
     idleness_ms: int = 30_000
+    # How often sources emit watermarks. Output becomes visible only at checkpoints, so
+    # anything well under checkpoint_interval_ms adds no visible latency; a longer interval
+    # releases watches in fewer, larger timer calls, yet measured no faster than 200 ms.
+    watermark_interval_ms: int = 200
     allowed_lateness_ms: int = 60_000
     # Per-user state.
     state_ttl_ms: int = 7 * 24 * 3_600_000
@@ -136,6 +151,10 @@ class FlinkConfig:
             raise ValueError("min_count, parallelism and checkpoint_interval_ms must be positive")
         if self.out_of_orderness_ms < 0 or self.idleness_ms < 0:
             raise ValueError("out_of_orderness_ms and idleness_ms must be >= 0")
+        if self.watermark_interval_ms <= 0:
+            raise ValueError(
+                f"watermark_interval_ms must be positive, got {self.watermark_interval_ms}"
+            )
         self.timeline_params()  # validates the rest
 
     def weights(self) -> RewardWeights:
@@ -213,67 +232,83 @@ class _WorkerMetrics:
         return cls.metrics
 
 
-def _make_validate_fn(source_topic: str, metrics_port: int):
-    from pyflink.datastream import ProcessFunction
-
-    from streams.user_timeline import watch_tuple
-
-    _init_tags()
-    dl_tag = DEADLETTER_TAG
-
-    class ValidateWatch(ProcessFunction):
-        """raw Kafka record -> (user_id, watch tuple, partition, offset, raw) or a dead letter."""
-
-        def open(self, runtime_context):
-            m = _WorkerMetrics.get(metrics_port)
-            self.m_in = m.counter("plum_flink_records_in_total").labels(topic=source_topic)
-            self.m_dl = m.counter("plum_deadletter_total")
-
-        def process_element(self, row, ctx):
-            raw, partition, offset = row[0], row[1], row[2]
-            self.m_in.inc()
-            try:
-                w = schema.decode_watch(
-                    raw, schema.ValidationLimits(now_ms=int(time.time() * 1000))
-                )
-            except schema.ValidationError as err:
-                self.m_dl.labels(
-                    component=COMPONENT, source_topic=source_topic, reason=err.reason
-                ).inc()
-                yield dl_tag, _dead_letter_row(source_topic, partition, offset, err, raw)
-                return
-            yield (w.user_id, watch_tuple(w), partition, offset, raw)
-
-    return ValidateWatch()
+# The user-timeline operator has one output (side outputs would cost more, see the module
+# docstring); SQL splits it again. A row is a tuple (kind, key, value, video, others, ts):
+#   EXAMPLE:  a released, sampled watch: key = user, value = its SFT example JSON,
+#             video + others = the videos it pairs with (others may be empty),
+#             ts = its event time
+#   RELEASED: a released watch with pairs but no example: value = b""
+#   DEAD:     a dead letter: value = the DeadLetter JSON, the rest "" / empty / 0
+# No field is ever None: Flink tuples cannot hold nulls (and PyFlink's thread-mode array
+# converter cannot pass a None array).
+EXAMPLE, DEAD, RELEASED = 0, 1, 2
+# The tuple's fields are f0..f5 in SQL.
+OUT_SQL_TYPES = ("INT", "STRING", "BYTES", "STRING", "ARRAY<STRING>", "BIGINT")
 
 
-def _dead_letter_row(topic, partition, offset, err, raw):
-    from pyflink.common import Row
+def OUT_TYPE():
+    from pyflink.common import Types
 
+    return Types.TUPLE(
+        [
+            Types.INT(),
+            Types.STRING(),
+            Types.PRIMITIVE_ARRAY(Types.BYTE()),
+            Types.STRING(),
+            Types.BASIC_ARRAY(Types.STRING()),
+            Types.LONG(),
+        ]
+    )
+
+
+def validate_keyed_watch(key: str, raw: bytes, now_ms: int) -> tuple:
+    """The accepted-watch tuple (streams.user_timeline) of a record the JVM keyed by `key`.
+
+    Raises schema.ValidationError: the shared schema's reasons, or `ambiguous_user_id`
+    when the JVM's JSON reading of `user_id` (the key) is not the schema's, so one user's
+    state never receives another user's watch.
+    """
+    w = schema.decode_watch(raw, schema.ValidationLimits(now_ms=now_ms))
+    if w.user_id != key:
+        raise schema.ValidationError(
+            schema.AMBIGUOUS_USER_ID,
+            f"user_id {w.user_id!r} was read as {key!r} when the record was keyed",
+        )
+    return watch_tuple(w)
+
+
+def _dead_letter_row(topic, partition, offset, err, raw) -> tuple:
     dl = schema.DeadLetter.of(topic, partition, offset, err, bytes(raw), int(time.time() * 1000))
-    return Row(None, schema.encode(dl).decode("utf-8"))
+    return (DEAD, "", schema.encode(dl), "", (), 0)
 
 
 def _make_timeline_fn(
     params: TimelineParams, ttl_ms: int, source_topic: str, sft_topic: str, metrics_port: int
 ):
-    from pyflink.common import Row, Time, Types
+    from pyflink.common import Time, Types
     from pyflink.datastream import KeyedProcessFunction
-    from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+    from pyflink.datastream.state import (
+        ListStateDescriptor,
+        StateTtlConfig,
+        ValueStateDescriptor,
+    )
 
     from streams import user_timeline as ut
 
-    _init_tags()
-    dl_tag, pairs_tag = DEADLETTER_TAG, PAIRS_TAG
-
     class UserTimeline(KeyedProcessFunction):
-        """Per-user timeline (streams.user_timeline) on two ValueStates and coalesced timers.
+        """Validation, then the per-user timeline (streams.user_timeline), in one operator.
 
-        State: `timeline` holds the small part every record touches (max ts, released max,
-        session, last ts, pending watches); `history` (the last `keep_len` released watches)
-        is read and written only when something is released, so a record's state round
-        trip pickles a few tuples, not the history. (A `timeline` written by an older
-        version still holds the history as its last element; it is split on first read.)
+        Input: (user key, raw, partition, offset), keyed in the JVM by the `user_id` that
+        SQL read from the JSON (validation then checks it is the same user). Validation
+        is the shared schema (streams.schema.decode_watch), so every component rejects the
+        same records for the same reasons.
+
+        State (streams.user_timeline): `head`, a few numbers read and written per record;
+        `pending`, a ListState a record only appends to; `history`, the last `keep_len`
+        released watches, read and written only when something is released. So a
+        record's cost does not grow with how much its user has buffered (a backfill, where
+        the watermark trails the data by minutes, buffers dozens of watches per user). The
+        `timeline` state of earlier versions is converted on a user's first record.
 
         Timers: one event-time timer per user at the earliest pending ts (re-registered
         after each release) instead of one per watch; a firing releases everything up to
@@ -283,8 +318,12 @@ def _make_timeline_fn(
         """
 
         def open(self, runtime_context):
-            head = ValueStateDescriptor("timeline", Types.PICKLED_BYTE_ARRAY())
-            hist = ValueStateDescriptor("history", Types.PICKLED_BYTE_ARRAY())
+            descriptors = {
+                "head": ValueStateDescriptor("head", Types.PICKLED_BYTE_ARRAY()),
+                "pending": ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()),
+                "history": ValueStateDescriptor("history", Types.PICKLED_BYTE_ARRAY()),
+                "legacy": ValueStateDescriptor("timeline", Types.PICKLED_BYTE_ARRAY()),
+            }
             if ttl_ms > 0:
                 ttl = (
                     StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
@@ -292,12 +331,16 @@ def _make_timeline_fn(
                     .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
                     .build()
                 )
-                head.enable_time_to_live(ttl)
-                hist.enable_time_to_live(ttl)
-            self.state = runtime_context.get_state(head)
-            self.hist_state = runtime_context.get_state(hist)
+                for d in descriptors.values():
+                    d.enable_time_to_live(ttl)
+            self.head_state = runtime_context.get_state(descriptors["head"])
+            self.pending_state = runtime_context.get_list_state(descriptors["pending"])
+            self.hist_state = runtime_context.get_state(descriptors["history"])
+            self.legacy_state = runtime_context.get_state(descriptors["legacy"])
             self.r_max = params.weights.max_reward()
             m = _WorkerMetrics.get(metrics_port)
+            self.m_in = m.counter("plum_flink_records_in_total").labels(topic=source_topic)
+            self.m_dl = m.counter("plum_deadletter_total")
             self.m_accepted = m.counter("plum_flink_records_accepted_total").labels(
                 topic=source_topic
             )
@@ -310,127 +353,118 @@ def _make_timeline_fn(
             self.m_users = m.counter("plum_flink_state_users_created_total")
             self.m_pending = m.gauge("plum_flink_pending_watches")
             self.m_lag = m.gauge("plum_flink_watermark_lag_ms")
-            self.max_seen = None
+            self.lag_at = None  # event time of the last watermark-lag sample
 
-        def _head(self):
-            st = self.state.value()
-            if st is not None and len(st) > ut.HISTORY:  # written by the one-state version
-                self.hist_state.update(st.pop())
-                self.state.update(st)
-            return st
+        def _new_user_head(self):
+            """A user's first record here: an earlier version's state, or a new user."""
+            legacy = self.legacy_state.value()
+            if legacy is None:
+                self.m_users.inc()
+                return ut.new_head()
+            head, pending, history = ut.from_legacy(legacy, self.hist_state.value())
+            self.pending_state.update(pending)
+            self.hist_state.update(history)
+            self.legacy_state.clear()
+            return head
 
         def process_element(self, value, ctx):
-            user_id, ev, partition, offset, raw = value
-            st = self._head()
-            if st is None:
-                st = ut.new_state()
-                del st[ut.HISTORY :]
-                self.m_users.inc()
-            if not ut.admit(st, ev, params.allowed_lateness_ms):
+            key, raw, partition, offset = value
+            self.m_in.inc()
+            try:
+                ev = validate_keyed_watch(key, raw, int(time.time() * 1000))
+            except schema.ValidationError as err:
+                self.m_dl.labels(
+                    component=COMPONENT, source_topic=source_topic, reason=err.reason
+                ).inc()
+                yield _dead_letter_row(source_topic, partition, offset, err, raw)
+                return
+            head = self.head_state.value()
+            if head is None:
+                head = self._new_user_head()
+            if not ut.accept(head, ev, params.allowed_lateness_ms):
                 err = schema.ValidationError(
                     schema.LATE,
-                    f"ts={ev[ut.TS]} of user {user_id!r} is late: newest accepted ts {st[ut.MAX_TS]}, "
-                    f"allowed lateness {params.allowed_lateness_ms} ms, released up to {st[ut.RELEASED_MAX]}",
+                    f"ts={ev[ut.TS]} of user {key!r} is late: newest accepted ts {head[ut.MAX_TS]}, "
+                    f"allowed lateness {params.allowed_lateness_ms} ms, released up to {head[ut.RELEASED_MAX]}",
                 )
                 self.m_late.inc()
-                yield dl_tag, _dead_letter_row(source_topic, partition, offset, err, raw)
+                yield _dead_letter_row(source_topic, partition, offset, err, raw)
                 return
             self.m_accepted.inc()
             self.m_pending.inc()
-            self.state.update(st)
+            self.pending_state.add(ev)
+            self.head_state.update(head)
             ts = ev[ut.TS]
-            if st[ut.PENDING][0][ut.TS] == ts:  # a new earliest pending ts: its timer
+            if head[ut.MIN_PENDING] == ts:  # a new earliest pending ts: its timer
                 ctx.timer_service().register_event_time_timer(ts)
-            if self.max_seen is None or ts > self.max_seen:
-                self.max_seen = ts
+            if self.lag_at is None or ts > self.lag_at + 1000:  # sampled: one JVM call
+                self.lag_at = ts
                 wm = ctx.timer_service().current_watermark()
                 if wm is not None and wm > -(2**62):
                     self.m_lag.set(ts - wm)
 
         def on_timer(self, timestamp, ctx):
-            st = self._head()
-            if st is None:  # expired by TTL
-                return
-            pending = st[ut.PENDING]
-            if not pending:
+            head = self.head_state.value()
+            if head is None or head[ut.MIN_PENDING] is None:  # expired by TTL / nothing left
                 return
             upto = timestamp
             wm = ctx.timer_service().current_watermark()
             if wm is not None and wm > upto:
                 upto = wm
-            if pending[0][ut.TS] > upto:  # a stale timer (its watches were released earlier)
+            if head[ut.MIN_PENDING] > upto:  # a stale timer (its watches were released earlier)
                 return
-            before = len(pending)
-            hist = self.hist_state.value()
-            st.append([] if hist is None else hist)
-            pairs, examples = ut.release(st, upto, params, self.r_max)
-            self.hist_state.update(st.pop())
-            self.state.update(st)
-            self.m_pending.dec(before - len(st[ut.PENDING]))
-            if st[ut.PENDING]:
-                ctx.timer_service().register_event_time_timer(st[ut.PENDING][0][ut.TS])
-            for a, b, ts in pairs:
-                yield pairs_tag, Row(a, b, ts)
-            self.m_pairs.inc(len(pairs))
-            if not examples:
-                return
+            pending = list(self.pending_state.get())
+            history = self.hist_state.value() or []
+            released, rest = ut.release_ready(head, pending, history, upto, params, self.r_max)
+            if rest:
+                self.pending_state.update(rest)
+            else:
+                self.pending_state.clear()
+            self.hist_state.update(history)
+            self.head_state.update(head)
+            self.m_pending.dec(len(released))
+            if head[ut.MIN_PENDING] is not None:
+                ctx.timer_service().register_event_time_timer(head[ut.MIN_PENDING])
             user_id = ctx.get_current_key()
-            for ev, r, hist in examples:
-                yield Row(user_id, _encode_example(ev, user_id, r, hist))
-            self.m_sampled.inc(len(examples))
-            self.m_out.inc(len(examples))
+            n_pairs = n_examples = 0
+            for ev, others, example in released:
+                if example is not None:
+                    text = _encode_example(ev, user_id, example[0], example[1])
+                    n_examples += 1
+                    yield (EXAMPLE, user_id, text, ev[VIDEO_ID], others, ev[TS])
+                elif others:
+                    yield (RELEASED, user_id, b"", ev[VIDEO_ID], others, ev[TS])
+                n_pairs += len(others)
+            self.m_pairs.inc(n_pairs)
+            self.m_sampled.inc(n_examples)
+            self.m_out.inc(n_examples)
 
     return UserTimeline()
 
 
-def _encode_example(ev, user_id, r, hist) -> str:
-    """`schema.encode(SftExample(...))` without the dataclass round trip (same JSON text;
-    tests/unit/test_user_timeline.py checks the equality)."""
-    import json
+def _encode_example(ev, user_id, r, hist) -> bytes:
+    """The JSON of `SftExample(...)` without the dataclass round trip, with orjson.
 
-    from streams import user_timeline as ut
-
-    return json.dumps(
+    The same fields, keys in the same order and the same values as `schema.encode`; the
+    text may differ where JSON allows (UTF-8 instead of \\u escapes, 1e-7 for 1e-07).
+    tests/unit/test_user_timeline.py checks that it decodes to the same example. Every
+    number here is finite (validated inputs), so orjson's NaN-as-null never applies.
+    """
+    return orjson.dumps(
         {
-            "event_id": ev[ut.EVENT_ID],
+            "event_id": ev[EVENT_ID],
             "user_id": user_id,
             "history": [
                 {"video_id": h[0], "watch_ratio": h[1], "watch_time_s": h[2], "hours_since": h[3]}
                 for h in hist
             ],
-            "context_video_id": ev[ut.CONTEXT],
-            "target_video_id": ev[ut.VIDEO_ID],
+            "context_video_id": ev[CONTEXT],
+            "target_video_id": ev[VIDEO_ID],
             "reward": r,
-            "ts": ev[ut.TS],
+            "ts": ev[TS],
             "schema": schema.SCHEMA_VERSION,
-        },
-        separators=(",", ":"),
-        allow_nan=False,
+        }
     )
-
-
-# Side-output tags are module-level so the operator code and the graph builder agree.
-DEADLETTER_TAG = None
-PAIRS_TAG = None
-
-
-def _init_tags():
-    global DEADLETTER_TAG, PAIRS_TAG
-    if DEADLETTER_TAG is None:
-        from pyflink.common import Types
-        from pyflink.datastream import OutputTag
-
-        DEADLETTER_TAG = OutputTag("deadletter", KV_TYPE())
-        PAIRS_TAG = OutputTag(
-            "pairs",
-            Types.ROW_NAMED(["a", "b", "ts"], [Types.STRING(), Types.STRING(), Types.LONG()]),
-        )
-
-
-def KV_TYPE():
-    from pyflink.common import Types
-
-    return Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 
 
 # ------------------------------------------------------------------ graph
@@ -478,6 +512,21 @@ def export_python_path() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(wanted + have))
 
 
+def keyed_by_first_field(stream, value_type):
+    """`stream` of Row(key STRING, value) keyed in the JVM by the key, as PyFlink's `key_by`
+    keys a stream after running its Python key selector (same key type, and the keyed
+    Python operator sees the same (key, value) input), without that extra Python operator
+    per record. `value_type` is the value's type (PyFlink keeps it for reduce/filter)."""
+    from pyflink.common import Types
+    from pyflink.datastream import KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    j_keyed = stream._j_data_stream.keyBy(
+        get_gateway().jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info()
+    )
+    return KeyedStream(j_keyed, value_type, stream)
+
+
 def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     """The Flink Configuration of one run (local mini-cluster or client)."""
     from pyflink.common import Configuration
@@ -497,6 +546,7 @@ def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path)
     )
     c.set_string("execution.checkpointing.num-retained", "3")
     c.set_string("execution.checkpointing.min-pause", f"{min(cfg.checkpoint_interval_ms, 500)} ms")
+    c.set_string("pipeline.auto-watermark-interval", f"{cfg.watermark_interval_ms} ms")
     c.set_string("state.backend.type", "hashmap")
     c.set_string("restart-strategy.type", "fixed-delay")
     c.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
@@ -519,7 +569,6 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     from pyflink.table import Schema, StreamTableEnvironment
 
     export_python_path()
-    _init_tags()
     env = StreamExecutionEnvironment.get_execution_environment(
         flink_configuration(cfg, run, checkpoint_dir)
     )
@@ -575,28 +624,33 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         # A backfill re-runs the records whose event time is in [from, to); records with
         # no readable ts were dead-lettered by the live run and are not re-sent.
         where = f"WHERE ts_raw >= {int(run.from_ms)} AND ts_raw < {int(run.to_ms)}"
-    raw_table = t_env.sql_query(f"SELECT `raw`, `partition`, `offset` FROM watches_src {where}")
-    raw_stream = t_env.to_data_stream(raw_table)
+    # The key (user_id) is read in the JVM so the keyBy needs no Python operator; records
+    # without a readable user_id share the key '' and are dead-lettered by validation, as
+    # is a record with no value at all (read as empty bytes: tuples hold no nulls).
+    user_key = "COALESCE(JSON_VALUE(CAST(`raw` AS STRING), '$.user_id'), '')"
+    keyed_table = t_env.sql_query(f"""
+        SELECT {user_key} AS k,
+               ROW({user_key}, COALESCE(`raw`, X''), `partition`, `offset`) AS v
+        FROM watches_src {where}""")
 
-    # ---- Python: validation, then per-user timeline.
-    validated = (
-        raw_stream.process(_make_validate_fn(src_topic, cfg.metrics_port))
-        .name("validate")
-        .uid("validate")
+    # ---- Python: validation + per-user timeline, one operator.
+    value_type = Types.TUPLE(
+        [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG()]
     )
     timeline = (
-        validated.key_by(lambda v: v[0], key_type=Types.STRING())
+        keyed_by_first_field(
+            t_env.to_append_stream(keyed_table, Types.ROW([Types.STRING(), value_type])),
+            value_type,
+        )
         .process(
             _make_timeline_fn(
                 cfg.timeline_params(), cfg.state_ttl_ms, src_topic, sft_topic, cfg.metrics_port
             ),
-            output_type=KV_TYPE(),
+            output_type=OUT_TYPE(),
         )
         .name("user-timeline")
         .uid("user-timeline")
     )
-    dead = validated.get_side_output(DEADLETTER_TAG).union(timeline.get_side_output(DEADLETTER_TAG))
-    pairs = timeline.get_side_output(PAIRS_TAG)
 
     # ---- sinks (JVM): one exactly-once Kafka sink per output topic.
     def kafka_sink(
@@ -616,8 +670,8 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         }
         t_env.execute_sql(f"CREATE TEMPORARY TABLE {name} ({columns}) WITH ({_with(opts)})")
 
-    kafka_sink("sft_sink", sft_topic, "`k` STRING, `v` STRING", "raw")
-    kafka_sink("dl_sink", dl_topic, "`k` STRING, `v` STRING", "raw")
+    kafka_sink("sft_sink", sft_topic, "`k` STRING, `v` BYTES", "raw")
+    kafka_sink("dl_sink", dl_topic, "`k` STRING, `v` BYTES", "raw")
     kafka_sink(
         "cooc_sink",
         cooc_topic,
@@ -625,19 +679,28 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         "json",
     )
 
-    kv_schema = Schema.new_builder().column("k", "STRING").column("v", "STRING").build()
-    t_env.create_temporary_view("sft_rows", t_env.from_data_stream(timeline, kv_schema))
-    t_env.create_temporary_view("dl_rows", t_env.from_data_stream(dead, kv_schema))
-    pair_schema = (
-        Schema.new_builder()
-        .column("a", "STRING")
-        .column("b", "STRING")
-        .column("ts", "BIGINT")
-        .column_by_expression("rt", "TO_TIMESTAMP_LTZ(ts, 3)")
-        .watermark("rt", "SOURCE_WATERMARK()")
-        .build()
+    out_schema = Schema.new_builder()
+    for i, sql_type in enumerate(OUT_SQL_TYPES):
+        out_schema.column(f"f{i}", sql_type)
+    t_env.create_temporary_view(
+        "timeline_out",
+        t_env.from_data_stream(
+            timeline,
+            out_schema.column_by_expression("rt", "TO_TIMESTAMP_LTZ(f5, 3)")
+            .watermark("rt", "SOURCE_WATERMARK()")
+            .build(),
+        ),
     )
-    t_env.create_temporary_view("pairs", t_env.from_data_stream(pairs, pair_schema))
+    # One row per pair: the released watch's video with each video it pairs with, in
+    # canonical order (LEAST/GREATEST compare UTF-8 bytes, i.e. code points, as Python's
+    # `<` on str does), keeping the watch's event time attribute for the window.
+    t_env.create_temporary_view(
+        "pairs",
+        t_env.sql_query(f"""
+            SELECT LEAST(f3, o) AS a, GREATEST(f3, o) AS b, rt
+            FROM timeline_out CROSS JOIN UNNEST(f4) AS t (o)
+            WHERE f0 IN ({EXAMPLE}, {RELEASED})"""),
+    )
     if cfg.window == "tumbling":
         window = f"TUMBLE(TABLE pairs, DESCRIPTOR(rt), {sql_interval(cfg.window_size_ms)})"
     else:
@@ -647,8 +710,12 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         )
 
     stmts = t_env.create_statement_set()
-    stmts.add_insert_sql("INSERT INTO sft_sink SELECT k, v FROM sft_rows")
-    stmts.add_insert_sql("INSERT INTO dl_sink SELECT k, v FROM dl_rows")
+    stmts.add_insert_sql(
+        f"INSERT INTO sft_sink SELECT f1, f2 FROM timeline_out WHERE f0 = {EXAMPLE}"
+    )
+    stmts.add_insert_sql(
+        f"INSERT INTO dl_sink SELECT CAST(NULL AS STRING), f2 FROM timeline_out WHERE f0 = {DEAD}"
+    )
     stmts.add_insert_sql(f"""
         INSERT INTO cooc_sink
         SELECT CONCAT(a, '|', b), a, b, COUNT(*),

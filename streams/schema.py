@@ -42,6 +42,8 @@ WRONG_EMBEDDING_LENGTH = "wrong_embedding_length"
 UNKNOWN_MODALITY = "unknown_modality"
 MISSING_MODALITY = "missing_modality"
 LATE = "late"
+# The stream job keys records by a user_id read in the JVM; this is when its own reading disagrees.
+AMBIGUOUS_USER_ID = "ambiguous_user_id"
 SID_SPACE_EXHAUSTED = "sid_space_exhausted"
 
 REASONS = (
@@ -61,6 +63,7 @@ REASONS = (
     UNKNOWN_MODALITY,
     MISSING_MODALITY,
     LATE,
+    AMBIGUOUS_USER_ID,
     SID_SPACE_EXHAUSTED,
 )
 
@@ -462,7 +465,14 @@ def _embeddings(
 
 
 def decode_watch(raw: bytes | str, limits: ValidationLimits = ValidationLimits()) -> WatchEvent:
-    return watch_from_dict(parse_object(raw, limits), limits)
+    try:
+        # As in decode_upload: the fast parse reads integers beyond 64 bits as floats,
+        # which can only turn a valid watch invalid (ts, a non-number field) or change an
+        # error, never change a valid watch (the numbers it keeps are float()-ed). A valid
+        # fast result stands; errors are decided by the exact parse.
+        return watch_from_dict(parse_object(raw, limits, fast=True), limits)
+    except ValidationError:
+        return watch_from_dict(parse_object(raw, limits), limits)
 
 
 def decode_upload(raw: bytes | str, limits: ValidationLimits = ValidationLimits()) -> UploadEvent:

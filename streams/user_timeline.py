@@ -1,8 +1,10 @@
 """Per-user watch timeline: lateness, event-time ordering, sessions, pairs and examples.
 
-This is the pure logic the Flink job runs inside its keyed (per user) Python operator;
-the state is one small picklable list so the operator touches one Flink `ValueState` per
-record. Nothing here knows about Flink.
+This is the pure logic the Flink job runs inside its keyed (per user) Python operator.
+A user's state has three parts so that a record's cost does not grow with what the user
+has buffered: a small `head` (read and written per record), the `pending` watches (per
+record only appended to, in any order) and the released `history` (touched only when
+something is released). Nothing here knows about Flink.
 
 Semantics (the test reference in tests/reference_pipeline.py reproduces them
 independently, so they are spelled out exactly):
@@ -45,8 +47,11 @@ HOUR_MS = 3_600_000.0
 # Positions in the accepted-watch tuple (kept as a tuple: cheap to pickle into Flink state).
 TS, EVENT_ID, VIDEO_ID, WATCH_TIME, DURATION, CLICKED, CONTEXT, SATISFACTION = range(8)
 
-# Positions in the state list.
-MAX_TS, RELEASED_MAX, SESSION, LAST_TS, PENDING, HISTORY = range(6)
+# Positions in the head list. MIN_PENDING is the smallest ts among the pending watches
+# (None when none are pending): the one event-time timer a user needs.
+MAX_TS, RELEASED_MAX, SESSION, LAST_TS, MIN_PENDING = range(5)
+# Positions in the in-memory state list [head, pending, history] (new_state, admit, release).
+HEAD, PENDING, HISTORY = range(3)
 
 
 @dataclass(frozen=True)
@@ -87,20 +92,79 @@ def watch_tuple(w) -> tuple:
     )
 
 
-def new_state() -> list:
-    return [None, None, 0, None, [], []]
+def new_head() -> list:
+    return [None, None, 0, None, None]
 
 
-def admit(state: list, ev: tuple, allowed_lateness_ms: int) -> bool:
-    """Buffer `ev` in the user's state; False (and state unchanged) when it is late."""
+def accept(head: list, ev: tuple, allowed_lateness_ms: int) -> bool:
+    """Whether `ev` is on time for the user (see the module doc); if so `head` records it
+    and the caller buffers `ev` in the user's pending watches. False: head unchanged."""
     ts = ev[TS]
-    max_ts, released = state[MAX_TS], state[RELEASED_MAX]
+    max_ts, released = head[MAX_TS], head[RELEASED_MAX]
     if max_ts is not None and ts < max_ts - allowed_lateness_ms:
         return False
     if released is not None and ts <= released:
         return False
     if max_ts is None or ts > max_ts:
-        state[MAX_TS] = ts
+        head[MAX_TS] = ts
+    if head[MIN_PENDING] is None or ts < head[MIN_PENDING]:
+        head[MIN_PENDING] = ts
+    return True
+
+
+def release_ready(
+    head: list, pending: list, history: list, upto_ts: int, p: TimelineParams, r_max: float
+) -> tuple[list, list]:
+    """Release the pending watches with ts <= upto_ts in (ts, event_id) order.
+
+    `pending` may be in any order. Updates `head` and `history` in place and returns
+    (released, still_pending): released as (event, others, example) per watch in release
+    order, where `others` lists the videos it pairs with (one entry per pair, so a video
+    can repeat) and `example` is (reward, history) when the watch was sampled, else None.
+    """
+    ready = sorted(e for e in pending if e[TS] <= upto_ts)
+    if not ready:
+        return [], pending
+    rest = [e for e in pending if e[TS] > upto_ts]
+    head[MIN_PENDING] = min(e[TS] for e in rest) if rest else None
+    out: list[tuple[tuple, list[str], tuple[float, list] | None]] = []
+    k, hl, gap, keep = p.pair_prev_k, p.history_len, p.session_gap_ms, p.keep_len
+    for ev in ready:
+        ts, video = ev[TS], ev[VIDEO_ID]
+        last = head[LAST_TS]
+        if last is None or ts - last > gap:
+            head[SESSION] += 1
+        session = head[SESSION]
+        others = [h[0] for h in history[-k:] if h[4] == session and h[0] != video] if k else []
+        example = None
+        ratio = ev[WATCH_TIME] / ev[DURATION] if ev[DURATION] > 0 else 0.0
+        if ev[CLICKED]:
+            r = reward(True, ratio, ev[SATISFACTION], p.weights)
+            if keep_example(ev[EVENT_ID], r, r_max, p.sample_salt):
+                hist = [
+                    (h[0], h[1], h[2], (ts - h[3]) / HOUR_MS) for h in (history[-hl:] if hl else [])
+                ]
+                example = (r, hist)
+        out.append((ev, others, example))
+        history.append((video, ratio, ev[WATCH_TIME], ts, session))
+        if len(history) > keep:
+            del history[: len(history) - keep]
+        head[LAST_TS] = ts
+        head[RELEASED_MAX] = ts
+    return out, rest
+
+
+# ---- one user's whole state in memory (the naive benchmark loop, tests)
+
+
+def new_state() -> list:
+    return [new_head(), [], []]
+
+
+def admit(state: list, ev: tuple, allowed_lateness_ms: int) -> bool:
+    """Buffer `ev` in the user's state; False (and state unchanged) when it is late."""
+    if not accept(state[HEAD], ev, allowed_lateness_ms):
+        return False
     insort(state[PENDING], ev)
     return True
 
@@ -111,40 +175,26 @@ def release(state: list, upto_ts: int, p: TimelineParams, r_max: float):
     Returns (pairs, examples): pairs as (a, b, ts) tuples, examples as
     (event, reward, history) with history a list of (video_id, ratio, watch_time_s, hours_since).
     """
-    pending = state[PENDING]
-    n = 0
-    while n < len(pending) and pending[n][TS] <= upto_ts:
-        n += 1
-    if n == 0:
-        return [], []
-    ready, state[PENDING] = pending[:n], pending[n:]
-    history = state[HISTORY]
+    released, state[PENDING] = release_ready(
+        state[HEAD], state[PENDING], state[HISTORY], upto_ts, p, r_max
+    )
     pairs: list[tuple[str, str, int]] = []
     examples: list[tuple[tuple, float, list]] = []
-    k, hl, gap = p.pair_prev_k, p.history_len, p.session_gap_ms
-    for ev in ready:
+    for ev, others, example in released:
         ts, video = ev[TS], ev[VIDEO_ID]
-        last = state[LAST_TS]
-        if last is None or ts - last > gap:
-            state[SESSION] += 1
-        session = state[SESSION]
-        if k:
-            for h in history[-k:]:
-                if h[4] == session and h[0] != video:
-                    other = h[0]
-                    pairs.append((other, video, ts) if other < video else (video, other, ts))
-        if ev[CLICKED]:
-            ratio = ev[WATCH_TIME] / ev[DURATION] if ev[DURATION] > 0 else 0.0
-            r = reward(True, ratio, ev[SATISFACTION], p.weights)
-            if keep_example(ev[EVENT_ID], r, r_max, p.sample_salt):
-                hist = [
-                    (h[0], h[1], h[2], (ts - h[3]) / HOUR_MS) for h in (history[-hl:] if hl else [])
-                ]
-                examples.append((ev, r, hist))
-        ratio = ev[WATCH_TIME] / ev[DURATION] if ev[DURATION] > 0 else 0.0
-        history.append((video, ratio, ev[WATCH_TIME], ts, session))
-        if len(history) > p.keep_len:
-            del history[: len(history) - p.keep_len]
-        state[LAST_TS] = ts
-        state[RELEASED_MAX] = ts
+        for other in others:
+            pairs.append((other, video, ts) if other < video else (video, other, ts))
+        if example is not None:
+            examples.append((ev, example[0], example[1]))
     return pairs, examples
+
+
+def from_legacy(timeline: list, history: list | None) -> tuple[list, list, list]:
+    """(head, pending, history) from the single `timeline` state of earlier job versions:
+    [max_ts, released_max, session, last_ts, pending] with the history in its own state,
+    or, older still, with the history as a sixth element."""
+    if len(timeline) > 5:
+        history = timeline[5]
+    pending = list(timeline[4])
+    head = [*timeline[:4], min((e[TS] for e in pending), default=None)]
+    return head, pending, list(history or [])

@@ -136,9 +136,13 @@ def test_bad_upload_is_rejected_with_its_reason(data, reason):
 
 def test_every_input_reason_is_covered_by_a_case():
     covered = {r for _, r in WATCH_CASES + UPLOAD_CASES}
-    # `late` is decided by the stream job from event time, and `sid_space_exhausted` by
-    # the SID index; neither is the decoder's to find.
-    assert covered == set(schema.REASONS) - {schema.LATE, schema.SID_SPACE_EXHAUSTED}
+    # `late` is decided by the stream job from event time, `ambiguous_user_id` by the job's
+    # keying, and `sid_space_exhausted` by the SID index; none is the decoder's to find.
+    assert covered == set(schema.REASONS) - {
+        schema.LATE,
+        schema.AMBIGUOUS_USER_ID,
+        schema.SID_SPACE_EXHAUSTED,
+    }
 
 
 def test_error_message_names_the_offending_value():
@@ -286,6 +290,50 @@ def test_fast_upload_decode_gives_exactly_what_json_loads_gives(data):
 def test_fast_upload_decode_matches_json_loads_on_any_bytes(data):
     assert _outcome(lambda d: schema.decode_upload(d, LIMITS), data) == _outcome(
         _exact_decode_upload, data
+    )
+
+
+def _exact_decode_watch(data: bytes):
+    """decode_watch as it was before the orjson fast path: json.loads only."""
+    return schema.watch_from_dict(schema.parse_object(data, LIMITS), LIMITS)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        raw(watch()),
+        raw(watch(ts=10**25)),  # beyond 64 bits: orjson would read a float
+        raw(watch(watch_time_s=10**25, video_duration_s=10**25)),  # valid either way
+        raw(watch(watch_time_s=2**64 + 1, video_duration_s=2**65)),
+        raw(watch(satisfaction=10**25)),
+        raw(watch(user_id="\ud800")),  # lone surrogate: json reads it, orjson does not
+        b'{"schema":1,"event_id":"e","user_id":"u","video_id":"v","ts":1,"watch_time_s":NaN}',
+        json.dumps(watch()).encode("utf-16"),
+        b"\xef\xbb\xbf" + raw(watch()),
+        b'{"schema":1,"user_id":"a","user_id":"b"}',
+    ],
+)
+def test_fast_watch_decode_gives_exactly_what_json_loads_gives(data):
+    assert _outcome(lambda d: schema.decode_watch(d, LIMITS), data) == _outcome(
+        _exact_decode_watch, data
+    )
+
+
+@given(st.binary(max_size=200))
+def test_fast_watch_decode_matches_json_loads_on_any_bytes(data):
+    assert _outcome(lambda d: schema.decode_watch(d, LIMITS), data) == _outcome(
+        _exact_decode_watch, data
+    )
+
+
+@given(
+    watch_time=st.integers(0, 2**80) | st.floats(0, 1e30),
+    extra=st.integers(0, 2**80),
+)
+def test_fast_watch_decode_reads_big_numbers_as_json_loads_does(watch_time, extra):
+    data = raw(watch(watch_time_s=watch_time, video_duration_s=watch_time + extra + 1))
+    assert _outcome(lambda d: schema.decode_watch(d, LIMITS), data) == _outcome(
+        _exact_decode_watch, data
     )
 
 

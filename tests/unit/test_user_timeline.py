@@ -3,8 +3,10 @@ examples; and a property test against the independent reference."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -192,23 +194,75 @@ def test_timeline_agrees_with_the_independent_reference(watches):
     }
 
 
-def test_flink_job_example_encoding_is_schema_encode():
-    # The Flink operator builds the example JSON directly (no dataclass round trip); it
-    # must be byte-identical to schema.encode(SftExample(...)).
+def test_flink_job_example_encoding_decodes_to_the_schema_example():
+    # The Flink operator builds the example JSON directly with orjson (no dataclass round
+    # trip); the text may differ from schema.encode where JSON allows, the example not.
     from streams.flink_job import _encode_example
 
     e = ev(1_000, "e1", "v9", ctx="v3", sat=0.25, watch=7, dur=9.5)
-    hist = [("v1", 0.5, 5.0, 0.25), ("v2", 1.0, 12, 1e-7)]
+    hist = [("v1", 0.5, 5.0, 0.25), ("v2", 1.0, 12, 1e-7), ("v\u00e9", 1.5, 1e16, 3.0)]
     for h, ctx_e in ((hist, e), ([], ev(2, "e2", "v8"))):
-        want = schema.encode(
-            schema.SftExample(
-                event_id=ctx_e[ut.EVENT_ID],
-                user_id='u\u00e9"1',
-                history=tuple(schema.HistoryItem(*x) for x in h),
-                context_video_id=ctx_e[ut.CONTEXT],
-                target_video_id=ctx_e[ut.VIDEO_ID],
-                reward=0.75,
-                ts=ctx_e[ut.TS],
-            )
+        want = schema.SftExample(
+            event_id=ctx_e[ut.EVENT_ID],
+            user_id='u\u00e9"1',
+            history=tuple(schema.HistoryItem(*x) for x in h),
+            context_video_id=ctx_e[ut.CONTEXT],
+            target_video_id=ctx_e[ut.VIDEO_ID],
+            reward=0.75,
+            ts=ctx_e[ut.TS],
         )
-        assert _encode_example(ctx_e, 'u\u00e9"1', 0.75, h).encode("utf-8") == want
+        text = _encode_example(ctx_e, 'u\u00e9"1', 0.75, h)
+        assert schema.decode_sft_example(text) == want
+        assert json.loads(text) == json.loads(schema.encode(want))  # same keys and values
+
+
+def test_state_of_earlier_job_versions_converts_to_head_pending_history():
+    pending = [ev(3000, "c", "v3"), ev(2000, "b", "v2")]
+    history = [("v1", 0.5, 5.0, 1000, 1)]
+    want = ([5000, 1000, 1, 1000, 2000], pending, history)
+    # the one-state version kept the history as a sixth element ...
+    assert ut.from_legacy([5000, 1000, 1, 1000, list(pending), list(history)], None) == want
+    # ... the next one in its own state
+    assert ut.from_legacy([5000, 1000, 1, 1000, list(pending)], list(history)) == want
+    assert ut.from_legacy([None, None, 0, None, []], None) == ([None, None, 0, None, None], [], [])
+
+
+def test_released_state_continues_exactly_after_conversion():
+    events = [ev(1000 * i, f"e{i}", f"v{i % 3}") for i in range(1, 9)]
+    whole = ut.new_state()
+    for e in events:
+        assert ut.admit(whole, e, P.allowed_lateness_ms)
+    ut.release(whole, 4000, P, 1e-9)
+    head, pending, history = ut.from_legacy(
+        [*whole[ut.HEAD][:4], list(whole[ut.PENDING])], list(whole[ut.HISTORY])
+    )
+    released, rest = ut.release_ready(head, pending, history, 10**15, P, 1e-9)
+    assert ut.release(whole, 10**15, P, 1e-9)[1] == [
+        (e, x[0], x[1]) for e, _, x in released if x is not None
+    ]
+    assert rest == [] and head == whole[ut.HEAD]
+
+
+def test_a_record_keyed_under_another_user_is_dead_lettered_not_mixed_in():
+    from streams.flink_job import validate_keyed_watch
+
+    raw = json.dumps(
+        {
+            "schema": 1,
+            "event_id": "e",
+            "user_id": "u1",
+            "video_id": "v",
+            "ts": 5,
+            "watch_time_s": 1.0,
+            "video_duration_s": 2.0,
+            "clicked": True,
+            "surface": "home",
+        }
+    ).encode()
+    assert validate_keyed_watch("u1", raw, 10_000)[ut.EVENT_ID] == "e"
+    with pytest.raises(schema.ValidationError, match="'u1' was read as 'u2'") as err:
+        validate_keyed_watch("u2", raw, 10_000)
+    assert err.value.reason == schema.AMBIGUOUS_USER_ID
+    with pytest.raises(schema.ValidationError) as err:
+        validate_keyed_watch("", b"", 10_000)  # a record with no value
+    assert err.value.reason == schema.NOT_JSON
