@@ -37,7 +37,7 @@ independently, so they are spelled out exactly):
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 
 from streams.reward import RewardWeights, keep_example, reward
@@ -78,6 +78,15 @@ class TimelineParams:
         return max(self.history_len, self.pair_prev_k)
 
 
+def release_order(ev: tuple) -> tuple[int, str]:
+    """Watches are released in (ts, event_id) order; equal keys keep their arrival order."""
+    return ev[TS], ev[EVENT_ID]
+
+
+def _ts(ev: tuple) -> int:
+    return ev[TS]
+
+
 def watch_tuple(w) -> tuple:
     """The accepted-watch tuple of a `streams.schema.WatchEvent`."""
     return (
@@ -113,20 +122,29 @@ def accept(head: list, ev: tuple, allowed_lateness_ms: int) -> bool:
 
 
 def release_ready(
-    head: list, pending: list, history: list, upto_ts: int, p: TimelineParams, r_max: float
+    head: list,
+    pending: list,
+    history: list,
+    upto_ts: int,
+    p: TimelineParams,
+    r_max: float,
+    presorted: bool = False,
 ) -> tuple[list, list]:
     """Release the pending watches with ts <= upto_ts in (ts, event_id) order.
 
-    `pending` may be in any order. Updates `head` and `history` in place and returns
+    `pending` may be in any order (it is sorted in place) unless `presorted` says it is
+    already in release order. Updates `head` and `history` in place and returns
     (released, still_pending): released as (event, others, example) per watch in release
     order, where `others` lists the videos it pairs with (one entry per pair, so a video
     can repeat) and `example` is (reward, history) when the watch was sampled, else None.
     """
-    ready = sorted(e for e in pending if e[TS] <= upto_ts)
-    if not ready:
+    if not presorted:
+        pending.sort(key=release_order)  # stable: equal keys keep their arrival order
+    n = bisect_right(pending, upto_ts, key=_ts)
+    if n == 0:
         return [], pending
-    rest = [e for e in pending if e[TS] > upto_ts]
-    head[MIN_PENDING] = min(e[TS] for e in rest) if rest else None
+    ready, rest = pending[:n], pending[n:]
+    head[MIN_PENDING] = rest[0][TS] if rest else None
     out: list[tuple[tuple, list[str], tuple[float, list] | None]] = []
     k, hl, gap, keep = p.pair_prev_k, p.history_len, p.session_gap_ms, p.keep_len
     for ev in ready:
@@ -165,7 +183,7 @@ def admit(state: list, ev: tuple, allowed_lateness_ms: int) -> bool:
     """Buffer `ev` in the user's state; False (and state unchanged) when it is late."""
     if not accept(state[HEAD], ev, allowed_lateness_ms):
         return False
-    insort(state[PENDING], ev)
+    insort(state[PENDING], ev, key=release_order)
     return True
 
 
@@ -176,7 +194,7 @@ def release(state: list, upto_ts: int, p: TimelineParams, r_max: float):
     (event, reward, history) with history a list of (video_id, ratio, watch_time_s, hours_since).
     """
     released, state[PENDING] = release_ready(
-        state[HEAD], state[PENDING], state[HISTORY], upto_ts, p, r_max
+        state[HEAD], state[PENDING], state[HISTORY], upto_ts, p, r_max, presorted=True
     )
     pairs: list[tuple[str, str, int]] = []
     examples: list[tuple[tuple, float, list]] = []

@@ -36,7 +36,7 @@ def partition_of(key: bytes | None) -> int:
 
 def build_stream(
     seed: int, events: int, out_of_orderness_ms: int, window_ms: int
-) -> list[tuple[int, bytes | None, bytes]]:
+) -> list[tuple[int, bytes | None, bytes | None]]:
     """(partition, key, value) in produce order, sentinels last."""
     from streams.simulator import generate, load_config
 
@@ -49,7 +49,7 @@ def build_stream(
         bad_fraction=0.04,
         max_delay_ms=30_000,
     )
-    out: list[tuple[int, bytes | None, bytes]] = []
+    out: list[tuple[int, bytes | None, bytes | None]] = []
     max_ts = 0
     for rec in generate(cfg):
         if not rec.topic.endswith("watches.v1"):
@@ -61,6 +61,8 @@ def build_stream(
                 max_ts = max(max_ts, ts)
         except Exception:
             pass
+    # A record with no value at all (a tombstone): dead-lettered, never a crash.
+    out.append((partition_of(b"no-value"), b"no-value", None))
     sentinel_ts = max_ts + out_of_orderness_ms + 2 * window_ms + 1000
     for p in range(PARTITIONS):
         ev = schema.WatchEvent(
@@ -78,8 +80,8 @@ def build_stream(
 
 
 def produce(
-    bootstrap: str, topic: str, stream: list[tuple[int, bytes | None, bytes]]
-) -> list[tuple[int, int, bytes]]:
+    bootstrap: str, topic: str, stream: list[tuple[int, bytes | None, bytes | None]]
+) -> list[tuple[int, int, bytes | None]]:
     """Produce in order; returns (partition, offset, value) as the broker stored them."""
     producer = make_producer(bootstrap, max_request_size=2 * 1024 * 1024)
     futures = [producer.send(topic, key=k, value=v, partition=p) for p, k, v in stream]
