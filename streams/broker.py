@@ -151,6 +151,16 @@ def _pid_cmdline(pid: int) -> str:
         return ""
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: a UUID in URL-safe base64 that does not start with '-'
+    (the storage tool's argument parser would read such an id as an option; Kafka's own
+    Uuid.randomUuid() redraws those for the same reason)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class LocalBroker:
     """One KRaft broker+controller process whose state lives in one directory."""
 
@@ -268,7 +278,7 @@ class LocalBroker:
         ]
 
     def _format_storage(self) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         cmd = self._java_cmd(
             "kafka.tools.StorageTool",
             "format",
