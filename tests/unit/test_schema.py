@@ -252,9 +252,11 @@ def test_sid_and_example_records_round_trip():
     assert not math.isnan(ex.reward)
 
 
-def _exact_decode_upload(data: bytes):
-    """decode_upload as it was before the orjson fast path: json.loads only."""
-    return schema.upload_from_dict(schema.parse_object(data, LIMITS), LIMITS)
+# decode_X(data) with the orjson fast path, and decode_X as it was before it (json.loads only).
+DECODERS = {
+    "upload": (schema.decode_upload, schema.upload_from_dict),
+    "watch": (schema.decode_watch, schema.watch_from_dict),
+}
 
 
 def _outcome(fn, data: bytes):
@@ -264,66 +266,56 @@ def _outcome(fn, data: bytes):
         return (err.reason, err.message)
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        raw(upload()),
-        raw(upload(ts=10**25)),  # beyond 64 bits: orjson would read a float
-        raw(upload(schema=10**25)),
-        raw(upload(duration_s=10**25)),
-        raw(upload(embeddings={"text": [10**25, 0.2, 0.3], "visual": [1.0, 2.0]})),
-        b'{"schema":1,"video_id":"v1","ts":1,"title":"t","duration_s":NaN,"embeddings":{}}',
-        raw(upload(embeddings={"text": [0.1, float("inf"), 0.3], "visual": [1.0, 2.0]})),
-        raw(upload(title="\ud800")),  # lone surrogate: json reads it, orjson does not
-        json.dumps(upload()).encode("utf-16"),
-        b"\xef\xbb\xbf" + raw(upload()),
-        b'{"schema":1,"video_id":"\xff"}',
-    ],
-)
-def test_fast_upload_decode_gives_exactly_what_json_loads_gives(data):
-    assert _outcome(lambda d: schema.decode_upload(d, LIMITS), data) == _outcome(
-        _exact_decode_upload, data
+def assert_fast_decode_is_exact(kind: str, data: bytes) -> None:
+    fast, from_dict = DECODERS[kind]
+    assert _outcome(lambda d: fast(d, LIMITS), data) == _outcome(
+        lambda d: from_dict(schema.parse_object(d, LIMITS), LIMITS), data
     )
-
-
-@given(st.binary(max_size=200))
-def test_fast_upload_decode_matches_json_loads_on_any_bytes(data):
-    assert _outcome(lambda d: schema.decode_upload(d, LIMITS), data) == _outcome(
-        _exact_decode_upload, data
-    )
-
-
-def _exact_decode_watch(data: bytes):
-    """decode_watch as it was before the orjson fast path: json.loads only."""
-    return schema.watch_from_dict(schema.parse_object(data, LIMITS), LIMITS)
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("kind", "data"),
     [
-        raw(watch()),
-        raw(watch(ts=10**25)),  # beyond 64 bits: orjson would read a float
-        raw(watch(watch_time_s=10**25, video_duration_s=10**25)),  # valid either way
-        raw(watch(watch_time_s=2**64 + 1, video_duration_s=2**65)),
-        raw(watch(satisfaction=10**25)),
-        raw(watch(user_id="\ud800")),  # lone surrogate: json reads it, orjson does not
-        b'{"schema":1,"event_id":"e","user_id":"u","video_id":"v","ts":1,"watch_time_s":NaN}',
-        json.dumps(watch()).encode("utf-16"),
-        b"\xef\xbb\xbf" + raw(watch()),
-        b'{"schema":1,"user_id":"a","user_id":"b"}',
+        ("upload", raw(upload())),
+        ("upload", raw(upload(ts=10**25))),  # beyond 64 bits: orjson would read a float
+        ("upload", raw(upload(schema=10**25))),
+        ("upload", raw(upload(duration_s=10**25))),
+        ("upload", raw(upload(embeddings={"text": [10**25, 0.2, 0.3], "visual": [1.0, 2.0]}))),
+        (
+            "upload",
+            b'{"schema":1,"video_id":"v1","ts":1,"title":"t","duration_s":NaN,"embeddings":{}}',
+        ),
+        (
+            "upload",
+            raw(upload(embeddings={"text": [0.1, float("inf"), 0.3], "visual": [1.0, 2.0]})),
+        ),
+        ("upload", raw(upload(title="\ud800"))),  # lone surrogate: json reads it, orjson does not
+        ("upload", json.dumps(upload()).encode("utf-16")),
+        ("upload", b"\xef\xbb\xbf" + raw(upload())),
+        ("upload", b'{"schema":1,"video_id":"\xff"}'),
+        ("watch", raw(watch())),
+        ("watch", raw(watch(ts=10**25))),
+        ("watch", raw(watch(watch_time_s=10**25, video_duration_s=10**25))),  # valid either way
+        ("watch", raw(watch(watch_time_s=2**64 + 1, video_duration_s=2**65))),
+        ("watch", raw(watch(satisfaction=10**25))),
+        ("watch", raw(watch(user_id="\ud800"))),
+        (
+            "watch",
+            b'{"schema":1,"event_id":"e","user_id":"u","video_id":"v","ts":1,"watch_time_s":NaN}',
+        ),
+        ("watch", json.dumps(watch()).encode("utf-16")),
+        ("watch", b"\xef\xbb\xbf" + raw(watch())),
+        ("watch", b'{"schema":1,"user_id":"a","user_id":"b"}'),
     ],
 )
-def test_fast_watch_decode_gives_exactly_what_json_loads_gives(data):
-    assert _outcome(lambda d: schema.decode_watch(d, LIMITS), data) == _outcome(
-        _exact_decode_watch, data
-    )
+def test_fast_decode_gives_exactly_what_json_loads_gives(kind, data):
+    assert_fast_decode_is_exact(kind, data)
 
 
-@given(st.binary(max_size=200))
-def test_fast_watch_decode_matches_json_loads_on_any_bytes(data):
-    assert _outcome(lambda d: schema.decode_watch(d, LIMITS), data) == _outcome(
-        _exact_decode_watch, data
-    )
+@pytest.mark.parametrize("kind", sorted(DECODERS))
+@given(data=st.binary(max_size=200))
+def test_fast_decode_matches_json_loads_on_any_bytes(kind, data):
+    assert_fast_decode_is_exact(kind, data)
 
 
 @given(
@@ -332,9 +324,7 @@ def test_fast_watch_decode_matches_json_loads_on_any_bytes(data):
 )
 def test_fast_watch_decode_reads_big_numbers_as_json_loads_does(watch_time, extra):
     data = raw(watch(watch_time_s=watch_time, video_duration_s=watch_time + extra + 1))
-    assert _outcome(lambda d: schema.decode_watch(d, LIMITS), data) == _outcome(
-        _exact_decode_watch, data
-    )
+    assert_fast_decode_is_exact("watch", data)
 
 
 @given(
