@@ -5,7 +5,7 @@ records) in a replay topic:
 
 * ceiling: kafka-python consume rate of that topic, and Kafka's Java ConsumerPerformance;
 * naive: one Python process doing the same logic with kafka-python: consume, validate,
-  per-user timeline (streams.user_timeline), watermark + window counts in dicts, produce
+  per-user timeline (streams.flink.timeline), watermark + window counts in dicts, produce
   examples, pairs and dead letters (not transactional);
 * flink: the real job as a backfill over the whole topic (bounded, exits by itself),
   once per Python execution mode in --modes (default thread). events/s = input records /
@@ -36,13 +36,13 @@ from pathlib import Path
 
 from bench.common import write_result
 from plum.config import REPO_ROOT
-from streams import schema
-from streams import user_timeline as ut
-from streams.broker import KafkaConfig, LocalBroker, free_port
-from streams.flink_job import load_flink_config
-from streams.kafka_admin import ensure_topics
-from streams.kafka_clients import make_consumer, make_producer
-from streams.topics import TopicNames, topic_set
+from streams.contracts import schema
+from streams.contracts.topics import TopicNames, topic_set
+from streams.flink import timeline as ut
+from streams.flink.job import load_flink_config
+from streams.kafka.admin import ensure_topics
+from streams.kafka.broker import KafkaConfig, LocalBroker, free_port
+from streams.kafka.clients import make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 BENCH_CONFIG = REPO_ROOT / "configs" / "test.toml"
@@ -62,7 +62,7 @@ NOTES = (
 def _stream(events: int, seed: int = 3):
     from dataclasses import replace
 
-    from streams.simulator import generate, load_config
+    from streams.simulator.cli import generate, load_config
 
     cfg = replace(
         load_config(BENCH_CONFIG),
@@ -203,7 +203,7 @@ def flink_run(
     cmd = [
         sys.executable,
         "-m",
-        "streams.flink_cli",
+        "streams.flink.cli",
         "run",
         "--config",
         str(BENCH_CONFIG),
@@ -254,7 +254,7 @@ def run(bootstrap: str, events: int, modes: list[str], repeats: int) -> tuple[di
     """Ceiling, naive loop and each Flink mode, `repeats` times interleaved (so a busy
     spell on the machine hits all of them alike); each reported as its median run."""
     from bench.kafka import java_consume, python_consume
-    from streams.flink_cli import _ensure_suffixed_topics
+    from streams.flink.cli import _ensure_suffixed_topics
 
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     ensure_topics(bootstrap, topic_set(prefix))

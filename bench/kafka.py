@@ -24,9 +24,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from bench.common import bench_broker, write_result
 from plum.jvm import java_binary, kafka_classpath
-from streams.kafka_admin import ensure_topics
-from streams.kafka_clients import make_producer
-from streams.topics import TopicSpec
+from streams.contracts.topics import TopicSpec
+from streams.kafka.admin import ensure_topics
+from streams.kafka.clients import make_producer
 
 log = logging.getLogger(__name__)
 

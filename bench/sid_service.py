@@ -31,14 +31,14 @@ import numpy as np
 from bench.common import bench_broker, write_result
 from bench.kafka import confluent_consume, python_consume
 from plum.config import REPO_ROOT
-from streams import schema
-from streams.kafka_admin import ensure_topics
-from streams.kafka_clients import make_producer, read_all
-from streams.topics import TopicNames, topic_set
+from streams.contracts import schema
+from streams.contracts.topics import TopicNames, topic_set
+from streams.kafka.admin import ensure_topics
+from streams.kafka.clients import make_producer, read_all
+from streams.kafka.transactional import KAFKA_CLIENTS
 from tokenizer.config import load_tokenizer_config
 from tokenizer.index import SidIndex
 from tokenizer.service import SidService, SidServiceConfig
-from tokenizer.service_kafka import KAFKA_CLIENTS
 from tokenizer.synthetic import clustered_items
 from tokenizer.train import train_tokenizer
 

@@ -29,10 +29,10 @@ import jax
 import numpy as np
 
 from bench.common import bench_broker, write_result
-from streams import schema
-from streams.kafka_admin import ensure_topics
-from streams.kafka_clients import make_producer
-from streams.topics import TopicNames, topic_set
+from streams.contracts import schema
+from streams.contracts.topics import TopicNames, topic_set
+from streams.kafka.admin import ensure_topics
+from streams.kafka.clients import make_producer
 from tokenizer.index import SidIndex
 from trainer.config import VocabConfig, model_preset
 from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus

@@ -2,9 +2,9 @@
 
 One seeded, in-process run (no Kafka, no Flink: the same pure logic they run):
 
-1. simulator stream (streams.simulator.Simulator) -> valid uploads and watches; watches ->
+1. simulator stream (streams.simulator.cli.Simulator) -> valid uploads and watches; watches ->
    reward-sampled SFT examples with the Flink job's per-user logic
-   (streams.user_timeline admit/release, streams.reward) and co-occurrence pairs;
+   (streams.flink.timeline admit/release, streams.flink.reward) and co-occurrence pairs;
 2. split by event time: `fresh_split(examples, holdout)` (train = older, fresh = newest);
 3. SID-v2 tokenizer trained on the content embeddings of the uploads before the cut
    (contrastive pairs from the watches before the cut), then frozen and applied to every
@@ -53,9 +53,9 @@ import numpy as np
 
 from bench.common import write_result
 from plum.config import REPO_ROOT
-from streams import schema
-from streams import user_timeline as ut
-from streams.reward import RewardWeights
+from streams.contracts import schema
+from streams.flink import timeline as ut
+from streams.flink.reward import RewardWeights
 from tokenizer.config import TokenizerConfig
 from tokenizer.report import first_code_alignment, sid_uniqueness
 from tokenizer.train import train_tokenizer
@@ -177,7 +177,7 @@ class SimData:
 
 def simulate(cfg: QualityConfig) -> SimData:
     """Simulator stream -> uploads, watches, SFT examples and pairs, as the Flink job would."""
-    from streams.simulator import VALID, Simulator, load_config
+    from streams.simulator.cli import VALID, Simulator, load_config
 
     sim_cfg = load_config(
         REPO_ROOT / "configs" / "demo.toml",
@@ -623,7 +623,7 @@ def run_simulator(cfg: QualityConfig) -> dict[str, Any]:
 
 
 def run_movielens(cfg: QualityConfig, directory: Path) -> dict[str, Any]:
-    from streams import movielens as ml
+    from streams.datasets import movielens as ml
     from trainer.movielens_examples import load_movielens_examples
 
     t0 = time.monotonic()
@@ -778,7 +778,7 @@ def cli(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     cfg = make_cfg(args)
     if args.movielens is not None:
-        from streams.movielens import has_files
+        from streams.datasets.movielens import has_files
 
         if not has_files(args.movielens):
             parser.error(

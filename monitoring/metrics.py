@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
-from prometheus_client.exposition import MetricsHandler
+
+from plum.runtime import MetricsServer
 
 Kind = Literal["counter", "gauge", "histogram", "summary"]
 
@@ -361,24 +361,6 @@ class Metrics:
         return 0.0 if got is None else got
 
 
-class MetricsServer:
-    """Serves a component's registry on http://host:port/metrics in a daemon thread."""
-
-    def __init__(self, metrics: Metrics, port: int, host: str = "127.0.0.1"):
-        handler = type("Handler", (MetricsHandler,), {"registry": metrics.registry})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"metrics-{port}", daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
 def serve_metrics(metrics: Metrics, port: int, host: str = "127.0.0.1") -> MetricsServer:
     """Start /metrics for `metrics` (port 0 picks a free one; see `.port`)."""
-    return MetricsServer(metrics, port, host)
+    return MetricsServer(metrics.registry, port, host)

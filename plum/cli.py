@@ -11,10 +11,10 @@ import logging
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "kafka": ("streams.kafka_cli", "run the local KRaft broker: up | down | status | topics"),
-    "simulate": ("streams.simulator", "produce simulated platform traffic to Kafka"),
-    "data": ("streams.data_cli", "import real data sets: data import movielens DIR"),
-    "flink": ("streams.flink_cli", "run the PyFlink job: flink run [--backfill --from T1 --to T2]"),
+    "kafka": ("streams.kafka.cli", "run the local KRaft broker: up | down | status | topics"),
+    "simulate": ("streams.simulator.cli", "produce simulated platform traffic to Kafka"),
+    "data": ("streams.datasets.cli", "import real data sets: data import movielens DIR"),
+    "flink": ("streams.flink.cli", "run the PyFlink job: flink run [--backfill --from T1 --to T2]"),
     "tokenizer": ("tokenizer.cli", "SID-v2 tokenizer: train | report | serve | reindex"),
     "trainer": ("trainer.cli", "recommender: cpt | run | eval"),
     "bench": ("bench.cli", "benchmarks: bench kafka | flink | tokenizer | ..."),

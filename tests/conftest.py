@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import KafkaConfig, LocalBroker, free_port
-from streams.kafka_admin import ensure_topics
-from streams.topics import TopicNames, topic_set
+from streams.contracts.topics import TopicNames, topic_set
+from streams.kafka.admin import ensure_topics
+from streams.kafka.broker import KafkaConfig, LocalBroker, free_port
 
 _counter = itertools.count()
 

@@ -23,8 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from plum.config import REPO_ROOT
-from streams import schema
-from streams.kafka_clients import make_producer, read_all
+from streams.contracts import schema
+from streams.kafka.clients import make_producer, read_all
 
 TEST_CONFIG = REPO_ROOT / "configs" / "test.toml"
 PARTITIONS = 4  # of plum.watches.v1 (streams/topics.py)
@@ -38,7 +38,7 @@ def build_stream(
     seed: int, events: int, out_of_orderness_ms: int, window_ms: int
 ) -> list[tuple[int, bytes | None, bytes | None]]:
     """(partition, key, value) in produce order, sentinels last."""
-    from streams.simulator import generate, load_config
+    from streams.simulator.cli import generate, load_config
 
     cfg = load_config(TEST_CONFIG)
     cfg = replace(
@@ -99,7 +99,7 @@ def job_command(bootstrap: str, prefix: str, checkpoint_dir: Path, *extra: str) 
     return [
         sys.executable,
         "-m",
-        "streams.flink_cli",
+        "streams.flink.cli",
         "run",
         "--config",
         str(TEST_CONFIG),

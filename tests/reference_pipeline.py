@@ -1,6 +1,6 @@
 """Plain-Python reference of the Flink job's steps 3-5, written independently of it.
 
-It shares only the event *contract* with the job (streams.schema: what is a valid watch
+It shares only the event *contract* with the job (streams.contracts.schema: what is a valid watch
 and with which reason a bad one is rejected; the output dataclasses). Lateness,
 ordering, sessions, pairing, windows, reward and sampling are re-implemented here from
 the documented semantics (streams/user_timeline.py, streams/reward.py) without
@@ -22,7 +22,7 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from streams import schema
+from streams.contracts import schema
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import itertools
 import threading
 from collections import Counter
 
-from streams import schema
+from streams.contracts import schema
 from trainer.archive import ArchiveRecord
 from trainer.fresh import FreshRecord
 from trainer.prompt import SidLookup

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.schema import ValidationError, decode_upload
+from streams.contracts.schema import ValidationError, decode_upload
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ Why that order is safe:
 A video that already has a SID under this version is never re-published, so a replay of
 the uploads topic changes nothing and duplicates nothing.
 
-The Kafka side (consumer, transactional producer) is `tokenizer.service_kafka`: librdkafka
+The Kafka side (consumer, transactional producer) is `streams.kafka.transactional`: librdkafka
 (confluent-kafka) by default, kafka-python as a fallback (`kafka_client`). With librdkafka
 a batch's Kafka transaction runs in a worker thread while the next batch is polled (its
 commit is ~75 ms of broker round trips); the next batch touches the index only after that
@@ -41,11 +41,11 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from monitoring.metrics import Metrics
-from streams import schema
-from streams.kafka_clients import make_producer
-from streams.topics import TopicNames
+from streams.contracts import schema
+from streams.contracts.topics import TopicNames
+from streams.kafka.clients import make_producer
+from streams.kafka.transactional import KAFKA_CLIENTS, Output, Record, TransactionalIO, open_io
 from tokenizer.index import SidIndex, SidSpaceExhausted, topic_key
-from tokenizer.service_kafka import KAFKA_CLIENTS, Output, Record, TransactionalIO, open_io
 
 log = logging.getLogger(__name__)
 

@@ -106,7 +106,7 @@ def reindex_cli(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", required=True, help="the NEW tokenizer checkpoint")
     args = parser.parse_args(argv)
     config = _config(args)
-    from streams.topics import TopicNames
+    from streams.contracts.topics import TopicNames
     from tokenizer.checkpoint import load_tokenizer
 
     tok = load_tokenizer(config.checkpoint)

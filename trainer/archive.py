@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streams import schema
+from streams.contracts import schema
 
 log = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ def cpt(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--base-checkpoint", help="Llama-style safetensors dir to warm-start")
     args = parser.parse_args(argv)
-    from streams.topics import TopicNames
+    from streams.contracts.topics import TopicNames
     from tokenizer.checkpoint import load_tokenizer
     from trainer.config import load_model_config, load_vocab_config
     from trainer.cpt import build_corpus, load_cpt_config, read_events, train_cpt, vocab_for_corpus
@@ -128,7 +128,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--metrics-port", type=int)
     args = parser.parse_args(argv)
-    from streams.topics import TopicNames
+    from streams.contracts.topics import TopicNames
     from trainer.data import index_lookup_source, load_data_config
     from trainer.loop import ContinuousTrainer, RunPaths
     from trainer.sharding import initialize_distributed

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from plum.config import load_section
-from streams import schema
+from streams.contracts import schema
 from trainer.checkpoint import CheckpointStore
 from trainer.config import ModelConfig, VocabConfig
 from trainer.model import init_params
@@ -289,7 +289,7 @@ def read_events(
 ) -> tuple[list[schema.UploadEvent], list[schema.WatchEvent]]:
     """Valid uploads and watches of the live and replay topics, up to their end offsets now
     (invalid records are the dead-letter topic's business: skipped here and counted)."""
-    from streams.kafka_clients import read_all
+    from streams.kafka.clients import read_all
 
     limits = schema.ValidationLimits(now_ms=2**62)  # history: no "too far in the future"
     uploads: list[schema.UploadEvent] = []

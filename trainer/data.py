@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from plum.config import load_section
-from streams import schema
+from streams.contracts import schema
 from tokenizer.index import SidIndex
 from trainer.archive import ArchiveRecord, HistoryReader
 from trainer.fresh import START_FROM, FreshReader, FreshRecord, FreshSource

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from streams.schema import SftExample
+from streams.contracts.schema import SftExample
 from trainer.beam import BeamSearch, left_pad, trie_from_sids
 from trainer.config import ModelConfig
 from trainer.prompt import SidLookup, sft_prompt

@@ -33,9 +33,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--out", help="also write the report JSON here")
     args = parser.parse_args(argv)
 
-    from streams import schema
-    from streams.kafka_clients import read_all
-    from streams.topics import TopicNames
+    from streams.contracts import schema
+    from streams.contracts.topics import TopicNames
+    from streams.kafka.clients import read_all
     from trainer.cpt import load_model
     from trainer.data import index_lookup_source, load_data_config
     from trainer.eval import ModelRanker, candidate_ids, evaluate, fit_baselines, fresh_split

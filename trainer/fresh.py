@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 from kafka import TopicPartition
 
-from streams import schema
-from streams.kafka_clients import make_consumer
+from streams.contracts import schema
+from streams.kafka.clients import make_consumer
 from trainer.archive import ArchiveRecord
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 Each rating of a user, after their first `min_history`, becomes one example whose target is
 that rating's movie and whose history is the user's previous `history_len` rated movies,
-oldest first, in timeline order (`streams.movielens.rating_order_key`). The watch mapping
-is the one `streams.movielens.watch_events` uses for the live stream, so an offline
+oldest first, in timeline order (`streams.datasets.movielens.rating_order_key`). The watch mapping
+is the one `streams.datasets.movielens.watch_events` uses for the live stream, so an offline
 example reads exactly like one the Flink job would build from the replayed watches:
 
 | field | value |
@@ -15,7 +15,7 @@ example reads exactly like one the Flink job would build from the replayed watch
 | reward | `rating / 5` |
 | event_id, ids, ts | as `watch_events` (`{prefix}-{user}-{item}-{timestamp}`, ms) |
 
-Unlike the stream (streams.reward), no example is dropped by reward sampling: an offline
+Unlike the stream (streams.flink.reward), no example is dropped by reward sampling: an offline
 evaluation wants every rating as a query.
 """
 
@@ -25,7 +25,8 @@ from collections import defaultdict, deque
 from collections.abc import Iterable
 from pathlib import Path
 
-from streams.movielens import (
+from streams.contracts.schema import HistoryItem, SftExample, WatchEvent
+from streams.datasets.movielens import (
     MovieLensConfig,
     Rating,
     load,
@@ -33,7 +34,6 @@ from streams.movielens import (
     watch_events,
     watch_ratio,
 )
-from streams.schema import HistoryItem, SftExample, WatchEvent
 
 HOUR_MS = 3_600_000.0
 DEFAULT_CONFIG = MovieLensConfig()
@@ -89,5 +89,5 @@ def load_movielens_examples(
     history_len: int = 20,
     min_history: int = 1,
 ) -> list[SftExample]:
-    """`movielens_examples` of a fetched MovieLens-100k directory (streams.movielens.load)."""
+    """`movielens_examples` of a fetched MovieLens-100k directory (streams.datasets.movielens.load)."""
     return movielens_examples(load(directory).ratings, cfg, history_len, min_history)

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from streams import schema
+from streams.contracts import schema
 from trainer.vocab import InvalidSidError, Vocab
 
 

@@ -82,7 +82,7 @@ class InvalidSidError(ValueError):
 
 
 class WatchFeatures(Protocol):
-    """What feature_tokens reads: streams.schema.HistoryItem has these fields."""
+    """What feature_tokens reads: streams.contracts.schema.HistoryItem has these fields."""
 
     watch_ratio: float
     watch_time_s: float

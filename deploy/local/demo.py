@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plum.config import load_section, state_dir
-from streams.broker import BrokerError, LocalBroker, load_kafka_config
-from streams.kafka_admin import ensure_topics
-from streams.topics import topic_set
+from streams.contracts.topics import topic_set
+from streams.kafka.admin import ensure_topics
+from streams.kafka.broker import BrokerError, LocalBroker, load_kafka_config
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +223,8 @@ def train_demo_tokenizer(
     if any(tokenizer_dir().glob("*/meta")):
         log.info("using the tokenizer in %s", tokenizer_dir())
         return
-    from streams.simulator_config import load_config
-    from streams.simulator_stream import generate
+    from streams.simulator.config import load_config
+    from streams.simulator.stream import generate
 
     sim = load_config(config_path, seed=config.seed, bad_fraction=0.0, out_of_order_fraction=0.0)
     uploads = tokenizer_dir().parent / "catalogue-uploads.jsonl"

@@ -1,7 +1,7 @@
 """The real PyFlink job (local mode, subprocess) against the real broker, compared exactly
 with the plain-Python reference (tests/reference_pipeline.py).
 
-Each test runs `python -m streams.flink_cli run ...` in its own process group with a
+Each test runs `python -m streams.flink.cli run ...` in its own process group with a
 private checkpoint dir (tmp_path) and its own prefixed topics. Outputs are read with
 read_committed, so only what a completed checkpoint committed counts.
 """
@@ -14,9 +14,9 @@ from collections import Counter
 
 import pytest
 
-from streams.broker import free_port
-from streams.flink_job import latest_checkpoint, load_flink_config
-from streams.kafka_clients import read_all
+from streams.flink.job import latest_checkpoint, load_flink_config
+from streams.kafka.broker import free_port
+from streams.kafka.clients import read_all
 from tests import flink_support as fs
 from tests.reference_pipeline import RefParams, in_backfill_range, run_reference
 

@@ -3,8 +3,8 @@ import urllib.request
 import pytest
 
 from monitoring.metrics import Metrics, serve_metrics
-from streams.kafka_clients import make_consumer, make_producer
-from streams.kafka_exporter import collect, consumer_lag
+from streams.kafka.clients import make_consumer, make_producer
+from streams.kafka.exporter import collect, consumer_lag
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from plum.config import load_section
-from streams import data_cli
-from streams import movielens as ml
-from streams.kafka_clients import read_all
-from streams.schema import decode_upload, decode_watch, encode
-from streams.topics import TopicNames
+from streams.contracts.schema import decode_upload, decode_watch, encode
+from streams.contracts.topics import TopicNames
+from streams.datasets import cli as data_cli
+from streams.datasets import movielens as ml
+from streams.kafka.clients import read_all
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO / "build" / "data" / "ml-100k"

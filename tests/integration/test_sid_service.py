@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from streams import schema
-from streams.kafka_clients import make_producer, read_all
-from streams.simulator_config import load_config as load_simulator_config
-from streams.simulator_stream import generate
+from streams.contracts import schema
+from streams.kafka.clients import make_producer, read_all
+from streams.simulator.config import load_config as load_simulator_config
+from streams.simulator.stream import generate
 from tokenizer.config import load_tokenizer_config
 from tokenizer.index import SidIndex
 from tokenizer.service import SidService, SidServiceConfig, reindex
@@ -19,7 +19,7 @@ from tokenizer.train import train_tokenizer
 
 pytestmark = pytest.mark.integration
 
-# The exactly-once tests run on both Kafka clients of tokenizer.service_kafka.
+# The exactly-once tests run on both Kafka clients of streams.kafka.transactional.
 both_clients = pytest.mark.parametrize("kafka_client", ["confluent", "kafka-python"])
 
 

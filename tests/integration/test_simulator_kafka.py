@@ -15,11 +15,11 @@ import pytest
 
 from monitoring.metrics import Metrics
 from plum.config import REPO_ROOT
-from streams import schema
-from streams.kafka_clients import read_all
-from streams.simulator import run
-from streams.simulator_config import SimulatorConfig
-from streams.simulator_stream import VALID, generate, load_ground_truth
+from streams.contracts import schema
+from streams.kafka.clients import read_all
+from streams.simulator.cli import run
+from streams.simulator.config import SimulatorConfig
+from streams.simulator.stream import VALID, generate, load_ground_truth
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from plum.config import REPO_ROOT
-from streams.schema import UploadEvent, encode
+from streams.contracts.schema import UploadEvent, encode
 from tokenizer.checkpoint import load_tokenizer, save_tokenizer
 from tokenizer.config import load_tokenizer_config
 from tokenizer.report import tokenizer_report

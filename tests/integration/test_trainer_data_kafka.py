@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 from kafka import TopicPartition
 
-from streams import schema
-from streams.kafka_clients import make_consumer, make_producer
+from streams.contracts import schema
+from streams.kafka.clients import make_consumer, make_producer
 from tests.trainer_data_support import archive_records, example, lookup, tiny_vocab
 from trainer.archive import HistoryArchive
 from trainer.data import DataConfig, DataPosition, MixedBatch, TrainingData

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from streams import schema
-from streams.kafka_clients import make_producer
+from streams.contracts import schema
+from streams.kafka.clients import make_producer
 from tokenizer.index import SidIndex
 from trainer.checkpoint import CheckpointStore
 from trainer.config import TINY, VocabConfig
@@ -197,7 +197,7 @@ def test_kill_9_and_restart_trains_every_example_exactly_once(
     assert c["history_trained"] == 0
     assert meta["sid_version"] == "sv1"
     ends = {0: 0, 1: 0, 2: 0, 3: 0}
-    from streams.kafka_clients import read_all
+    from streams.kafka.clients import read_all
 
     for rec in read_all(kafka_bootstrap, topics.sft_examples):
         ends[rec.partition] = max(ends.get(rec.partition, 0), rec.offset + 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from streams.broker import new_cluster_id
+from streams.kafka.broker import new_cluster_id
 
 
 def test_cluster_ids_never_start_with_a_dash_and_are_uuids():

@@ -64,7 +64,7 @@ def test_missing_section_gives_defaults(tmp_path):
 
 
 def test_repository_configs_load(repo_root):
-    from streams.broker import KafkaConfig
+    from streams.kafka.broker import KafkaConfig
 
     for name in ("demo", "test"):
         load_section(KafkaConfig, repo_root / "configs" / f"{name}.toml", "kafka", env={})

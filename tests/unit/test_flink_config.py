@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from plum.config import ConfigError
-from streams.flink_cli import cli, parse_time_ms
-from streams.flink_job import FlinkConfig, latest_checkpoint, load_flink_config, sql_interval
+from streams.flink.cli import cli, parse_time_ms
+from streams.flink.job import FlinkConfig, latest_checkpoint, load_flink_config, sql_interval
 from tests.flink_support import TEST_CONFIG
 
 

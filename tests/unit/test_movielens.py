@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams import data_cli
-from streams import movielens as ml
-from streams.schema import UploadEvent, WatchEvent, decode_upload, decode_watch, encode
-from streams.text_embedding import embed_labels, embed_texts
+from streams.contracts.schema import UploadEvent, WatchEvent, decode_upload, decode_watch, encode
+from streams.datasets import cli as data_cli
+from streams.datasets import movielens as ml
+from streams.datasets.text_embedding import embed_labels, embed_texts
 
 ITEMS = [
     ("1", "Toy Story", "1995", "Animation Children's Comedy"),

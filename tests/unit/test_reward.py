@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.reward import RewardWeights, keep_example, keep_probability, reward, unit_hash
+from streams.flink.reward import RewardWeights, keep_example, keep_probability, reward, unit_hash
 
 W = RewardWeights(click=1.0, ratio=1.0, satisfaction=0.5, ratio_cap=1.0, satisfaction_default=0.5)
 
@@ -61,7 +61,7 @@ def test_unit_hash_is_in_unit_interval_and_stable(event_id):
 
 def test_unit_hash_does_not_depend_on_the_process():
     # Python's hash() is salted per process; ours must not be.
-    code = "from streams.reward import unit_hash; print(repr(unit_hash('s7-w000000042')))"
+    code = "from streams.flink.reward import unit_hash; print(repr(unit_hash('s7-w000000042')))"
     outs = {
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams import schema
-from streams.schema import ValidationError, ValidationLimits
+from streams.contracts import schema
+from streams.contracts.schema import ValidationError, ValidationLimits
 
 NOW = 1_700_000_000_000
 DIMS = {"text": 3, "visual": 2}

@@ -10,11 +10,11 @@ import pytest
 
 from monitoring.metrics import Metrics
 from plum.config import REPO_ROOT, ConfigError
-from streams import schema, topics
-from streams.simulator import build_parser, config_from_args, load_config, run
-from streams.simulator_config import SimulatorConfig
-from streams.simulator_faults import BAD_KINDS
-from streams.simulator_stream import (
+from streams.contracts import schema, topics
+from streams.simulator.cli import build_parser, config_from_args, load_config, run
+from streams.simulator.config import SimulatorConfig
+from streams.simulator.faults import BAD_KINDS
+from streams.simulator.stream import (
     VALID,
     Simulator,
     generate,

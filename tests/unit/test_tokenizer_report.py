@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from plum.config import REPO_ROOT, ConfigError
-from streams.schema import UploadEvent, encode
+from streams.contracts.schema import UploadEvent, encode
 from tokenizer.config import TokenizerConfig, load_tokenizer_config
 from tokenizer.data import load_items
 from tokenizer.report import first_code_alignment, level_usage, sid_uniqueness

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from streams import schema
+from streams.contracts import schema
 from trainer.checkpoint import CheckpointStore, NoCheckpointError
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import (

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from plum.config import ConfigError
-from streams import schema
+from streams.contracts import schema
 from tests.trainer_data_support import (
     BASE_TS,
     FakeFresh,

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from streams.movielens import MovieLensConfig, Rating
-from streams.schema import HistoryItem, SftExample
+from streams.contracts.schema import HistoryItem, SftExample
+from streams.datasets.movielens import MovieLensConfig, Rating
 from trainer.beam import score_sids
 from trainer.config import TINY
 from trainer.eval import (

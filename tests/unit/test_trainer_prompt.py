@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from streams import schema
+from streams.contracts import schema
 from trainer.prompt import (
     SidLookup,
     TrainingSequence,

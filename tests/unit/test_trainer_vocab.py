@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.schema import HistoryItem
+from streams.contracts.schema import HistoryItem
 from trainer.config import VocabConfig
 from trainer.vocab import (
     SPECIAL_TOKENS,

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams import schema
-from streams import user_timeline as ut
-from streams.reward import RewardWeights
+from streams.contracts import schema
+from streams.flink import timeline as ut
+from streams.flink.reward import RewardWeights
 from tests.reference_pipeline import RefParams, run_reference
 
 # Sampling always on (r_max tiny relative to any clicked reward) where a test needs examples.
@@ -197,7 +197,7 @@ def test_timeline_agrees_with_the_independent_reference(watches):
 def test_flink_job_example_encoding_decodes_to_the_schema_example():
     # The Flink operator builds the example JSON directly with orjson (no dataclass round
     # trip); the text may differ from schema.encode where JSON allows, the example not.
-    from streams.flink_job import _encode_example
+    from streams.flink.job import _encode_example
 
     e = ev(1_000, "e1", "v9", ctx="v3", sat=0.25, watch=7, dur=9.5)
     hist = [("v1", 0.5, 5.0, 0.25), ("v2", 1.0, 12, 1e-7), ("v\u00e9", 1.5, 1e16, 3.0)]
@@ -244,7 +244,7 @@ def test_released_state_continues_exactly_after_conversion():
 
 
 def test_a_record_keyed_under_another_user_is_dead_lettered_not_mixed_in():
-    from streams.flink_job import validate_keyed_watch
+    from streams.flink.job import validate_keyed_watch
 
     raw = json.dumps(
         {

@@ -9,10 +9,10 @@ changes to the job):
       idleness, generated per Kafka partition inside the source; the key (`user_id`)
       extracted in the JVM too
     -> keyBy user_id in the JVM -> validate + user timeline, Python [user-timeline]
-      the shared schema (streams.schema.decode_watch) so every component rejects the same
+      the shared schema (streams.contracts.schema.decode_watch) so every component rejects the same
       records for the same reasons; per-user state with TTL: lateness, event-time
       ordering, sessions, history, pairs, reward + deterministic sampling
-      (streams.user_timeline, streams.reward). One output stream of tuples
+      (streams.flink.timeline, streams.flink.reward). One output stream of tuples
       (kind, user, value, video, others, ts), split again in SQL:
          |-- kind EXAMPLE: SFT example JSON -----------------> Kafka sink, EXACTLY_ONCE
          |-- kind DEAD: dead letters (schema, `late`) -------> Kafka sink, EXACTLY_ONCE
@@ -44,7 +44,7 @@ system here, any Flink file system at scale), Kafka sinks with
 topic; downstream consumers read `read_committed`. Output becomes visible when the
 checkpoint that covers it completes, so end-to-end latency >= checkpoint interval.
 
-Lateness and ordering semantics are in streams.user_timeline; in short: lateness is
+Lateness and ordering semantics are in streams.flink.timeline; in short: lateness is
 decided per user against that user's newest event time (deterministic, independent of
 partition interleaving), and released watches are processed in (ts, event_id) order
 when the watermark passes them. Pair timestamps are therefore never behind the
@@ -67,10 +67,10 @@ from pathlib import Path
 import orjson
 
 from plum.config import load_section, state_dir
-from streams import schema
-from streams.reward import RewardWeights
-from streams.topics import TopicNames
-from streams.user_timeline import CONTEXT, EVENT_ID, TS, VIDEO_ID, TimelineParams, watch_tuple
+from streams.contracts import schema
+from streams.contracts.topics import TopicNames
+from streams.flink.reward import RewardWeights
+from streams.flink.timeline import CONTEXT, EVENT_ID, TS, VIDEO_ID, TimelineParams, watch_tuple
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class FlinkConfig:
     window_size_ms: int = 3_600_000
     window_slide_ms: int = 600_000
     min_count: int = 2
-    # Reward (streams.reward) and sampling.
+    # Reward (streams.flink.reward) and sampling.
     w_click: float = 1.0
     w_ratio: float = 1.0
     w_satisfaction: float = 0.5
@@ -262,7 +262,7 @@ def OUT_TYPE():
 
 
 def validate_keyed_watch(key: str, raw: bytes, now_ms: int) -> tuple:
-    """The accepted-watch tuple (streams.user_timeline) of a record the JVM keyed by `key`.
+    """The accepted-watch tuple (streams.flink.timeline) of a record the JVM keyed by `key`.
 
     Raises schema.ValidationError: the shared schema's reasons, or `ambiguous_user_id`
     when the JVM's JSON reading of `user_id` (the key) is not the schema's, so one user's
@@ -293,17 +293,17 @@ def _make_timeline_fn(
         ValueStateDescriptor,
     )
 
-    from streams import user_timeline as ut
+    from streams.flink import timeline as ut
 
     class UserTimeline(KeyedProcessFunction):
-        """Validation, then the per-user timeline (streams.user_timeline), in one operator.
+        """Validation, then the per-user timeline (streams.flink.timeline), in one operator.
 
         Input: (user key, raw, partition, offset), keyed in the JVM by the `user_id` that
         SQL read from the JSON (validation then checks it is the same user). Validation
-        is the shared schema (streams.schema.decode_watch), so every component rejects the
+        is the shared schema (streams.contracts.schema.decode_watch), so every component rejects the
         same records for the same reasons.
 
-        State (streams.user_timeline): `head`, a few numbers read and written per record;
+        State (streams.flink.timeline): `head`, a few numbers read and written per record;
         `pending`, a ListState a record only appends to; `history`, the last `keep_len`
         released watches, read and written only when something is released. So a
         record's cost does not grow with how much its user has buffered (a backfill, where

@@ -1,4 +1,4 @@
-"""Topic administration: create every topic of `streams.topics` with its configs, and read
+"""Topic administration: create every topic of `streams.contracts.topics` with its configs, and read
 back what the broker really has (so tests can check compaction is really set)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from streams.topics import TopicSpec
+from streams.contracts.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
     """Create the topics that do not exist yet; return the names created.
 
     An existing topic keeps its partitions (Kafka cannot shrink them) but gets its
-    configs re-applied, so changing retention in `streams.topics` takes effect.
+    configs re-applied, so changing retention in `streams.contracts.topics` takes effect.
     """
     specs = list(specs)
     admin = admin_client(bootstrap)

@@ -28,12 +28,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from streams import schema
-from streams.schema import UploadEvent, WatchEvent
-from streams.simulator_config import SimulatorConfig
-from streams.simulator_faults import BAD_KINDS, WATCH, make_bad
-from streams.simulator_world import World
-from streams.topics import TopicNames
+from streams.contracts import schema
+from streams.contracts.schema import UploadEvent, WatchEvent
+from streams.contracts.topics import TopicNames
+from streams.simulator.config import SimulatorConfig
+from streams.simulator.faults import BAD_KINDS, WATCH, make_bad
+from streams.simulator.world import World
 
 VALID = "valid"
 TRUTH_FORMAT = "plum-simulator-truth/1"

@@ -1,7 +1,7 @@
 """`plum simulate`: produce simulated video-platform traffic to Kafka.
 
-The records come from the pure, seeded generator in `streams.simulator_stream` (latent
-world in `streams.simulator_world`, malformed records in `streams.simulator_faults`);
+The records come from the pure, seeded generator in `streams.simulator.stream` (latent
+world in `streams.simulator.world`, malformed records in `streams.simulator.faults`);
 this module only produces them: pacing to `--rate`, a progress line with rate and ETA,
 the `plum_simulator_*` metrics, `/metrics` with `--metrics-port`, and a clean stop on
 SIGINT/SIGTERM (flush what was sent, write the ground truth, exit 0).
@@ -28,9 +28,9 @@ from kafka.errors import KafkaError
 
 from monitoring.metrics import Metrics, serve_metrics
 from plum.config import ConfigError, state_dir
-from streams.kafka_clients import make_producer
-from streams.simulator_config import SimulatorConfig, load_config
-from streams.simulator_stream import (
+from streams.kafka.clients import make_producer
+from streams.simulator.config import SimulatorConfig, load_config
+from streams.simulator.stream import (
     VALID,
     SimRecord,
     Simulator,

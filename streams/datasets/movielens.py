@@ -29,7 +29,7 @@ Mapping (every choice here is a documented assumption; MovieLens has no watches)
 | upload `description` | `"Released {year}. Genres: {g1}, {g2}."` (year omitted when unknown) |
 | upload `topics` | the genres, verbatim (including MovieLens's own `unknown` genre) |
 | upload `channel` | `"movielens-100k"` |
-| upload `embeddings` | `text` and `genre`, see `streams.text_embedding` |
+| upload `embeddings` | `text` and `genre`, see `streams.datasets.text_embedding` |
 
 Order: ratings sorted by (timestamp, user, item) with numeric ids compared as numbers;
 uploads and watches merged by `ts` (an upload's ts is never equal to a watch's: watch
@@ -49,8 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.schema import UploadEvent, WatchEvent
-from streams.text_embedding import embed_labels, embed_texts
+from streams.contracts.schema import UploadEvent, WatchEvent
+from streams.datasets.text_embedding import embed_labels, embed_texts
 
 INTER_FILE = "ml-100k.inter"
 ITEM_FILE = "ml-100k.item"

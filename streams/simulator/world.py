@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from streams.schema import UploadEvent
-from streams.simulator_config import SimulatorConfig
+from streams.contracts.schema import UploadEvent
+from streams.simulator.config import SimulatorConfig
 
 TOPIC_NAMES = (
     "music",

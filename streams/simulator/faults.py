@@ -1,4 +1,4 @@
-"""Malformed records, one builder per validation reason of `streams.schema`.
+"""Malformed records, one builder per validation reason of `streams.contracts.schema`.
 
 Each builder takes a valid watch or upload (as a plain dict) and breaks exactly one
 thing, so that `decode_watch` / `decode_upload` with
@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from streams import schema
+from streams.contracts import schema
 
 WATCH = "watch"
 UPLOAD = "upload"

@@ -9,9 +9,9 @@ import sys
 import threading
 
 from plum.jvm import JvmSetupError
-from streams.broker import BrokerError, LocalBroker, load_kafka_config
-from streams.kafka_admin import ensure_topics, partition_counts, topic_configs
-from streams.topics import topic_set
+from streams.contracts.topics import topic_set
+from streams.kafka.admin import ensure_topics, partition_counts, topic_configs
+from streams.kafka.broker import BrokerError, LocalBroker, load_kafka_config
 
 
 def cli(argv: list[str]) -> int:
@@ -55,7 +55,7 @@ def cli(argv: list[str]) -> int:
 
 def _run_exporter(bootstrap: str, port: int, interval_s: float) -> int:
     from monitoring.metrics import Metrics, serve_metrics
-    from streams.kafka_exporter import run_exporter
+    from streams.kafka.exporter import run_exporter
 
     metrics = Metrics.for_component("kafka")
     server = serve_metrics(metrics, port)

@@ -1,7 +1,7 @@
-"""The SID service's Kafka side: consume uploads, and publish results + offsets atomically.
+"""Transactional Kafka I/O: consume a group's topics, publish results + offsets atomically.
 
-Two clients behind one small interface (`TransactionalIO`), so `tokenizer.service` holds
-the exactly-once cycle once:
+Two clients behind one small interface (`plum.batch_cycle.TransactionalIO`), so the
+exactly-once cycle (`plum.batch_cycle.BatchCycle`) is written once:
 
 - `ConfluentIO` (librdkafka via confluent-kafka): the default. Fetching, decompression
   and batching run in librdkafka's C threads; it consumes the uploads topic several times
@@ -19,8 +19,9 @@ the batch again from the last committed offsets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol
+from collections.abc import Sequence
+
+from plum.batch_cycle import NextOffsets, Output, Record, TransactionalIO
 
 log = logging.getLogger(__name__)
 
@@ -30,39 +31,6 @@ MAX_MESSAGE_BYTES = 3 * 1024 * 1024
 TRANSACTION_TIMEOUT_S = 30.0
 
 
-class Record(NamedTuple):
-    """One consumed record; kafka-python's ConsumerRecord has the same attributes."""
-
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-    timestamp: int | None  # producer/broker timestamp, epoch ms
-
-
-# (topic, key, value) of a record to publish inside the batch's transaction.
-Output = tuple[str, bytes | None, bytes]
-# (topic, partition) -> the next offset to consume, committed with the transaction.
-NextOffsets = Mapping[tuple[str, int], int]
-
-
-class TransactionalIO(Protocol):
-    def poll(self, max_records: int, timeout_s: float) -> Sequence[Record]:
-        """Up to `max_records` records, waiting at most `timeout_s` (may return fewer)."""
-        ...
-
-    def commit(self, outputs: Sequence[Output], next_offsets: NextOffsets) -> None:
-        """Publish `outputs` and commit `next_offsets` for the group in one transaction."""
-        ...
-
-    @property
-    def assigned(self) -> bool:
-        """Whether the group has given this consumer partitions yet (joining takes seconds)."""
-        ...
-
-    def close(self) -> None: ...
-
-
 def open_io(
     client: str,
     bootstrap: str,
@@ -70,7 +38,7 @@ def open_io(
     group_id: str,
     transactional_id: str,
     max_poll_records: int,
-    client_id: str = "plum-sid-service",
+    client_id: str = "plum-transactional",
 ) -> TransactionalIO:
     """A subscribed consumer and an initialised transactional producer of kind `client`."""
     if client == "confluent":
@@ -122,6 +90,10 @@ class ConfluentIO:
 
     def _on_assign(self, consumer, partitions) -> None:
         self._assigned = True
+
+    @property
+    def thread_safe(self) -> bool:
+        return True  # librdkafka handles may be used from two threads
 
     @property
     def assigned(self) -> bool:
@@ -192,7 +164,7 @@ class KafkaPythonIO:
     ):
         from kafka import KafkaConsumer
 
-        from streams.kafka_clients import make_producer
+        from streams.kafka.clients import make_producer
 
         self._producer = make_producer(bootstrap, transactional_id=transactional_id, linger_ms=5)
         self._producer.init_transactions()
@@ -210,6 +182,10 @@ class KafkaPythonIO:
     @property
     def assigned(self) -> bool:
         return bool(self._consumer.assignment())
+
+    @property
+    def thread_safe(self) -> bool:
+        return False  # kafka-python's consumer must stay on one thread
 
     def poll(self, max_records: int, timeout_s: float) -> list:
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -248,4 +224,4 @@ def _abort(producer) -> None:
     try:
         producer.abort_transaction()
     except Exception as exc:  # the original error is the one worth raising
-        log.warning("aborting the SID transaction failed too: %s", exc)
+        log.warning("aborting the transaction failed too: %s", exc)

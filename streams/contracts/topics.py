@@ -1,7 +1,7 @@
 """Every Kafka topic of ARCHITECTURE.md: name, partitions, retention, compaction.
 
 `TopicSpec.configs()` gives the broker-side topic configs; `plum kafka topics` creates
-them all (see `streams.kafka_admin.ensure_topics`). A `prefix` lets tests create a
+them all (see `streams.kafka.admin.ensure_topics`). A `prefix` lets tests create a
 private copy of the whole set (`test123.plum.watches.v1`) on a shared broker.
 """
 

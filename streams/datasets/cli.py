@@ -9,7 +9,7 @@ Uploads go to `plum.uploads.replay.v1` keyed by video id, watches to
 `plum.watches.replay.v1` keyed by user id, produced in one merged timestamp order (so
 an upload is always sent before the first watch of its item) with the record timestamp
 set to the event time. `--limit N` stops after the N-th watch. The mapping from
-ratings to watches is documented in `streams.movielens`.
+ratings to watches is documented in `streams.datasets.movielens`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 
 from monitoring.metrics import Metrics
 from plum.config import REPO_ROOT, default_config_path, from_mapping, load_section
-from streams import movielens
-from streams.kafka_clients import make_producer
-from streams.schema import encode, encode_key
-from streams.topics import TopicNames
+from streams.contracts.schema import encode, encode_key
+from streams.contracts.topics import TopicNames
+from streams.datasets import movielens
+from streams.kafka.clients import make_producer
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _load_config(path: str | None) -> movielens.MovieLensConfig:
 
 def _default_bootstrap(config_path: str | None) -> str:
     try:
-        from streams.broker import load_kafka_config
+        from streams.kafka.broker import load_kafka_config
 
         return load_kafka_config(config_path).bootstrap
     except Exception:  # no usable [kafka] config: the documented default

@@ -15,7 +15,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from monitoring.metrics import Metrics
-from streams.kafka_admin import admin_client
+from streams.kafka.admin import admin_client
 
 log = logging.getLogger(__name__)
 

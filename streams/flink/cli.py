@@ -1,4 +1,4 @@
-"""`plum flink run`: run the PyFlink job (streams.flink_job) in local mode, or as a backfill.
+"""`plum flink run`: run the PyFlink job (streams.flink.job) in local mode, or as a backfill.
 
     plum flink run [--config P] [--bootstrap H:P] [--topic-prefix P]
                    [--backfill --from T1 --to T2] [--output-suffix S]
@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from plum.config import ConfigError
-from streams import topics as topic_defs
-from streams.flink_job import FlinkConfig, RunOptions, build, latest_checkpoint, load_flink_config
-from streams.topics import TopicNames
+from streams.contracts import topics as topic_defs
+from streams.contracts.topics import TopicNames
+from streams.flink.job import FlinkConfig, RunOptions, build, latest_checkpoint, load_flink_config
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ensure_suffixed_topics(bootstrap: str, names: TopicNames, suffix: str) -> None:
-    from streams.kafka_admin import ensure_topics
+    from streams.kafka.admin import ensure_topics
 
     specs = []
     for base, name in (

@@ -29,7 +29,7 @@ independently, so they are spelled out exactly):
 * **Pairs.** Each released watch pairs with each of the previous `pair_prev_k` released
   watches of the same user that belong to the same session and show a different video;
   a pair is `(min(v1, v2), max(v1, v2), ts of the later watch)`.
-* **Examples.** A released, clicked watch gets reward r (streams.reward) and is kept
+* **Examples.** A released, clicked watch gets reward r (streams.flink.reward) and is kept
   when `keep_example(event_id, r, r_max, salt)`. Its history is the user's last
   `history_len` released watches before it (any session), oldest first, each with watch
   ratio, watch time and `hours_since = (target.ts - watch.ts) / 3_600_000`.
@@ -40,7 +40,7 @@ from __future__ import annotations
 from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 
-from streams.reward import RewardWeights, keep_example, reward
+from streams.flink.reward import RewardWeights, keep_example, reward
 
 HOUR_MS = 3_600_000.0
 
@@ -88,7 +88,7 @@ def _ts(ev: tuple) -> int:
 
 
 def watch_tuple(w) -> tuple:
-    """The accepted-watch tuple of a `streams.schema.WatchEvent`."""
+    """The accepted-watch tuple of a `streams.contracts.schema.WatchEvent`."""
     return (
         w.ts,
         w.event_id,
