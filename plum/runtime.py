@@ -56,7 +56,10 @@ def stop_on_signals(stop: threading.Event, name: str = "plum") -> Iterator[threa
 
     def handle(signum: int, _frame: object) -> None:
         log.info("%s: %s received, finishing the work in hand", name, signal.Signals(signum).name)
-        stop.set()
+        # Set from another thread: the handler runs in the main thread between two
+        # bytecodes, possibly while that thread holds `stop`'s internal lock inside
+        # `stop.wait(...)`, and `stop.set()` here would then wait for it forever.
+        threading.Thread(target=stop.set, name=f"{name}-stop", daemon=True).start()
 
     old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
