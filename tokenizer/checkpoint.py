@@ -1,7 +1,8 @@
-"""Tokenizer checkpoints on disk (orbax): the layout the SID service loads.
+"""Tokenizer checkpoints: what the SID service loads, in the store every component uses.
 
-    CKPT_DIR/<step>/state   params, codebooks, input statistics (orbax StandardSave)
-    CKPT_DIR/<step>/meta    JSON: config, modalities, step, sid_version, training history
+    DIR/checkpoints/<step>/state   params, codebooks, input statistics (plum.checkpoints)
+    DIR/checkpoints/<step>/meta    JSON: layout, config, modalities, step, sid_version,
+                                   level sizes, training history
 
 `save_tokenizer(tok, dir)` writes one step; `load_tokenizer(dir)` restores the newest (or
 a given) step and checks that the restored content hashes to the stored sid_version.
@@ -14,26 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orbax.checkpoint as ocp
 
+from plum.checkpoints import CHECKPOINTS, CheckpointStore, has_checkpoint
 from tokenizer.config import TokenizerConfig
 from tokenizer.frozen import TrainedTokenizer
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 1: DIR/<step>/ (before the shared store); 2: DIR/checkpoints/<step>/
 
 
 class CheckpointError(RuntimeError):
     """A tokenizer checkpoint that is missing, incomplete or does not match its version."""
-
-
-def _manager(directory: Path | str) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        Path(directory).resolve(),
-        options=ocp.CheckpointManagerOptions(create=True),
-        item_names=("state", "meta"),
-    )
 
 
 def save_tokenizer(tok: TrainedTokenizer, directory: Path | str) -> Path:
@@ -47,17 +40,12 @@ def save_tokenizer(tok: TrainedTokenizer, directory: Path | str) -> Path:
         "level_sizes": list(tok.level_sizes),
         "history": list(tok.history),
     }
-    state = _to_numpy(tok.state_tree())
-    with _manager(directory) as mngr:
-        mngr.save(
-            tok.step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        mngr.wait_until_finished()
-    path = Path(directory).resolve() / str(tok.step)
+    store = CheckpointStore(directory, max_to_keep=None, async_save=False)
+    try:
+        store.save(tok.step, _to_numpy(tok.state_tree()), meta)
+    finally:
+        store.close()
+    path = Path(directory).resolve() / CHECKPOINTS / str(tok.step)
     log.info("saved tokenizer %s (step %d) to %s", tok.sid_version, tok.step, path)
     return path
 
@@ -67,15 +55,19 @@ def load_tokenizer(directory: Path | str, step: int | None = None) -> TrainedTok
     directory = Path(directory).resolve()
     if not directory.is_dir():
         raise CheckpointError(f"no tokenizer checkpoint directory at {directory}")
-    with _manager(directory) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"{directory} holds no tokenizer checkpoint")
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+    if not has_checkpoint(directory):
+        old = (
+            " (it has steps in the old DIR/<step>/ layout: retrain)"
+            if any(directory.glob("*/meta"))
+            else ""
         )
-    meta, state = restored["meta"], restored["state"]
+        raise CheckpointError(f"{directory} holds no tokenizer checkpoint{old}")
+    store = CheckpointStore(directory, async_save=False)
+    try:
+        step = store.latest_step() if step is None else step
+        state, meta = store.restore_untyped(step)
+    finally:
+        store.close()
     if meta.get("layout") != LAYOUT_VERSION:
         raise CheckpointError(
             f"{directory}/{step}: layout {meta.get('layout')!r}, expected {LAYOUT_VERSION}"

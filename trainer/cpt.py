@@ -11,7 +11,7 @@ rest from user behaviour sequences (trainer/prompt.py has both formats; the pape
 a 50/50 mixture). Starts from random init, or from a Llama-style safetensors checkpoint
 whose vocabulary is expanded with the SID and feature tokens (trainer/warmstart.py).
 
-Output (trainer/checkpoint.py layout): DIR/checkpoints/<steps>/{state = {"params"},
+Output (plum/checkpoints.py layout): DIR/checkpoints/<steps>/{state = {"params"},
 meta = model config, sid_version, CPT config, losses} and DIR/vocab/. The continuous
 trainer starts from it (`plum trainer run --cpt DIR`).
 """
@@ -33,7 +33,7 @@ import numpy as np
 
 from plum.config import load_section
 from streams.contracts import schema
-from trainer.checkpoint import CheckpointStore
+from plum.checkpoints import CheckpointStore
 from trainer.config import ModelConfig, VocabConfig
 from trainer.model import init_params
 from trainer.prompt import (

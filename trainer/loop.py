@@ -22,7 +22,7 @@ Counters in the checkpoint (fresh records, an order-free digest of their event i
 make that checkable from outside.
 
 The machinery lives beside the loop: trainer/data.py (input), trainer/step.py (the
-jitted step), trainer/sharding.py (mesh), trainer/checkpoint.py (orbax).
+jitted step), trainer/sharding.py (mesh), plum/checkpoints.py (orbax).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ import jax
 import numpy as np
 
 from monitoring.metrics import Metrics, serve_metrics
+from plum.checkpoints import CheckpointStore
 from plum.config import load_section
 from trainer.archive import HistoryArchive
-from trainer.checkpoint import CheckpointStore
 from trainer.config import ModelConfig
 from trainer.data import DataConfig, DataPosition, MixedBatch, TrainingData
 from trainer.model import init_params

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from plum.checkpoints import has_checkpoint
 from plum.config import load_section, state_dir
 from streams.contracts.topics import topic_set
 from streams.kafka.admin import ensure_topics
@@ -193,7 +194,7 @@ class TrainerLauncher:
     def poll(self, elapsed_s: float, children: list[Child]) -> None:
         """Advance: waiting -> cpt -> running. Raises RuntimeError when CPT fails."""
         if self.phase == "waiting" and elapsed_s >= self.config.trainer_after_s:
-            if any((cpt_dir() / "checkpoints").glob("*/meta")):
+            if has_checkpoint(cpt_dir()):
                 log.info("using the CPT checkpoint in %s", cpt_dir())
                 self.phase = "start"
             else:
@@ -220,7 +221,7 @@ def train_demo_tokenizer(
     config: DemoConfig, config_path: str | None, log_dir: Path, env: dict[str, str]
 ) -> None:
     """Write the simulated catalogue's uploads to JSONL and train a tokenizer on them."""
-    if any(tokenizer_dir().glob("*/meta")):
+    if has_checkpoint(tokenizer_dir()):
         log.info("using the tokenizer in %s", tokenizer_dir())
         return
     from streams.simulator.config import load_config

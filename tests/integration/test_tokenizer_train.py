@@ -61,7 +61,8 @@ def test_cooccurring_items_share_first_code_far_more_than_random(trained, corpus
 def test_checkpoint_round_trip_gives_identical_codes(trained, corpus, tmp_path):
     tok, _ = trained
     embeddings, _, _ = corpus
-    save_tokenizer(tok, tmp_path / "ckpt")
+    path = save_tokenizer(tok, tmp_path / "ckpt")
+    assert path == (tmp_path / "ckpt" / "checkpoints" / str(tok.step)).resolve()  # one layout
     loaded = load_tokenizer(tmp_path / "ckpt")
     assert loaded.sid_version == tok.sid_version
     assert loaded.level_sizes == (128, 64, 32)

@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from plum.checkpoints import CheckpointStore
 from streams.contracts import schema
 from streams.kafka.clients import make_producer
 from tokenizer.index import SidIndex
-from trainer.checkpoint import CheckpointStore
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
 from trainer.loop import event_digest

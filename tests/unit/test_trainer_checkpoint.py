@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streams.contracts import schema
-from trainer.checkpoint import CheckpointStore, NoCheckpointError
+from plum.checkpoints import CheckpointStore, NoCheckpointError
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import (
     CptConfig,

@@ -1,16 +1,20 @@
-"""Trainer checkpoints (orbax): arrays and the JSON that says where training stood.
+"""The checkpoint store (orbax) every component saves through: arrays plus the JSON
+that says what they are and where the component stood.
 
-    DIR/checkpoints/<step>/state   the TrainState (params, optimizer state, step) or, for
-                                   a CPT checkpoint, {"params": ...}  (StandardSave)
-    DIR/checkpoints/<step>/meta    JSON: data position (Kafka offsets per partition,
-                                   history cursor, archive step), sid_version, configs,
-                                   counters (JsonSave)
-    DIR/vocab/                     the vocabulary the token ids mean (trainer/vocab.py)
+    DIR/checkpoints/<step>/state   a pytree of arrays (StandardSave): the trainer's
+                                   TrainState or CPT {"params"}, the tokenizer's
+                                   params, codebooks and input statistics
+    DIR/checkpoints/<step>/meta    JSON (JsonSave): configs, versions and positions, e.g.
+                                   the trainer's Kafka offsets per partition and counters,
+                                   the tokenizer's sid_version and training history
+    DIR/vocab/                     beside the steps, for a component whose arrays index a
+                                   token vocabulary (the trainer, trainer/vocab.py)
 
-Saves are asynchronous (the step loop goes on while orbax writes) and atomic: orbax
-writes into a temporary directory and renames it when complete, so a process killed
-mid-save leaves the previous checkpoint as the latest. A checkpoint that still fails to
-restore (disk damage) is skipped with an error in the log and the one before it is used.
+Saves can be asynchronous (the step loop goes on while orbax writes) and are atomic:
+orbax writes into a temporary directory and renames it when complete, so a process
+killed mid-save leaves the previous checkpoint as the latest. A checkpoint that still
+fails to restore (disk damage) is skipped with an error in the log and the one before it
+is used (`restore_latest`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orbax.checkpoint as ocp
+if TYPE_CHECKING:
+    import orbax.checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +37,21 @@ class NoCheckpointError(FileNotFoundError):
     """No restorable checkpoint in the directory."""
 
 
+def has_checkpoint(directory: Path | str) -> bool:
+    """Whether `directory` holds at least one saved step (without opening a manager)."""
+    return any((Path(directory) / CHECKPOINTS).glob("*/meta"))
+
+
 class CheckpointStore:
     """Orbax CheckpointManager over DIR/checkpoints with a Composite(state, meta) item."""
 
-    def __init__(self, directory: Path | str, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: Path | str, max_to_keep: int | None = 3, async_save: bool = True):
+        """`max_to_keep` None keeps every step."""
+        import orbax.checkpoint as ocp  # here: has_checkpoint stays free of jax and orbax
+
+        self._ocp = ocp
         self.directory = Path(directory)
-        self._manager = ocp.CheckpointManager(
+        self._manager: orbax.checkpoint.CheckpointManager = ocp.CheckpointManager(
             (self.directory / CHECKPOINTS).absolute(),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
@@ -58,34 +72,35 @@ class CheckpointStore:
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Start saving `step` (returns before the write finishes when async)."""
+        args = self._ocp.args
         self._manager.save(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
+            args=args.Composite(state=args.StandardSave(state), meta=args.JsonSave(meta)),
             force=True,
         )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """The state (laid out like `abstract_state`: shapes, dtypes, shardings) and meta."""
+        args = self._ocp.args
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            args=args.Composite(
+                state=args.StandardRestore(abstract_state), meta=args.JsonRestore()
             ),
         )
         return restored["state"], dict(restored["meta"])
 
     def restore_untyped(self, step: int) -> tuple[Any, dict[str, Any]]:
         """State as plain nested dicts of numpy arrays (no target needed), and meta."""
+        args = self._ocp.args
         restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+            step, args=args.Composite(state=args.StandardRestore(), meta=args.JsonRestore())
         )
         return restored["state"], dict(restored["meta"])
 
     def restore_meta(self, step: int) -> dict[str, Any]:
-        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        args = self._ocp.args
+        restored = self._manager.restore(step, args=args.Composite(meta=args.JsonRestore()))
         return dict(restored["meta"])
 
     def restore_latest(
