@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from plum.config import state_dir
+from trainer.arguments import common_arguments, state_paths, trainer_config
 
 log = logging.getLogger(__name__)
 
@@ -28,35 +28,6 @@ def usage() -> str:
         "  run    continuous SFT from the CPT checkpoint on Kafka + history (never stops)\n"
         "  eval   Recall@K / NDCG@10 against popularity and co-occurrence baselines"
     )
-
-
-def trainer_config(args: argparse.Namespace, **overrides):
-    """[trainer] of --config, with the command line's values over it (None = not given)."""
-    from trainer.loop import load_trainer_config
-
-    return load_trainer_config(
-        args.config,
-        bootstrap=args.bootstrap,
-        topic_prefix=args.topic_prefix,
-        index_path=args.index,
-        **overrides,
-    )
-
-
-def state_paths(cfg) -> tuple[Path, Path, Path]:
-    base = state_dir()
-    index = Path(cfg.index_path) if cfg.index_path else base / "tokenizer" / "sid-index.sqlite"
-    cpt = Path(cfg.cpt_dir) if cfg.cpt_dir else base / "trainer" / "cpt"
-    run = Path(cfg.run_dir) if cfg.run_dir else base / "trainer" / "run"
-    return index, cpt, run
-
-
-def common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config, --bootstrap, --topic-prefix, --index: every trainer command has them."""
-    parser.add_argument("--config", help="TOML config (default configs/demo.toml)")
-    parser.add_argument("--bootstrap")
-    parser.add_argument("--topic-prefix")
-    parser.add_argument("--index", help="SID index SQLite (default STATE/tokenizer/...)")
 
 
 def cpt(argv: list[str]) -> int:

@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from trainer.cli import common_arguments, state_paths, trainer_config
+from trainer.arguments import common_arguments, state_paths, trainer_config
 
 log = logging.getLogger(__name__)
 
