@@ -54,7 +54,7 @@ class MetricDef:
 
 
 CATALOGUE: tuple[MetricDef, ...] = (
-    # --- kafka (broker manager and clients)
+    # --- kafka (the broker exporter, streams/kafka/exporter.py)
     MetricDef(
         "plum_kafka_broker_up",
         "gauge",
@@ -63,26 +63,11 @@ CATALOGUE: tuple[MetricDef, ...] = (
         labels=("bootstrap",),
     ),
     MetricDef(
-        "plum_kafka_produced_records_total",
-        "counter",
+        "plum_kafka_log_end_offset",
+        "gauge",
         "kafka",
-        "records produced",
-        labels=("topic",),
-    ),
-    MetricDef(
-        "plum_kafka_produced_bytes_total",
-        "counter",
-        "kafka",
-        "value bytes produced",
-        "bytes",
-        ("topic",),
-    ),
-    MetricDef(
-        "plum_kafka_consumed_records_total",
-        "counter",
-        "kafka",
-        "records consumed",
-        labels=("topic",),
+        "offset the next record of the partition gets (records plus transaction markers)",
+        labels=("topic", "partition"),
     ),
     MetricDef(
         "plum_kafka_consumer_lag_records",
@@ -323,7 +308,7 @@ class Metrics:
             raise KeyError(f"metric {name!r} is not in monitoring.metrics.CATALOGUE") from None
         if spec.kind != kind:
             raise TypeError(f"metric {name!r} is a {spec.kind}, not a {kind}")
-        if spec.component not in (self.component, "deadletter", "kafka"):
+        if spec.component not in (self.component, "deadletter"):
             raise KeyError(f"metric {name!r} belongs to {spec.component!r}, not {self.component!r}")
         with self._lock:
             if name not in self._made:

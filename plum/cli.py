@@ -1,7 +1,10 @@
-"""`plum`: the one console entry point. Dispatch only; each command lives in its component.
+"""`plum`: the one console entry point and its one command table.
 
-A command module exposes `cli(argv: list[str]) -> int`. Modules are imported lazily so
-`plum kafka status` does not pay for importing JAX or PyFlink.
+Each command names the function that runs it, `module:function` taking the arguments
+after the command's words and returning an exit code. Modules are imported only when
+their command runs, so `plum kafka status` does not pay for importing JAX or PyFlink.
+`plum GROUP --help` (e.g. `plum kafka --help`) lists a group's commands; `plum CMD
+--help` shows one command's options.
 """
 
 from __future__ import annotations
@@ -9,39 +12,156 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from dataclasses import dataclass
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "kafka": ("streams.kafka.cli", "run the local KRaft broker: up | down | status | topics"),
-    "simulate": ("streams.simulator.cli", "produce simulated platform traffic to Kafka"),
-    "data": ("streams.datasets.cli", "import real data sets: data import movielens DIR"),
-    "flink": ("streams.flink.cli", "run the PyFlink job: flink run [--backfill --from T1 --to T2]"),
-    "tokenizer": ("tokenizer.cli", "SID-v2 tokenizer: train | report | serve | reindex"),
-    "trainer": ("trainer.cli", "recommender: cpt | run | eval"),
-    "bench": ("bench.cli", "benchmarks: bench kafka | flink | tokenizer | ..."),
-    "demo": ("deploy.local.demo", "bring up the embedded stack and run simulated traffic"),
-}
+# Libraries whose INFO lines drown our own (orbax logs every save/restore through absl).
+QUIET_LOGGERS = ("absl", "jax._src.xla_bridge")
 
 
-def usage() -> str:
-    lines = ["usage: plum COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+@dataclass(frozen=True)
+class Command:
+    name: str  # the words after `plum`, e.g. "kafka up"
+    target: str  # "module:function"; the function takes argv and returns an exit code
+    help: str
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return tuple(self.name.split())
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("kafka up", "streams.kafka.cli:up", "start the local KRaft broker, create every topic"),
+    Command("kafka down", "streams.kafka.cli:down", "stop the local broker"),
+    Command("kafka status", "streams.kafka.cli:status", "broker state as JSON (exit 1: down)"),
+    Command("kafka topics", "streams.kafka.cli:topics", "create missing topics, list the set"),
+    Command(
+        "kafka exporter",
+        "streams.kafka.cli:exporter",
+        "broker up, end offsets and consumer lag on /metrics",
+    ),
+    Command(
+        "simulate", "streams.simulator.cli:simulate", "produce simulated platform traffic to Kafka"
+    ),
+    Command(
+        "data import movielens",
+        "streams.datasets.cli:movielens_import",
+        "MovieLens-100k into the replay topics",
+    ),
+    Command(
+        "flink run",
+        "streams.flink.cli:run",
+        "run the PyFlink job (live, or --backfill --from T1 --to T2)",
+    ),
+    Command(
+        "tokenizer train",
+        "tokenizer.train:cli",
+        "train the SID-v2 RQ-VAE and write an orbax checkpoint",
+    ),
+    Command(
+        "tokenizer report",
+        "tokenizer.report:cli",
+        "SID uniqueness, codebook use, reconstruction, alignment",
+    ),
+    Command(
+        "tokenizer ablation",
+        "tokenizer.ablation:cli",
+        "SID-v1 vs SID-v2 ablation (what `plum bench tokenizer` runs)",
+    ),
+    Command(
+        "tokenizer serve",
+        "tokenizer.service_cli:serve",
+        "the streaming SID assignment service (uploads -> SIDs)",
+    ),
+    Command(
+        "tokenizer reindex",
+        "tokenizer.service_cli:reindex_cli",
+        "assign every known video under a new tokenizer version",
+    ),
+    Command(
+        "tokenizer switch", "tokenizer.service_cli:switch_cli", "make a SID version the active one"
+    ),
+    Command(
+        "tokenizer index",
+        "tokenizer.service_cli:index_cli",
+        "show the local SID index (versions, sizes)",
+    ),
+    Command(
+        "trainer cpt",
+        "trainer.cli:cpt",
+        "continued pre-training on SID behaviour + metadata -> the CPT checkpoint",
+    ),
+    Command(
+        "trainer run",
+        "trainer.cli:run",
+        "continuous SFT from the CPT checkpoint on Kafka + history",
+    ),
+    Command(
+        "trainer eval",
+        "trainer.eval_cli:cli",
+        "Recall@K / NDCG@10 against popularity and co-occurrence baselines",
+    ),
+    Command("bench kafka", "bench.kafka:cli", "produce/consume rates: kafka-python vs Java tools"),
+    Command("bench flink", "bench.flink:cli", "Flink job events/s vs its baselines"),
+    Command("bench tokenizer", "bench.tokenizer:cli", "SID-v1 vs SID-v2 ablation"),
+    Command(
+        "bench sid-service",
+        "bench.sid_service:cli",
+        "SID assignments/s and upload->SID latency",
+    ),
+    Command("bench trainer", "bench.trainer:cli", "trainer loop examples/s vs the jitted step"),
+    Command(
+        "bench trainer-quality",
+        "bench.trainer_quality:cli",
+        "recommender quality vs popularity/co-occurrence",
+    ),
+    Command("demo", "deploy.local.demo:demo", "bring up the embedded stack on simulated traffic"),
+)
+
+
+def find(argv: list[str]) -> Command | None:
+    """The command whose words start `argv` (the longest such), or None."""
+    matches = [c for c in COMMANDS if tuple(argv[: len(c.words)]) == c.words]
+    return max(matches, key=lambda c: len(c.words), default=None)
+
+
+def usage(prefix: tuple[str, ...] = ()) -> str:
+    """Every command under `prefix` (all of them for ()), one line each."""
+    shown = [c for c in COMMANDS if c.words[: len(prefix)] == prefix]
+    width = max(len(c.name) for c in shown) + 2
+    lines = ["usage: plum COMMAND [ARGS...]  (plum COMMAND --help for its options)", ""]
+    lines += [f"  {c.name:<{width}} {c.help}" for c in shown]
     return "\n".join(lines)
+
+
+def _group(argv: list[str]) -> tuple[str, ...]:
+    """The longest start of `argv` that is a group of commands (e.g. ("kafka",))."""
+    for n in range(len(argv), 0, -1):
+        prefix = tuple(argv[:n])
+        if any(c.words[:n] == prefix and len(c.words) > n for c in COMMANDS):
+            return prefix
+    return ()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"plum: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+    command = find(argv)
+    if command is None:
+        group = _group(argv)
+        rest = argv[len(group) :]
+        if not rest or rest[0] in ("-h", "--help", "help"):
+            print(usage(group))
+            return 0
+        name = " ".join(("plum", *group))
+        print(f"{name}: unknown command {rest[0]!r}\n\n{usage(group)}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.cli(rest) or 0)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    module, _, function = command.target.partition(":")
+    run = getattr(importlib.import_module(module), function)
+    return int(run(argv[len(command.words) :]) or 0)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from plum.checkpoints import has_checkpoint
 from plum.config import load_section, state_dir
+from plum.runtime import stop_on_signals
 from streams.contracts.topics import topic_set
 from streams.kafka.admin import ensure_topics
-from streams.kafka.broker import BrokerError, LocalBroker, load_kafka_config
+from streams.kafka.broker import BrokerError, KafkaConfig, LocalBroker, load_kafka_config
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +267,7 @@ def train_demo_tokenizer(
         raise RuntimeError(f"tokenizer training failed; see {log_dir / 'tokenizer-train.log'}")
 
 
-def cli(argv: list[str]) -> int:
+def demo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plum demo", description=__doc__)
     parser.add_argument("--config", help="TOML config (default configs/demo.toml)")
     parser.add_argument("--seconds", type=float, help="stop after this many wall-clock seconds")
@@ -279,14 +281,19 @@ def cli(argv: list[str]) -> int:
         parser.error(f"[demo].components: unknown {unknown}; known: {list(COMPONENTS)}")
     kafka = load_kafka_config(args.config)
     broker = LocalBroker(kafka)
-    stop = {"signal": None}
+    with stop_on_signals(threading.Event(), "demo") as stop:
+        return _supervise(config, args, kafka, broker, stop)
 
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-        log.info("received %s: stopping the stack", signal.Signals(signum).name)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+def _supervise(
+    config: DemoConfig,
+    args: argparse.Namespace,
+    kafka: KafkaConfig,
+    broker: LocalBroker,
+    stop: threading.Event,
+) -> int:
+    """Start the stack and watch it until the simulator ends, a child dies, `--seconds`
+    pass or `stop` is set; then stop every child and (unless --keep-kafka) the broker."""
     children: list[Child] = []
     try:
         broker.up()
@@ -317,8 +324,7 @@ def cli(argv: list[str]) -> int:
             )
         started = time.monotonic()
         last_report = 0.0
-        while stop["signal"] is None:
-            time.sleep(0.5)
+        while not stop.wait(0.5):
             if args.seconds and time.monotonic() - started > args.seconds:
                 log.info("demo ran %.0f s: stopping", args.seconds)
                 break

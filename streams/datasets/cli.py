@@ -25,9 +25,11 @@ from pathlib import Path
 
 from monitoring.metrics import Metrics
 from plum.config import REPO_ROOT, default_config_path, from_mapping, load_section
+from plum.runtime import Progress
 from streams.contracts.schema import encode, encode_key
 from streams.contracts.topics import TopicNames
 from streams.datasets import movielens
+from streams.kafka.admin import existing_topics
 from streams.kafka.clients import make_producer
 
 log = logging.getLogger(__name__)
@@ -100,11 +102,17 @@ def write_timeline(
     _require_topics(bootstrap, sorted(set(topic_of.values())))
     failures: list[BaseException] = []
     producer = make_producer(bootstrap)
-    total = len(records)
     counts = {movielens.KIND_UPLOAD: 0, movielens.KIND_WATCH: 0}
-    start = last_log = time.monotonic()
+
+    def event_time() -> str:
+        newest = records[max(progress.count, 1) - 1].ts if records else 0
+        return "event time " + time.strftime("%Y-%m-%d %H:%M", time.gmtime(newest / 1000))
+
+    progress = Progress(
+        "movielens import", "records", progress_every_s, total=len(records), detail=event_time
+    )
     try:
-        for i, rec in enumerate(records, start=1):
+        for rec in records:
             topic = topic_of[rec.kind]
             producer.send(
                 topic, key=encode_key(rec.key), value=encode(rec.event), timestamp_ms=rec.ts
@@ -113,44 +121,22 @@ def write_timeline(
             counted[rec.kind].inc()
             if failures:
                 raise DataImportError(f"send to {topic} failed: {failures[0]!r}")
-            now = time.monotonic()
-            if now - last_log >= progress_every_s:
-                last_log = now
-                rate = i / (now - start)
-                log.info(
-                    "movielens import: %d/%d records (%.1f%%), %.0f records/s, ETA %.0f s, event time %s",
-                    i,
-                    total,
-                    100.0 * i / total,
-                    rate,
-                    (total - i) / rate,
-                    time.strftime("%Y-%m-%d %H:%M", time.gmtime(rec.ts / 1000)),
-                )
+            progress.add()
+            progress.maybe_report()
         producer.flush()
     finally:
         producer.close()
     if failures:
         raise DataImportError(f"{len(failures)} sends failed, first: {failures[0]!r}")
-    elapsed = time.monotonic() - start
-    log.info(
-        "movielens import: %d records flushed in %.1f s (%.0f records/s)",
-        total,
-        elapsed,
-        total / max(elapsed, 1e-9),
-    )
+    progress.report(final=True)
+    elapsed = time.monotonic() - progress.t0
     return ImportCounts(counts[movielens.KIND_UPLOAD], counts[movielens.KIND_WATCH], elapsed)
 
 
 def _require_topics(bootstrap: str, topics: Sequence[str]) -> None:
     # The broker does not auto-create topics; without this check a send would block for
     # max_block_ms and fail with a timeout that does not name the cause.
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="plum-data-import")
-    try:
-        existing = consumer.topics()
-    finally:
-        consumer.close()
+    existing = existing_topics(bootstrap)
     missing = [t for t in topics if t not in existing]
     if missing:
         raise DataImportError(
@@ -200,31 +186,31 @@ def import_movielens(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plum data", description="import real data sets into Kafka")
-    sub = p.add_subparsers(dest="action", required=True)
-    imp = sub.add_parser("import", help="import a data set into the replay topics")
-    sets = imp.add_subparsers(dest="dataset", required=True)
-    ml = sets.add_parser("movielens", help="MovieLens-100k: uploads + watches from ratings")
-    ml.add_argument(
+    p = argparse.ArgumentParser(
+        prog="plum data import movielens",
+        description="MovieLens-100k into the replay topics: uploads + watches from ratings",
+    )
+    p.add_argument(
         "directory", type=Path, help="where ml-100k.inter/.item/.user are (fetched if missing)"
     )
-    ml.add_argument(
+    p.add_argument(
         "--bootstrap", default=None, help="Kafka bootstrap H:P (default: [kafka] of the config)"
     )
-    ml.add_argument(
+    p.add_argument(
         "--topic-prefix", default="", help="prefix of the topic names (tests use a unique one)"
     )
-    ml.add_argument("--limit", type=int, default=None, help="stop after this many watches")
-    ml.add_argument(
+    p.add_argument("--limit", type=int, default=None, help="stop after this many watches")
+    p.add_argument(
         "--config", default=None, help="config TOML (default: $PLUM_CONFIG or configs/demo.toml)"
     )
-    ml.add_argument(
+    p.add_argument(
         "--fetch-script", type=Path, default=DEFAULT_FETCH_SCRIPT, help=argparse.SUPPRESS
     )
     return p
 
 
-def cli(argv: list[str]) -> int:
+def movielens_import(argv: list[str]) -> int:
+    """`plum data import movielens DIR [...]`: fetch if missing, then write the timeline."""
     args = _parser().parse_args(argv)
     # kafka-python logs every connection at INFO; keep the import's own progress readable.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger("kafka").level))

@@ -13,7 +13,7 @@ the beginning, keeps records with T1 <= ts < T2), writes to the same output topi
 `<topic><suffix>` side by side) and exits when the bounded input is done. SIGTERM/SIGINT
 cancel the job; the retained checkpoint stays for the next start.
 
-On a Flink cluster: `flink run -py streams/flink_cli.py -pyfs plum,streams,monitoring
+On a Flink cluster: `flink run -py streams/flink/cli.py -pyfs plum,streams,monitoring
 --jarfile build/jvm/flink/flink-sql-connector-kafka-*.jar run --bootstrap ...`.
 """
 
@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from plum.config import ConfigError
+from plum.runtime import stop_on_signals
 from streams.contracts import topics as topic_defs
 from streams.contracts.topics import TopicNames
 from streams.flink.job import FlinkConfig, RunOptions, build, latest_checkpoint, load_flink_config
@@ -51,9 +52,10 @@ def parse_time_ms(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plum flink", description="Run the PyFlink job.")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the job (live, or --backfill over a time range)")
+    r = argparse.ArgumentParser(
+        prog="plum flink run",
+        description="Run the PyFlink job (live, or --backfill over a time range).",
+    )
     r.add_argument("--config", type=Path, default=None, help="TOML config ([flink] section)")
     r.add_argument("--bootstrap", default=None, help="Kafka bootstrap HOST:PORT")
     r.add_argument("--topic-prefix", default=None, help="prefix of every topic name (tests)")
@@ -73,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = r.add_mutually_exclusive_group()
     g.add_argument("--fresh", action="store_true", help="ignore retained checkpoints")
     g.add_argument("--restore", default=None, help="resume from this checkpoint/savepoint path")
-    return p
+    return r
 
 
 def _ensure_suffixed_topics(bootstrap: str, names: TopicNames, suffix: str) -> None:
@@ -94,7 +96,17 @@ def _ensure_suffixed_topics(bootstrap: str, names: TopicNames, suffix: str) -> N
     ensure_topics(bootstrap, specs)
 
 
-def run(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
+@dataclass
+class JobOutcome:
+    """How the job's `wait()` ended, filled in by the thread that waits on it."""
+
+    ok: bool = True
+    status: str = "running"
+
+
+def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
+    """Submit the job and supervise it until it ends or SIGTERM/SIGINT cancel it; 0 when it
+    finished or was cancelled, 1 when it failed."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if opts.output_suffix:
         _ensure_suffixed_topics(cfg.bootstrap, opts.topics, opts.output_suffix)
@@ -111,56 +123,41 @@ def run(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
         checkpoint_dir,
         f", restored from {opts.restore_path}" if opts.restore_path else "",
     )
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("signal %s: cancelling the job (retained checkpoints stay)", signum)
-        stop.set()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        waiter = threading.Thread(target=_wait, args=(result, stop), daemon=True)
-        waiter.start()
-        while not stop.is_set():
-            stop.wait(1.0)
-        if client is not None and waiter.is_alive():
-            try:
-                client.cancel().result()
-            except Exception as exc:  # already finished or failing: the status says which
-                log.info("cancel: %s", exc)
-        waiter.join(timeout=30)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    done, outcome = threading.Event(), JobOutcome()
+    waiter = threading.Thread(target=_wait, args=(result, outcome, done), daemon=True)
+    waiter.start()
+    # The job ends by itself (a backfill) or by a signal: `stop` is set by either.
+    with stop_on_signals(done, "flink job") as stop:
+        stop.wait()
+    if client is not None and waiter.is_alive():
+        log.info("cancelling the job (retained checkpoints stay)")
+        try:
+            client.cancel().result()
+        except Exception as exc:  # already finished or failing: the status says which
+            log.info("cancel: %s", exc)
+    waiter.join(timeout=30)
     log.info(
-        "flink job %s ended after %.1f s: %s",
-        job_id,
-        time.monotonic() - started,
-        _WAIT_RESULT.get("status"),
+        "flink job %s ended after %.1f s: %s", job_id, time.monotonic() - started, outcome.status
     )
-    return 0 if _WAIT_RESULT.get("ok", True) else 1
+    return 0 if outcome.ok else 1
 
 
-_WAIT_RESULT: dict = {}
-
-
-def _wait(result, stop: threading.Event) -> None:
+def _wait(result, outcome: JobOutcome, done: threading.Event) -> None:
     try:
         result.wait()
-        _WAIT_RESULT.update(ok=True, status="finished")
+        outcome.ok, outcome.status = True, "finished"
     except Exception as exc:
         cancelled = "cancel" in str(exc).lower()
-        _WAIT_RESULT.update(ok=cancelled, status="cancelled" if cancelled else f"failed: {exc}")
+        outcome.ok, outcome.status = cancelled, "cancelled" if cancelled else f"failed: {exc}"
         if not cancelled:
             log.error("flink job failed: %s", exc)
     finally:
-        stop.set()
+        done.set()
 
 
-def cli(argv: list[str]) -> int:
+def run(argv: list[str]) -> int:
+    """`plum flink run ...`: parse, check and resume, then `run_job`."""
     args = build_parser().parse_args(argv)
-    if args.command != "run":
-        return 2
     try:
         cfg = load_flink_config(
             args.config,
@@ -197,11 +194,12 @@ def cli(argv: list[str]) -> int:
         restore_path=restore,
         topics=TopicNames.with_prefix(cfg.topic_prefix) if cfg.topic_prefix else TopicNames(),
     )
-    return run(cfg, opts, checkpoint_dir)
+    return run_job(cfg, opts, checkpoint_dir)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    sys.exit(cli(sys.argv[1:]))
+    # `python -m streams.flink.cli run ...` and `flink run -py streams/flink/cli.py run ...`
+    # (a cluster submission) go through the one command table.
+    from plum.cli import main
+
+    sys.exit(main(["flink", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -86,6 +86,31 @@ def topic_configs(bootstrap: str, name: str) -> dict[str, str]:
     # {resource type: {resource name: {config name: {"value": ..., ...}}}}
     entries = result["topic"][name]
     return {key: entry.get("value") for key, entry in entries.items()}
+
+
+def existing_topics(bootstrap: str) -> set[str]:
+    """Names of the topics the broker has."""
+    admin = admin_client(bootstrap)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def committed_offsets(
+    bootstrap: str, timeout_ms: int = 10_000
+) -> dict[str, dict[TopicPartition, int]]:
+    """{group: {partition: committed offset}} for every consumer group that committed one."""
+    admin = admin_client(bootstrap, timeout_ms=timeout_ms)
+    try:
+        groups = [g["group_id"] for g in admin.list_groups()]
+        committed = admin.list_group_offsets({g: None for g in groups}) if groups else {}
+    finally:
+        admin.close()
+    return {
+        group: {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        for group, offsets in committed.items()
+    }
 
 
 def partition_counts(bootstrap: str, names: Iterable[str]) -> dict[str, int]:

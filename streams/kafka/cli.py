@@ -1,70 +1,106 @@
-"""`plum kafka up | down | status | topics`: the local KRaft broker and the topic set."""
+"""`plum kafka up | down | status | topics | exporter`: the local KRaft broker, the topic
+set, and the broker-side metrics exporter. One function per command (`plum.cli` maps
+`kafka up` to `up`, and so on)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
+from collections.abc import Callable
 
 from plum.jvm import JvmSetupError
 from streams.contracts.topics import topic_set
 from streams.kafka.admin import ensure_topics, partition_counts, topic_configs
-from streams.kafka.broker import BrokerError, LocalBroker, load_kafka_config
+from streams.kafka.broker import BrokerError, KafkaConfig, LocalBroker, load_kafka_config
 
 
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="plum kafka", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status", "topics", "exporter"])
+def _parser(action: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"plum kafka {action}", description=description)
     parser.add_argument("--config", help="TOML config (default $PLUM_CONFIG or configs/demo.toml)")
-    parser.add_argument("--prefix", default="", help="topics: create a prefixed copy of the set")
-    parser.add_argument("--metrics-port", type=int, default=9102, help="exporter: /metrics port")
-    parser.add_argument(
-        "--interval", type=float, default=10.0, help="exporter: seconds between polls"
-    )
+    return parser
+
+
+def _reporting_errors(action: str, body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except (BrokerError, JvmSetupError, TimeoutError) as exc:
+        print(f"plum kafka {action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _prefix_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prefix", default="", help="create a prefixed copy of the topic set")
+
+
+def up(argv: list[str]) -> int:
+    parser = _parser("up", "start the local broker (if not running) and create every topic")
+    _prefix_option(parser)
     args = parser.parse_args(argv)
     config = load_kafka_config(args.config)
-    broker = LocalBroker(config)
-    try:
-        if args.action == "up":
-            broker.up()
-            ensure_topics(config.bootstrap, topic_set(args.prefix))
-            print(f"kafka up at {config.bootstrap} (state {broker.root})")
-        elif args.action == "down":
-            print("stopped" if broker.down() else "not running")
-        elif args.action == "status":
-            status = broker.status()
-            print(json.dumps(status, indent=2))
-            return 0 if status["answering"] else 1
-        elif args.action == "topics":
-            specs = topic_set(args.prefix)
-            created = ensure_topics(config.bootstrap, specs)
-            counts = partition_counts(config.bootstrap, [s.name for s in specs])
-            for s in specs:
-                policy = topic_configs(config.bootstrap, s.name)["cleanup.policy"]
-                mark = "created" if s.name in created else "exists"
-                print(f"{s.name:<32} partitions={counts[s.name]} cleanup={policy:<8} {mark}")
-        elif args.action == "exporter":
-            return _run_exporter(config.bootstrap, args.metrics_port, args.interval)
-    except (BrokerError, JvmSetupError, TimeoutError) as exc:
-        print(f"plum kafka {args.action}: {exc}", file=sys.stderr)
-        return 1
+
+    def body() -> int:
+        broker = LocalBroker(config)
+        broker.up()
+        ensure_topics(config.bootstrap, topic_set(args.prefix))
+        print(f"kafka up at {config.bootstrap} (state {broker.root})")
+        return 0
+
+    return _reporting_errors("up", body)
+
+
+def down(argv: list[str]) -> int:
+    args = _parser("down", "stop the local broker").parse_args(argv)
+    config = load_kafka_config(args.config)
+
+    def body() -> int:
+        print("stopped" if LocalBroker(config).down() else "not running")
+        return 0
+
+    return _reporting_errors("down", body)
+
+
+def status(argv: list[str]) -> int:
+    args = _parser("status", "the local broker's state as JSON; exit 1 when it does not answer")
+    config = load_kafka_config(args.parse_args(argv).config)
+
+    def body() -> int:
+        state = LocalBroker(config).status()
+        print(json.dumps(state, indent=2))
+        return 0 if state["answering"] else 1
+
+    return _reporting_errors("status", body)
+
+
+def topics(argv: list[str]) -> int:
+    parser = _parser("topics", "create the topics that are missing and list the set")
+    _prefix_option(parser)
+    args = parser.parse_args(argv)
+    config = load_kafka_config(args.config)
+    return _reporting_errors("topics", lambda: _list_topics(config, args.prefix))
+
+
+def _list_topics(config: KafkaConfig, prefix: str) -> int:
+    specs = topic_set(prefix)
+    created = ensure_topics(config.bootstrap, specs)
+    counts = partition_counts(config.bootstrap, [s.name for s in specs])
+    for s in specs:
+        policy = topic_configs(config.bootstrap, s.name)["cleanup.policy"]
+        mark = "created" if s.name in created else "exists"
+        print(f"{s.name:<32} partitions={counts[s.name]} cleanup={policy:<8} {mark}")
     return 0
 
 
-def _run_exporter(bootstrap: str, port: int, interval_s: float) -> int:
-    from monitoring.metrics import Metrics, serve_metrics
-    from streams.kafka.exporter import run_exporter
+def exporter(argv: list[str]) -> int:
+    parser = _parser("exporter", "serve broker up, end offsets and consumer lag on /metrics")
+    parser.add_argument(
+        "--metrics-port", type=int, default=9102, help="/metrics port (0: any free port)"
+    )
+    parser.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
+    args = parser.parse_args(argv)
+    if args.interval <= 0:
+        parser.error(f"--interval must be > 0, got {args.interval}")
+    from streams.kafka.exporter import run
 
-    metrics = Metrics.for_component("kafka")
-    server = serve_metrics(metrics, port)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"kafka exporter for {bootstrap} on http://127.0.0.1:{server.port}/metrics")
-    try:
-        run_exporter(bootstrap, metrics, interval_s, stop)
-    finally:
-        server.close()
+    run(load_kafka_config(args.config).bootstrap, args.metrics_port, args.interval)
     return 0

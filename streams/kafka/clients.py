@@ -63,6 +63,25 @@ def make_consumer(
     return consumer
 
 
+def end_offsets(bootstrap: str, topics: Iterable[str] | None = None) -> dict[TopicPartition, int]:
+    """Log end offsets (the offset the next record gets) of every partition of `topics`,
+    by default of every topic but Kafka's internal ones. Transaction markers take offsets
+    too, so an end offset counts records plus markers."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="plum-end-offsets"
+    )
+    try:
+        names = consumer.topics() if topics is None else set(topics)
+        tps = [
+            TopicPartition(topic, p)
+            for topic in sorted(names)
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        return dict(consumer.end_offsets(tps)) if tps else {}
+    finally:
+        consumer.close()
+
+
 def read_all(
     bootstrap: str,
     topic: str,

@@ -2,9 +2,11 @@
 
 The records come from the pure, seeded generator in `streams.simulator.stream` (latent
 world in `streams.simulator.world`, malformed records in `streams.simulator.faults`);
-this module only produces them: pacing to `--rate`, a progress line with rate and ETA,
-the `plum_simulator_*` metrics, `/metrics` with `--metrics-port`, and a clean stop on
-SIGINT/SIGTERM (flush what was sent, write the ground truth, exit 0).
+this module only produces them, as a component of `plum.runtime`: each step sends the
+next records, paced to `--rate`; the runtime prints the progress line (rate, and ETA from
+`--events` or the simulated seconds), serves `/metrics` with `--metrics-port`, and on
+SIGINT/SIGTERM lets the step in hand finish, then checkpoints: flush what was sent,
+write the ground truth, exit 0.
 
     plum simulate [--config PATH] [--bootstrap HOST:PORT] [--seed N]
                   [--events N | --seconds S] [--rate R] [--bad-fraction F]
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import threading
 import time
 from datetime import UTC, datetime
@@ -26,8 +27,9 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
-from monitoring.metrics import Metrics, serve_metrics
+from monitoring.metrics import Metrics
 from plum.config import ConfigError, state_dir
+from plum.runtime import Clock, Runtime, RuntimeConfig, Step
 from streams.kafka.clients import make_producer
 from streams.simulator.config import SimulatorConfig, load_config
 from streams.simulator.stream import (
@@ -44,12 +46,13 @@ __all__ = [
     "SimRecord",
     "Simulator",
     "SimulatorConfig",
-    "cli",
+    "SimulatorProducer",
     "default_bootstrap",
     "generate",
     "load_config",
     "load_ground_truth",
     "run",
+    "simulate",
     "truth_path",
     "write_ground_truth",
 ]
@@ -59,6 +62,8 @@ log = logging.getLogger(__name__)
 BOOTSTRAP_ENV = "PLUM_KAFKA_BOOTSTRAP"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 TRUTH_EVERY_S = 60.0  # long runs refresh the ground-truth file this often
+STEP_RECORDS = 2000  # a step ends after this many records ...
+STEP_S = 0.2  # ... or this much wall time, so a stop is seen promptly at any rate
 
 
 def default_bootstrap() -> str:
@@ -73,53 +78,101 @@ def truth_path(cfg: SimulatorConfig) -> Path:
     )
 
 
-class _Progress:
-    """Progress line every `every_s` seconds: count, rate, event time, videos, ETA."""
+class SimulatorProducer:
+    """The simulator as a runtime component: sends the seeded stream to Kafka.
 
-    def __init__(self, cfg: SimulatorConfig, metrics: Metrics):
-        self.cfg = cfg
-        self.metrics = metrics
-        self.t0 = self.last_t = time.monotonic()
-        self.last_n = 0
+    A step sends records until `STEP_RECORDS` or `STEP_S`, waiting before each record
+    as the rate requires; it checks `stop` before drawing a record, so a stop never
+    leaves one drawn but unsent and the ground truth's count is exactly what was
+    produced. `checkpoint` flushes the producer and writes the ground truth.
+    """
 
-    def due(self, now: float) -> bool:
-        return now - self.last_t >= self.cfg.progress_every_s
+    def __init__(
+        self,
+        cfg: SimulatorConfig,
+        bootstrap: str,
+        metrics: Metrics,
+        producer: Any = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.cfg, self.bootstrap, self.metrics = cfg, bootstrap, metrics
+        self.sim = Simulator(cfg)
+        self.truth_file = truth_path(cfg)
+        self.producer = producer
+        self._own_producer = producer is None
+        self._clock = clock
+        self._records = self.sim.records()
+        self.sent = 0
+        self.errors: list[BaseException] = []  # delivery failures reported by the producer
+        self._counter = metrics.counter("plum_simulator_events_total")
+        self._rate = metrics.gauge("plum_simulator_rate_events_per_second")
+        self._event_time = metrics.gauge("plum_simulator_event_time_ms")
+        self._videos = metrics.gauge("plum_simulator_videos")
+        self._t0 = self._last_truth = self._rate_t = clock()
+        self._rate_n = 0
 
-    def report(self, sim: Simulator, sent: int, now: float, final: bool = False) -> None:
-        rate = (sent - self.last_n) / max(now - self.last_t, 1e-9)
-        overall = sent / max(now - self.t0, 1e-9)
-        self.metrics.gauge("plum_simulator_rate_events_per_second").set(rate)
-        self.metrics.gauge("plum_simulator_event_time_ms").set(sim.now_ms)
-        self.metrics.gauge("plum_simulator_videos").set(sim.world.published)
-        self.last_t, self.last_n = now, sent
-        event_time = datetime.fromtimestamp(sim.now_ms / 1000, tz=UTC).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
+    def start(self) -> None:
+        if self.producer is None:
+            self.producer = make_producer(self.bootstrap)
+        self._t0 = self._last_truth = self._rate_t = self._clock()
+
+    def step(self, stop: threading.Event) -> Step:
+        rate = self.cfg.rate
+        deadline = self._clock() + STEP_S
+        n, finished = 0, False
+        while not stop.is_set():
+            if rate > 0:
+                ahead = self._t0 + self.sent / rate - self._clock()
+                if ahead > 0.001 and stop.wait(ahead):
+                    break
+            rec = next(self._records, None)
+            if rec is None:
+                finished = True
+                break
+            self.producer.send(rec.topic, key=rec.key, value=rec.value).add_errback(
+                self.errors.append
+            )
+            self._counter.labels(topic=rec.topic, kind=rec.kind).inc()
+            self.sent += 1
+            n += 1
+            if n >= STEP_RECORDS or self._clock() >= deadline:
+                break
+        self._update_gauges()
+        if self._clock() - self._last_truth >= TRUTH_EVERY_S:
+            write_ground_truth(self.truth_file, self.sim.ground_truth())
+            self._last_truth = self._clock()
+        return Step(done=n, finished=finished)
+
+    def _update_gauges(self, final: bool = False) -> None:
+        now = self._clock()
+        if final or now - self._rate_t >= self.cfg.progress_every_s:
+            self._rate.set((self.sent - self._rate_n) / max(now - self._rate_t, 1e-9))
+            self._rate_t, self._rate_n = now, self.sent
+        self._event_time.set(self.sim.now_ms)
+        self._videos.set(self.sim.world.published)
+
+    def fraction_done(self) -> float | None:
+        """Share of the simulated seconds done (None without a `seconds` limit)."""
+        if not self.cfg.seconds:
+            return None
+        return (self.sim.now_ms - self.cfg.start_epoch_ms) / (self.cfg.seconds * 1000.0)
+
+    def checkpoint(self) -> None:
+        self.producer.flush()
+        self._update_gauges(final=True)
+        write_ground_truth(self.truth_file, self.sim.ground_truth())
+        log.info("simulate: %d records flushed; ground truth in %s", self.sent, self.truth_file)
+
+    def close(self) -> None:
+        if self._own_producer and self.producer is not None:
+            self.producer.close()
+
+    def describe(self) -> str:
+        event_time = datetime.fromtimestamp(self.sim.now_ms / 1000, tz=UTC)
+        return (
+            f"event time {event_time.strftime('%Y-%m-%dT%H:%M:%SZ')}, "
+            f"{self.sim.world.published} videos"
         )
-        done = self._fraction_done(sim, sent)
-        if final:
-            tail = f"done in {now - self.t0:.1f} s"
-        elif done is None:
-            tail = "ETA: runs until stopped"
-        else:
-            eta = (now - self.t0) * (1 - done) / max(done, 1e-9)
-            tail = f"{done:.1%} done, ETA {eta:.0f} s"
-        log.info(
-            "simulate: %d records (%.0f/s now, %.0f/s overall), event time %s, %d videos, %s",
-            sent,
-            rate,
-            overall,
-            event_time,
-            sim.world.published,
-            tail,
-        )
-
-    def _fraction_done(self, sim: Simulator, sent: int) -> float | None:
-        fractions = []
-        if self.cfg.events:
-            fractions.append(sent / self.cfg.events)
-        if self.cfg.seconds:
-            fractions.append((sim.now_ms - self.cfg.start_epoch_ms) / (self.cfg.seconds * 1000.0))
-        return min(1.0, max(fractions)) if fractions else None
 
 
 def run(
@@ -135,24 +188,29 @@ def run(
 
     `stop` ends the run early (SIGINT/SIGTERM set it when `run` is called from the main
     thread). Everything sent is flushed and the ground truth written before returning.
-    Returns 1 when the broker rejected records.
+    Returns 1 when Kafka cannot be reached or the broker rejected records.
     """
     bootstrap = bootstrap or default_bootstrap()
     metrics = metrics or Metrics.for_component("simulator")
-    stop = stop or threading.Event()
-    sim = Simulator(cfg)
-    truth_file = truth_path(cfg)
-    server = serve_metrics(metrics, metrics_port) if metrics_port is not None else None
-    if server is not None:
-        log.info("simulate: metrics on http://127.0.0.1:%d/metrics", server.port)
-    restore = _install_signal_handlers(stop)
-    own_producer = producer is None
-    errors: list[BaseException] = []
+    component = SimulatorProducer(cfg, bootstrap, metrics, producer)
+    runtime = Runtime(
+        component,
+        RuntimeConfig(
+            name="simulate",
+            unit="records",
+            metrics_port=metrics_port,
+            progress_every_s=cfg.progress_every_s,
+            total=cfg.events or None,
+        ),
+        registry=metrics.registry,
+        stop=stop,
+        fraction=component.fraction_done,
+    )
     log.info(
         "simulate: seed %d -> %s, %s (bootstrap %s, %s, rate %s)",
         cfg.seed,
-        sim.upload_topic,
-        sim.watch_topic,
+        component.sim.upload_topic,
+        component.sim.watch_topic,
         bootstrap,
         f"{cfg.events} records"
         if cfg.events
@@ -160,78 +218,18 @@ def run(
         f"{cfg.rate:g}/s" if cfg.rate else "max",
     )
     try:
-        if own_producer:
-            try:
-                producer = make_producer(bootstrap)
-            except KafkaError as exc:
-                log.error(
-                    "simulate: cannot reach Kafka at %s (is it up? `plum kafka up`): %s",
-                    bootstrap,
-                    exc,
-                )
-                return 1
-        counter = metrics.counter("plum_simulator_events_total")
-        progress = _Progress(cfg, metrics)
-        last_truth = time.monotonic()
-        sent = 0
-        records = sim.records()
-        while True:
-            # Wait before taking the next record, so a stop never leaves one drawn but
-            # unsent: the ground truth's record count is exactly what was produced.
-            if cfg.rate > 0:
-                ahead = progress.t0 + sent / cfg.rate - time.monotonic()
-                if ahead > 0.001:
-                    stop.wait(ahead)
-            if stop.is_set():
-                log.info("simulate: stop requested after %d records", sent)
-                break
-            rec = next(records, None)
-            if rec is None:
-                break
-            future = producer.send(rec.topic, key=rec.key, value=rec.value)
-            future.add_errback(errors.append)
-            counter.labels(topic=rec.topic, kind=rec.kind).inc()
-            sent += 1
-            now = time.monotonic()
-            if progress.due(now):
-                progress.report(sim, sent, now)
-                if now - last_truth >= TRUTH_EVERY_S:
-                    write_ground_truth(truth_file, sim.ground_truth())
-                    last_truth = now
-        producer.flush()
-        progress.report(sim, sent, time.monotonic(), final=True)
-    finally:
-        if own_producer and producer is not None:
-            producer.close()
-        restore()
-        write_ground_truth(truth_file, sim.ground_truth())
-        log.info("simulate: ground truth in %s", truth_file)
-        if server is not None:
-            server.close()
-    if errors:
+        runtime.run()
+    except KafkaError as exc:
+        log.error("simulate: Kafka at %s failed (is it up? `plum kafka up`): %s", bootstrap, exc)
+        return 1
+    if component.errors:
         log.error(
-            "simulate: %d records were not delivered; first error: %r", len(errors), errors[0]
+            "simulate: %d records were not delivered; first error: %r",
+            len(component.errors),
+            component.errors[0],
         )
         return 1
     return 0
-
-
-def _install_signal_handlers(stop: threading.Event):
-    """SIGINT/SIGTERM set `stop`; returns a function that puts the old handlers back."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handle(signum, _frame):
-        log.info("simulate: %s received, flushing and stopping", signal.Signals(signum).name)
-        stop.set()
-
-    old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-    return restore
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,7 +279,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     return cfg
 
 
-def cli(argv: list[str]) -> int:
+def simulate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)

@@ -113,10 +113,8 @@ def test_import_limit_round_trips_through_kafka(
     kafka_bootstrap: str, topics: TopicNames, topic_prefix: str, movielens_dir, movielens_timeline
 ):
     assert TopicNames.with_prefix(topic_prefix) == topics
-    rc = data_cli.cli(
+    rc = data_cli.movielens_import(
         [
-            "import",
-            "movielens",
             str(movielens_dir),
             "--bootstrap",
             kafka_bootstrap,

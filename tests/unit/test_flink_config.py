@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from plum.config import ConfigError
-from streams.flink.cli import cli, parse_time_ms
+from streams.flink.cli import parse_time_ms
+from streams.flink.cli import run as flink_run
 from streams.flink.job import FlinkConfig, latest_checkpoint, load_flink_config, sql_interval
 from tests.flink_support import TEST_CONFIG
 
@@ -38,11 +39,11 @@ def test_times_are_epoch_ms_or_iso():
 
 
 def test_backfill_needs_an_ordered_range(capsys):
-    assert cli(["run", "--config", str(TEST_CONFIG), "--backfill", "--from", "10"]) == 2
+    assert flink_run(["--config", str(TEST_CONFIG), "--backfill", "--from", "10"]) == 2
     assert (
-        cli(["run", "--config", str(TEST_CONFIG), "--backfill", "--from", "10", "--to", "5"]) == 2
+        flink_run(["--config", str(TEST_CONFIG), "--backfill", "--from", "10", "--to", "5"]) == 2
     )
-    assert cli(["run", "--config", str(TEST_CONFIG), "--from", "10", "--to", "20"]) == 2
+    assert flink_run(["--config", str(TEST_CONFIG), "--from", "10", "--to", "20"]) == 2
     assert "--backfill" in capsys.readouterr().err
 
 

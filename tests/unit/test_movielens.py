@@ -317,5 +317,5 @@ def test_failed_fetch_reports_the_scripts_output(tmp_path):
 
 
 def test_cli_rejects_a_negative_limit(tmp_path, capsys):
-    assert data_cli.cli(["import", "movielens", str(tmp_path), "--limit", "-1"]) == 2
+    assert data_cli.movielens_import([str(tmp_path), "--limit", "-1"]) == 2
     assert "--limit" in capsys.readouterr().err
