@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.contracts.sid import DEFAULT_DISAMBIGUATION_SIZE
+
 ACTIVE_VERSION_KEY = "active_version"
 
 
@@ -67,7 +69,7 @@ def _marks(n: int) -> str:
 class SidIndex:
     """One SQLite file; not shared between processes that write (one service per version)."""
 
-    def __init__(self, path: Path | str, disambiguation_size: int = 256):
+    def __init__(self, path: Path | str, disambiguation_size: int = DEFAULT_DISAMBIGUATION_SIZE):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.disambiguation_size = disambiguation_size

@@ -42,6 +42,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from monitoring.metrics import Metrics
 from streams.contracts import schema
+from streams.contracts.sid import disambiguation_size_field
 from streams.contracts.topics import TopicNames
 from streams.kafka.clients import make_producer
 from streams.kafka.transactional import KAFKA_CLIENTS, Output, Record, TransactionalIO, open_io
@@ -91,7 +92,7 @@ class SidServiceConfig:
     poll_timeout_ms: int = 100
     group_id: str = "plum-sid-service"
     transactional_id: str = "plum-sid-service"
-    disambiguation_size: int = 256
+    disambiguation_size: int = disambiguation_size_field()  # from [sid]
     max_future_ms: int = schema.DEFAULT_MAX_FUTURE_MS
     index_path: str = ""  # "" -> $PLUM_STATE_DIR/tokenizer/sid-index.sqlite
     checkpoint: str = ""  # tokenizer checkpoint directory

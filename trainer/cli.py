@@ -60,7 +60,10 @@ def cpt(argv: list[str]) -> int:
     uploads, watches = read_events(cfg.bootstrap, topics)
     params = None
     if args.base_checkpoint:
-        vocab, model_cfg, params = _warm_start(args.base_checkpoint, tok.level_sizes, model_cfg)
+        dis = load_vocab_config(args.config).disambiguation_size  # from [sid]
+        vocab, model_cfg, params = _warm_start(
+            args.base_checkpoint, tok.level_sizes, dis, model_cfg
+        )
     else:
         vocab = vocab_for_corpus(uploads, load_vocab_config(args.config), tok.level_sizes)
     try:
@@ -74,15 +77,14 @@ def cpt(argv: list[str]) -> int:
     return 0
 
 
-def _warm_start(base: str, level_sizes, model_cfg):
+def _warm_start(base: str, level_sizes, disambiguation_size: int, model_cfg):
     import json as _json
 
-    from trainer.config import load_vocab_config  # noqa: F401 - same section as random init
     from trainer.vocab import Vocab
     from trainer.warmstart import config_from_hf, read_safetensors, warm_start
 
     base_dir = Path(base)
-    vocab = Vocab.from_base_tokenizer(base_dir / "tokenizer.json", level_sizes, 16)
+    vocab = Vocab.from_base_tokenizer(base_dir / "tokenizer.json", level_sizes, disambiguation_size)
     hf = _json.loads((base_dir / "config.json").read_text())
     cfg = config_from_hf(hf, max_len=model_cfg.max_len).with_vocab(vocab.size)
     ws = warm_start(read_safetensors(base_dir), cfg, vocab)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from plum.config import from_mapping, load_section
+from streams.contracts.sid import disambiguation_size_field
 
 MODEL_SECTION = "trainer_model"
 VOCAB_SECTION = "trainer_vocab"
@@ -145,9 +146,10 @@ class VocabConfig:
 
     text_vocab_size: int = 4096  # byte-level BPE size, its special tokens included
     min_frequency: int = 2  # BPE merges need a pair seen at least this often
-    # Codes reserved for the disambiguation level (items sharing all L codes). 0 = the
-    # SIDs have no disambiguation level. See trainer/vocab.py for how codes map to tokens.
-    disambiguation_size: int = 16
+    # Codes of the disambiguation level (items sharing all L codes): derived from [sid],
+    # the range the SID service hands out (streams/contracts/sid.py). 0 = SIDs without a
+    # disambiguation level (tests only). See trainer/vocab.py for how codes map to tokens.
+    disambiguation_size: int = disambiguation_size_field()
 
     def __post_init__(self) -> None:
         if self.text_vocab_size < 300:

@@ -43,8 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plum.config import load_section
+from plum.config import ConfigFile, derived, load_section
 from streams.contracts import schema
+from streams.flink.job import FlinkConfig
+from streams.flink.reward import RewardWeights
 from tokenizer.index import SidIndex
 from trainer.archive import ArchiveRecord, HistoryReader
 from trainer.fresh import START_FROM, FreshReader, FreshRecord, FreshSource
@@ -68,6 +70,10 @@ REWARD_MODES = ("sampled", "weighted")
 BAD_FEATURES = "bad_features"
 
 
+def _flink_reward_max(config_file: ConfigFile) -> float:
+    return config_file.section(FlinkConfig, "flink").weights().max_reward()
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """How batches are made; `[trainer_data]` of a config TOML."""
@@ -80,7 +86,11 @@ class DataConfig:
     fresh_wait_ms: int = 500  # how long a batch waits for fresh examples
     prefetch_batches: int = 4  # batches built ahead (bounded queue)
     reward_mode: str = "sampled"  # "sampled": weight 1 (Flink sampled by reward, eq. 3)
-    reward_max: float = 2.5  # "weighted": weight = reward / reward_max
+    # "weighted": weight = reward / reward_max, the largest reward the Flink job gives:
+    # derived from the [flink] weights (w_click + w_ratio * ratio_cap + w_satisfaction)
+    reward_max: float = derived(
+        RewardWeights().max_reward(), "[flink] reward weights (r_max)", _flink_reward_max
+    )
     history_seed: int = 0
     sid_refresh_s: float = 5.0  # re-read the SID lookup this often
     history_refresh_s: float = 5.0  # re-list the archive's part files this often

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from plum.config import load_section, state_dir
+from plum.config import DEFAULT_KAFKA_HOST, DEFAULT_KAFKA_PORT, load_section, state_dir
 from plum.jvm import java_binary, kafka_classpath
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ class BrokerError(RuntimeError):
 
 @dataclass(frozen=True)
 class KafkaConfig:
-    host: str = "127.0.0.1"
-    port: int = 9092
+    host: str = DEFAULT_KAFKA_HOST
+    port: int = DEFAULT_KAFKA_PORT
     controller_port: int = 9093
     heap_mb: int = 512
     startup_timeout_s: float = 60.0

@@ -53,6 +53,8 @@ max_len = 64
 [trainer_vocab]
 text_vocab_size = 300
 min_frequency = 1
+
+[sid]
 disambiguation_size = 3
 
 [trainer_cpt]
