@@ -11,14 +11,19 @@ Variants, each trained from the same config and seed on the same data:
 
 Reported per data set and variant: SID uniqueness before disambiguation, first-code
 alignment of co-occurring vs random pairs, perplexity per level and training time.
-Downstream recall is added when the trainer exists. Writes bench/results/tokenizer.json
-(baseline = sidv1, ratio = sidv2 / sidv1).
+`plum tokenizer ablation` prints the metrics; `plum bench tokenizer` (bench/tokenizer.py)
+runs the same and writes bench/results/tokenizer.json (baseline = sidv1, ratio = sidv2 /
+sidv1).
+
+The MovieLens data set is read by streams.datasets.movielens, so the variants train on
+the embeddings the pipeline publishes on the uploads.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -26,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from plum.config import REPO_ROOT
+from streams.datasets.movielens import MovieLensConfig, load_movielens_config
 from tokenizer.config import TokenizerConfig, load_tokenizer_config
 from tokenizer.report import tokenizer_report
 from tokenizer.synthetic import clustered_items
@@ -72,8 +79,10 @@ def run_variant(
 
 
 def datasets(
-    movielens_dir: Path | None, seed: int
+    movielens_dir: Path | None, seed: int, movielens_cfg: MovieLensConfig | None = None
 ) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
+    """name -> (item embeddings, co-occurring pairs): a synthetic simulator-like corpus,
+    and MovieLens-100k when `movielens_dir` is given."""
     emb, pairs, _ = clustered_items(
         2000,
         {"text": 32, "visual": 32, "audio": 16},
@@ -86,44 +95,14 @@ def datasets(
     if movielens_dir is not None:
         from tokenizer.data import read_movielens
 
-        ml = read_movielens(movielens_dir)
+        ml = read_movielens(movielens_dir, movielens_cfg)
         out["movielens-100k"] = (ml.embeddings, ml.pairs)
     return out
 
 
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="plum bench tokenizer", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--config", default=None, help="TOML with [tokenizer] (default: configs/test.toml)"
-    )
-    parser.add_argument("--movielens", default=None, help="dir with ml-100k.item / ml-100k.inter")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--out-dir", default=None)
-    args = parser.parse_args(argv)
-
-    from bench.common import write_result
-    from plum.config import REPO_ROOT
-
-    config = load_tokenizer_config(
-        args.config or REPO_ROOT / "configs" / "test.toml", steps=args.steps
-    )
-    names = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-    metrics: dict[str, dict[str, Any]] = {}
-    for ds, (emb, pairs) in datasets(
-        Path(args.movielens) if args.movielens else None, config.seed
-    ).items():
-        for name in names:
-            log.info("ablation %s / %s", ds, name)
-            metrics.setdefault(ds, {})[name] = run_variant(name, emb, pairs, config)
-            log.info("  -> %s", metrics[ds][name])
-    baseline = {ds: m["sidv1"] for ds, m in metrics.items() if "sidv1" in m}
-    ratio = {
+def ratios(metrics: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """sidv2 / sidv1 of uniqueness and alignment, per data set that ran both."""
+    return {
         ds: {
             k: m["sidv2"][k] / max(m["sidv1"][k], 1e-9)
             for k in ("uniqueness", "alignment_cooccurring", "alignment_lift")
@@ -131,14 +110,48 @@ def cli(argv: list[str]) -> int:
         for ds, m in metrics.items()
         if "sidv1" in m and "sidv2" in m
     }
-    path = write_result(
-        "tokenizer",
-        {"tokenizer": config.to_dict(), "variants": VARIANTS},
-        metrics,
-        baseline,
-        ratio,
-        notes="downstream recall to be added with the trainer",
-        out_dir=Path(args.out_dir) if args.out_dir else None,
+
+
+def build_parser(prog: str = "plum tokenizer ablation") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="TOML with [tokenizer] and [movielens] (default: configs/test.toml)",
     )
-    print(path)
+    parser.add_argument("--movielens", default=None, help="dir with ml-100k.item / ml-100k.inter")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    return parser
+
+
+def run_ablation(
+    args: argparse.Namespace,
+) -> tuple[TokenizerConfig, dict[str, dict[str, dict[str, Any]]]]:
+    """(the [tokenizer] config used, data set -> variant -> result) for parsed arguments."""
+    config_path = args.config or REPO_ROOT / "configs" / "test.toml"
+    config = load_tokenizer_config(config_path, steps=args.steps)
+    names = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    movielens = Path(args.movielens) if args.movielens else None
+    data = datasets(movielens, config.seed, load_movielens_config(config_path))
+    metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    for ds, (emb, pairs) in data.items():
+        for name in names:
+            log.info("ablation %s / %s", ds, name)
+            metrics.setdefault(ds, {})[name] = run_variant(name, emb, pairs, config)
+            log.info("  -> %s", metrics[ds][name])
+    return config, metrics
+
+
+def cli(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _, metrics = run_ablation(args)
+    except ValueError as err:
+        parser.error(str(err))
+    print(json.dumps({"metrics": metrics, "ratio": ratios(metrics)}, indent=1))
     return 0

@@ -5,9 +5,10 @@ Data specs (the `--data` argument):
     simulator:PATH   PATH is a JSONL of UploadEvents (plum.uploads.v1 values), or a folder
                      holding uploads.jsonl and optionally pairs.jsonl / cooccurrence.jsonl
     movielens:DIR    DIR holds ml-100k.item and ml-100k.inter (RecBole atomic files, see
-                     /work/shared/data/fetch-movielens-100k); content inputs are built from
-                     the metadata (genres, title words, release year) and pairs from
-                     consecutive well-rated movies in each user's timeline
+                     /work/shared/data/fetch-movielens-100k), read by
+                     streams.datasets.movielens: the inputs are the embeddings the pipeline
+                     publishes on the uploads (`catalogue`), the pairs consecutive
+                     well-rated movies in each user's timeline
 
 Pairs files: JSONL whose lines are CooccurrencePair values ({"a", "b", "count", ...}) or
 [a, b] arrays, or plain text lines "a b" / "a,b". Pairs naming unknown items are skipped.
@@ -17,14 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from streams.contracts.schema import ValidationError, decode_upload
+from streams.contracts.schema import UploadEvent, ValidationError, decode_upload
+from streams.datasets import movielens as ml
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,13 @@ class ItemData:
     pairs: np.ndarray  # [P, 2] int32 row indices into ids
 
 
-def load_items(spec: str, pairs_path: str | Path | None = None) -> ItemData:
+def load_items(
+    spec: str,
+    pairs_path: str | Path | None = None,
+    movielens_cfg: ml.MovieLensConfig | None = None,
+) -> ItemData:
+    """The items of a --data spec; `movielens_cfg` ([movielens]) decides the MovieLens
+    embeddings, as it does for the import into the pipeline."""
     kind, _, where = spec.partition(":")
     if not where:
         raise DataSpecError(f"data spec {spec!r} is not KIND:PATH")
@@ -54,7 +62,7 @@ def load_items(spec: str, pairs_path: str | Path | None = None) -> ItemData:
         pairs = read_pairs(pairs_path, ids) if pairs_path else np.zeros((0, 2), np.int32)
         return ItemData(ids, embeddings, pairs)
     if kind == "movielens":
-        data = read_movielens(path)
+        data = read_movielens(path, movielens_cfg)
         if pairs_path:
             data = ItemData(data.ids, data.embeddings, read_pairs(pairs_path, data.ids))
         return data
@@ -66,22 +74,37 @@ def read_uploads(path: Path) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
     a video id replaces the earlier one."""
     if not path.exists():
         raise DataSpecError(f"uploads file not found: {path}")
-    by_id: dict[str, dict[str, tuple[float, ...]]] = {}
+    uploads: list[UploadEvent] = []
     bad: Counter[str] = Counter()
     with path.open("rb") as fh:
         for line in fh:
             if not line.strip():
                 continue
             try:
-                event = decode_upload(line)
+                uploads.append(decode_upload(line))
             except ValidationError as exc:
                 bad[exc.reason] += 1
-                continue
-            by_id[event.video_id] = dict(event.embeddings)
     if bad:
         log.warning("skipped %d invalid uploads in %s: %s", sum(bad.values()), path, dict(bad))
-    if not by_id:
+    if not uploads:
         raise DataSpecError(f"no valid uploads in {path}")
+    return items_from_uploads(uploads)
+
+
+def items_from_uploads(
+    uploads: Iterable[UploadEvent],
+) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """(ids in order of first arrival, name -> [N, d] float32) of the uploads' embeddings.
+
+    A re-upload of a video id replaces the earlier embeddings (keeping the first
+    arrival's place). Items whose embedding layout (names and widths) differs from the
+    most common one are left out with a warning: one model takes one layout.
+    """
+    by_id: dict[str, dict[str, tuple[float, ...]]] = {}
+    for event in uploads:
+        by_id[event.video_id] = dict(event.embeddings)
+    if not by_id:
+        raise DataSpecError("no uploads to take item embeddings from")
     shapes = Counter(tuple(sorted((k, len(v)) for k, v in e.items())) for e in by_id.values())
     layout, _ = shapes.most_common(1)[0]
     if len(shapes) > 1:
@@ -96,6 +119,14 @@ def read_uploads(path: Path) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
     )
     embeddings = {name: np.array([by_id[v][name] for v in ids], np.float32) for name, _ in layout}
     return ids, embeddings
+
+
+def pair_rows(pairs: Iterable[tuple[str, str]], ids: Sequence[str]) -> np.ndarray:
+    """[P, 2] int32 row indices into `ids` of the distinct id pairs; pairs naming an
+    unknown id, and self-pairs, are dropped."""
+    index = {v: i for i, v in enumerate(ids)}
+    rows = sorted({(index[a], index[b]) for a, b in pairs if a in index and b in index and a != b})
+    return np.asarray(rows, np.int32).reshape(-1, 2)
 
 
 def read_pairs(path: str | Path, ids: tuple[str, ...]) -> np.ndarray:
@@ -126,66 +157,37 @@ def read_pairs(path: str | Path, ids: tuple[str, ...]) -> np.ndarray:
 
 # -------------------------------------------------------------------------- MovieLens
 
-TITLE_DIM = 64
 
-
-def _hashed_words(text: str, dim: int) -> np.ndarray:
-    v = np.zeros(dim, np.float32)
-    for word in text.lower().replace("(", " ").replace(")", " ").replace(",", " ").split():
-        v[zlib.crc32(word.encode()) % dim] += 1.0
-    return v
-
-
-def _read_atomic(path: Path) -> tuple[list[str], list[list[str]]]:
-    """A RecBole atomic file: tab-separated, header 'name:type' per column."""
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        header = [h.split(":")[0] for h in fh.readline().rstrip("\n").split("\t")]
-        rows = [line.rstrip("\n").split("\t") for line in fh if line.strip()]
-    return header, rows
-
-
-def read_movielens(directory: Path, min_rating: float = 4.0, max_gap: int = 1) -> ItemData:
-    item_file, inter_file = directory / "ml-100k.item", directory / "ml-100k.inter"
-    for f in (item_file, inter_file):
-        if not f.exists():
-            raise DataSpecError(
-                f"{f} not found; fetch it with /work/shared/data/fetch-movielens-100k"
-            )
-    header, rows = _read_atomic(item_file)
-    col = {h: i for i, h in enumerate(header)}
-    genres = sorted({g for r in rows for g in r[col["class"]].split()})
-    ids, title, genre, year = [], [], [], []
-    for r in rows:
-        ids.append(r[col["item_id"]])
-        title.append(_hashed_words(r[col["movie_title"]], TITLE_DIM))
-        g = np.zeros(len(genres), np.float32)
-        for name in r[col["class"]].split():
-            g[genres.index(name)] = 1.0
-        genre.append(g)
-        raw_year = r[col["release_year"]].strip()
-        y = float(raw_year) if raw_year.isdigit() else 1990.0  # the data set writes 'unkonwn'
-        decades = np.zeros(10, np.float32)
-        decades[int(np.clip((y - 1920) // 10, 0, 9))] = 1.0
-        year.append(np.concatenate([[(y - 1990.0) / 20.0], decades]).astype(np.float32))
-    embeddings = {"title": np.stack(title), "genre": np.stack(genre), "year": np.stack(year)}
-
+def read_movielens(
+    directory: Path,
+    cfg: ml.MovieLensConfig | None = None,
+    min_stars: float = 4.0,
+    max_gap: int = 1,
+) -> ItemData:
+    """MovieLens-100k items as the pipeline publishes them (streams.datasets.movielens
+    `catalogue`: video ids and upload embeddings), with co-occurring pairs: in each
+    user's timeline of films rated >= `min_stars`, every film and the `max_gap` after it."""
+    directory = Path(directory)
+    if not ml.has_files(directory):
+        raise DataSpecError(
+            f"{directory} holds no {' / '.join(ml.REQUIRED_FILES)}; fetch them with "
+            "/work/shared/data/fetch-movielens-100k"
+        )
+    cfg = cfg or ml.MovieLensConfig()
+    data = ml.load(directory)
+    ids, embeddings = items_from_uploads(ml.catalogue(data, cfg))
     index = {v: i for i, v in enumerate(ids)}
-    header, inter = _read_atomic(inter_file)
-    col = {h: i for i, h in enumerate(header)}
-    by_user: dict[str, list[tuple[float, int]]] = {}
-    for r in inter:
-        if float(r[col["rating"]]) >= min_rating and r[col["item_id"]] in index:
-            by_user.setdefault(r[col["user_id"]], []).append(
-                (float(r[col["timestamp"]]), index[r[col["item_id"]]])
-            )
+    by_user: dict[str, list[int]] = {}
+    for r in data.ratings:  # timeline order (rating_order_key)
+        if r.stars >= min_stars:
+            by_user.setdefault(r.user_id, []).append(index[ml.video_id(r.item_id, cfg)])
     counts: Counter[tuple[int, int]] = Counter()
     for seq in by_user.values():
-        seq.sort()
         for i in range(len(seq)):
             for j in range(i + 1, min(len(seq), i + 1 + max_gap)):
-                a, b = seq[i][1], seq[j][1]
+                a, b = seq[i], seq[j]
                 if a != b:
                     counts[(min(a, b), max(a, b))] += 1
     pairs = np.array(sorted(counts), np.int32).reshape(-1, 2)
     log.info("movielens: %d items, %d co-occurring pairs", len(ids), len(pairs))
-    return ItemData(tuple(ids), embeddings, pairs)
+    return ItemData(ids, embeddings, pairs)

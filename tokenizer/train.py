@@ -263,11 +263,12 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override [tokenizer].steps")
     args = parser.parse_args(argv)
 
+    from streams.datasets.movielens import load_movielens_config
     from tokenizer.checkpoint import save_tokenizer
     from tokenizer.data import load_items
 
     config = load_tokenizer_config(args.config, steps=args.steps)
-    items = load_items(args.data, args.pairs)
+    items = load_items(args.data, args.pairs, load_movielens_config(args.config))
     log.info(
         "training on %d items (%s), %d pairs",
         len(items.ids),

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from plum.config import load_section
 from streams.contracts.schema import UploadEvent, WatchEvent
 from streams.datasets.text_embedding import embed_labels, embed_texts
 
@@ -90,6 +91,11 @@ class MovieLensConfig:
             )
         if not self.id_prefix:
             raise ValueError("id_prefix must not be empty")
+
+
+def load_movielens_config(path: Path | str | None = None, **overrides) -> MovieLensConfig:
+    """`[movielens]` of the TOML at `path` (default: $PLUM_CONFIG or configs/demo.toml)."""
+    return load_section(MovieLensConfig, path, "movielens", **overrides)
 
 
 @dataclass(frozen=True)
@@ -363,6 +369,15 @@ def upload_events(
     return out
 
 
+def catalogue(data: MovieLens, cfg: MovieLensConfig = MovieLensConfig()) -> list[UploadEvent]:
+    """Every movie's upload exactly as the pipeline publishes it, in item order: the
+    embeddings fitted on every movie of the file and rounded as on the topic. Whoever
+    needs the items' vectors (the tokenizer, offline evaluations) reads them here, so
+    they train on what the SID service will see."""
+    embeddings = content_embeddings(data.movies, cfg)
+    return upload_events(data.movies, upload_times_ms(data.ratings, data.item_ids), embeddings, cfg)
+
+
 def timeline(
     data: MovieLens, cfg: MovieLensConfig = MovieLensConfig(), limit: int | None = None
 ) -> list[TimelineRecord]:
@@ -375,11 +390,7 @@ def timeline(
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    embeddings = content_embeddings(data.movies, cfg)
-    uploads = upload_events(
-        data.movies, upload_times_ms(data.ratings, data.item_ids), embeddings, cfg
-    )
-    records = [TimelineRecord(KIND_UPLOAD, u.video_id, u) for u in uploads]
+    records = [TimelineRecord(KIND_UPLOAD, u.video_id, u) for u in catalogue(data, cfg)]
     records += [TimelineRecord(KIND_WATCH, w.user_id, w) for w in watch_events(data.ratings, cfg)]
     # Stable sort: watches keep their rating order within a millisecond; uploads sort
     # before watches at an equal ts and among themselves by item id (list order).
