@@ -20,13 +20,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from bench.common import bench_broker, write_result
 from plum.jvm import java_binary, kafka_classpath
+from plum.runtime import Progress
 from streams.contracts.topics import TopicSpec
 from streams.kafka.admin import ensure_topics
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,12 @@ def consume_rate(count: int, nbytes: int, elapsed: float) -> dict[str, float]:
 def python_produce(bootstrap: str, topic: str, records: int, size: int) -> dict:
     payload = os.urandom(size)
     producer = make_producer(bootstrap, linger_ms=20, batch_size=512 * 1024)
+    progress = Progress("kafka-python produce", every_s=5.0, total=records)
     start = time.perf_counter()
-    last = start
     for i in range(records):
         producer.send(topic, key=str(i % 1000).encode(), value=payload)
-        if time.perf_counter() - last > 5:
-            last = time.perf_counter()
-            rate = i / (last - start)
-            log.info(
-                "kafka-python produce: %d/%d (%.0f rec/s, ETA %.0f s)",
-                i,
-                records,
-                rate,
-                (records - i) / rate,
-            )
+        progress.add()
+        progress.maybe_report()
     producer.flush()
     elapsed = time.perf_counter() - start
     producer.close()
@@ -69,10 +62,8 @@ def python_produce(bootstrap: str, topic: str, records: int, size: int) -> dict:
 
 
 def python_consume(bootstrap: str, topic: str, partitions: int) -> dict:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
+    consumer = make_consumer(
+        bootstrap,
         fetch_max_bytes=50 * 1024 * 1024,
         max_partition_fetch_bytes=10 * 1024 * 1024,
         max_poll_records=5000,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitoring.metrics import Metrics
+from monitoring.metrics import Metrics, serve_metrics
 from plum.config import REPO_ROOT, default_config_path, from_mapping, load_section
 from plum.runtime import Progress
 from streams.contracts.schema import encode, encode_key
@@ -169,6 +169,7 @@ def import_movielens(
     cfg: movielens.MovieLensConfig | None = None,
     limit: int | None = None,
     fetch_script: Path = DEFAULT_FETCH_SCRIPT,
+    metrics: Metrics | None = None,
 ) -> ImportCounts:
     fetch_movielens(directory, fetch_script)
     t0 = time.monotonic()
@@ -182,7 +183,7 @@ def import_movielens(
         len(records),
         time.monotonic() - t0,
     )
-    return write_timeline(records, bootstrap, names)
+    return write_timeline(records, bootstrap, names, metrics)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -204,6 +205,9 @@ def _parser() -> argparse.ArgumentParser:
         "--config", default=None, help="config TOML (default: $PLUM_CONFIG or configs/demo.toml)"
     )
     p.add_argument(
+        "--metrics-port", type=int, help="serve /metrics during the import (0: any free port)"
+    )
+    p.add_argument(
         "--fetch-script", type=Path, default=DEFAULT_FETCH_SCRIPT, help=argparse.SUPPRESS
     )
     return p
@@ -220,13 +224,20 @@ def movielens_import(argv: list[str]) -> int:
     cfg = _load_config(args.config)
     bootstrap = args.bootstrap or _default_bootstrap(args.config)
     names = TopicNames.with_prefix(args.topic_prefix) if args.topic_prefix else TopicNames()
+    metrics = Metrics.for_component("import")
+    server = serve_metrics(metrics, args.metrics_port) if args.metrics_port is not None else None
+    if server is not None:
+        log.info("movielens import: metrics on http://127.0.0.1:%d/metrics", server.port)
     try:
         counts = import_movielens(
-            args.directory, bootstrap, names, cfg, args.limit, args.fetch_script
+            args.directory, bootstrap, names, cfg, args.limit, args.fetch_script, metrics
         )
     except (DataImportError, movielens.MovieLensFormatError, FileNotFoundError) as exc:
         print(f"plum data: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if server is not None:
+            server.close()
     print(
         f"movielens: wrote {counts.uploads} uploads to {names.uploads_replay} and "
         f"{counts.watches} watches to {names.watches_replay} in {counts.seconds:.1f} s"

@@ -97,10 +97,12 @@ def exporter(argv: list[str]) -> int:
         "--metrics-port", type=int, default=9102, help="/metrics port (0: any free port)"
     )
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
+    parser.add_argument("--bootstrap", help="broker to watch (default: [kafka] of the config)")
     args = parser.parse_args(argv)
     if args.interval <= 0:
         parser.error(f"--interval must be > 0, got {args.interval}")
     from streams.kafka.exporter import run
 
-    run(load_kafka_config(args.config).bootstrap, args.metrics_port, args.interval)
+    bootstrap = args.bootstrap or load_kafka_config(args.config).bootstrap
+    run(bootstrap, args.metrics_port, args.interval)
     return 0

@@ -1,0 +1,306 @@
+"""Every metric of the catalogue is emitted by the component that owns it.
+
+Each component runs for real (its `plum` command, or the Flink job's process) with
+/metrics on a port of its own, gets some input, and a scrape over HTTP must hold a
+sample of every catalogue metric of that component: a metric only declared (`# HELP`
+without a sample) does not count.
+
+`LAUNCHERS` says how to start each component; a component added to the catalogue needs
+a launcher here (or, until its owner adds one, an entry in `NOT_YET` saying why).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitoring.metrics import BY_NAME, CATALOGUE, Metrics, serve_metrics
+from plum.config import REPO_ROOT
+from streams.contracts import schema
+from streams.contracts.topics import TopicNames
+from streams.kafka.broker import free_port
+from streams.kafka.clients import make_consumer, make_producer
+
+pytestmark = pytest.mark.integration
+
+TEST_CONFIG = REPO_ROOT / "configs" / "test.toml"
+METRICS_LINE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
+
+
+@dataclass(frozen=True)
+class Env:
+    bootstrap: str
+    topics: TopicNames
+    topic_prefix: str
+    tmp_path: Path
+
+
+# A launcher starts its component on `env`, yields the port of its /metrics while it runs,
+# and stops it on exit (asserting a clean stop where the component promises one).
+Launcher = Callable[[Env], AbstractContextManager[int]]
+
+# Shared metrics a component's /metrics must show besides its own.
+ALSO_EMITS: dict[str, tuple[str, ...]] = {"flink": ("plum_deadletter_total",)}
+
+# Components whose launcher their owners add (the service runs on plum.runtime and logs
+# "metrics on http://127.0.0.1:PORT/metrics" like the others).
+NOT_YET: dict[str, str] = {
+    "sid_service": "TODO(SID service owner): start `plum tokenizer serve --metrics-port 0`",
+    "trainer": "TODO(trainer owner): start `plum trainer run --metrics-port 0`",
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class Process:
+    """A command in its own process group, its output in a log file."""
+
+    def __init__(self, cmd: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def logged_port(self, timeout_s: float = 60.0) -> int:
+        """The port of the runtime's "metrics on http://...:PORT/metrics" line."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = METRICS_LINE.search(self.log())
+            if found:
+                return int(found.group(1))
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.log()}"
+            time.sleep(0.2)
+        raise AssertionError(f"no metrics line within {timeout_s} s:\n{self.log()[-3000:]}")
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM the leader, wait; SIGKILL whatever of the group is left."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=30)
+            return self.proc.returncode
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._log.close()
+
+
+def plum(*args: str) -> list[str]:
+    return [sys.executable, "-m", "plum.cli", *args]
+
+
+def emitted(port: int) -> set[str]:
+    """Catalogue names with at least one sample on http://127.0.0.1:PORT/metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        if not family.samples:
+            continue
+        # prometheus_client names a counter family without its "_total"
+        for name in (family.name, family.name + "_total"):
+            if name in BY_NAME:
+                names.add(name)
+    return names
+
+
+def expected_metrics(component: str) -> set[str]:
+    own = {m.name for m in CATALOGUE if m.component == component}
+    return own | set(ALSO_EMITS.get(component, ()))
+
+
+def wait_for_metrics(port: int, want: set[str], timeout_s: float) -> None:
+    """Scrape until every name in `want` has a sample, or fail naming those without."""
+    deadline = time.monotonic() + timeout_s
+    got: set[str] = set()
+    while time.monotonic() < deadline:
+        got = emitted(port)
+        if want <= got:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"never emitted within {timeout_s} s: {sorted(want - got)}")
+
+
+# ---------------------------------------------------------------- launchers
+
+
+@contextmanager
+def simulator(env: Env) -> Iterator[int]:
+    proc = Process(
+        plum(
+            "simulate",
+            "--config",
+            str(TEST_CONFIG),
+            "--bootstrap",
+            env.bootstrap,
+            "--topic-prefix",
+            env.topic_prefix,
+            "--seconds",
+            "1000000",  # runs until stopped
+            "--rate",
+            "300",
+            "--truth",
+            str(env.tmp_path / "truth.json"),
+            "--metrics-port",
+            "0",
+        ),  # fmt: skip
+        env.tmp_path / "simulator.log",
+    )
+    try:
+        yield proc.logged_port()
+    finally:
+        assert proc.stop() == 0, proc.log()[-3000:]
+
+
+@contextmanager
+def kafka_exporter(env: Env) -> Iterator[int]:
+    # A group with a committed offset, so there is a lag to report.
+    producer = make_producer(env.bootstrap)
+    for i in range(5):
+        producer.send(env.topics.deadletter, value=b"x%d" % i)
+    producer.flush()
+    producer.close()
+    consumer = make_consumer(env.bootstrap, [env.topics.deadletter], group_id=env.topic_prefix)
+    deadline = time.monotonic() + 60
+    while not consumer.poll(timeout_ms=500) and time.monotonic() < deadline:
+        pass
+    consumer.commit()
+    consumer.close()
+    proc = Process(
+        plum(
+            "kafka",
+            "exporter",
+            "--bootstrap",
+            env.bootstrap,
+            "--interval",
+            "1",
+            "--metrics-port",
+            "0",
+        ),  # fmt: skip
+        env.tmp_path / "exporter.log",
+    )
+    try:
+        yield proc.logged_port()
+    finally:
+        assert proc.stop() == 0, proc.log()[-3000:]
+
+
+@contextmanager
+def movielens_import(env: Env) -> Iterator[int]:
+    """A bounded batch: run the import's writer on a few simulated events, then serve the
+    registry it counted into (what `--metrics-port` serves while an import runs)."""
+    from streams.datasets import movielens
+    from streams.datasets.cli import write_timeline
+    from streams.simulator.config import load_config
+    from streams.simulator.stream import VALID, generate
+
+    cfg = load_config(TEST_CONFIG, events=200, bad_fraction=0.0)
+    records = []
+    for rec in generate(cfg):
+        if rec.kind != VALID:
+            continue
+        if rec.topic.endswith("uploads.v1"):
+            up = schema.decode_upload(rec.value, schema.ValidationLimits(embedding_dims=cfg.dims))
+            records.append(movielens.TimelineRecord(movielens.KIND_UPLOAD, up.video_id, up))
+        else:
+            w = schema.decode_watch(rec.value)
+            records.append(movielens.TimelineRecord(movielens.KIND_WATCH, w.user_id, w))
+    metrics = Metrics.for_component("import")
+    write_timeline(records, env.bootstrap, env.topics, metrics)
+    server = serve_metrics(metrics, 0)
+    try:
+        yield server.port
+    finally:
+        server.close()
+
+
+@contextmanager
+def flink_job(env: Env) -> Iterator[int]:
+    from tests import flink_support as fs
+
+    fs.produce(env.bootstrap, env.topics.watches, fs.build_stream(5, 600, 2000, 10_000))
+    port = free_port()  # the job's workers serve a fixed port (0 turns /metrics off)
+    job = fs.JobProcess(
+        fs.job_command(
+            env.bootstrap,
+            env.topic_prefix,
+            env.tmp_path / "ck",
+            "--fresh",
+            "--metrics-port",
+            str(port),
+        ),
+        env.tmp_path / "flink.log",
+    )
+    try:
+        # The Python workers start serving only once the job runs: wait for it.
+        deadline = time.monotonic() + 240
+        while True:
+            assert job.alive(), job.tail()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"no /metrics in 240 s:\n{job.tail()}"
+                time.sleep(1.0)
+        yield port
+    finally:
+        job.stop()
+
+
+LAUNCHERS: dict[str, Launcher] = {
+    "simulator": simulator,
+    "kafka": kafka_exporter,
+    "import": movielens_import,
+    "flink": flink_job,
+}
+TIMEOUT_S = {"flink": 240.0}
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_every_component_of_the_catalogue_has_a_launcher():
+    owners = {m.component for m in CATALOGUE} - {"deadletter"}
+    assert owners <= set(LAUNCHERS) | set(NOT_YET), sorted(owners - set(LAUNCHERS) - set(NOT_YET))
+    shared = {m.name for m in CATALOGUE if m.component == "deadletter"}
+    assert shared <= {n for names in ALSO_EMITS.values() for n in names}
+
+
+@pytest.mark.parametrize("component", sorted(LAUNCHERS))
+def test_component_emits_each_of_its_catalogue_metrics(
+    component, kafka_bootstrap, topics, topic_prefix, tmp_path
+):
+    env = Env(kafka_bootstrap, topics, topic_prefix, tmp_path)
+    want = expected_metrics(component)
+    assert want, f"{component} owns no metric"
+    with LAUNCHERS[component](env) as port:
+        wait_for_metrics(port, want, TIMEOUT_S.get(component, 60.0))
