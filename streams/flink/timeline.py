@@ -6,7 +6,7 @@ has buffered: a small `head` (read and written per record), the `pending` watche
 record only appended to, in any order) and the released `history` (touched only when
 something is released). Nothing here knows about Flink.
 
-Semantics (the test reference in tests/reference_pipeline.py reproduces them
+Semantics (the test reference in streams/flink/reference.py reproduces them
 independently, so they are spelled out exactly):
 
 * **Order.** A user's accepted watches are *released* in event-time order, ties broken

@@ -1,5 +1,5 @@
 """The real PyFlink job (local mode, subprocess) against the real broker, compared exactly
-with the plain-Python reference (tests/reference_pipeline.py).
+with the plain-Python reference (streams/flink/reference.py).
 
 Each test runs `python -m streams.flink.cli run ...` in its own process group with a
 private checkpoint dir (tmp_path) and its own prefixed topics. Outputs are read with
@@ -15,10 +15,10 @@ from collections import Counter
 import pytest
 
 from streams.flink.job import latest_checkpoint, load_flink_config
+from streams.flink.reference import RefParams, in_backfill_range, run_reference
 from streams.kafka.broker import free_port
 from streams.kafka.clients import read_all
 from tests import flink_support as fs
-from tests.reference_pipeline import RefParams, in_backfill_range, run_reference
 
 pytestmark = pytest.mark.integration
 

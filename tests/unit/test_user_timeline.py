@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from streams.contracts import schema
 from streams.flink import timeline as ut
+from streams.flink.reference import RefParams, run_reference
 from streams.flink.reward import RewardWeights
-from tests.reference_pipeline import RefParams, run_reference
 
 # Sampling always on (r_max tiny relative to any clicked reward) where a test needs examples.
 P = ut.TimelineParams(

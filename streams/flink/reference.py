@@ -1,10 +1,18 @@
 """Plain-Python reference of the Flink job's steps 3-5, written independently of it.
 
-It shares only the event *contract* with the job (streams.contracts.schema: what is a valid watch
-and with which reason a bad one is rejected; the output dataclasses). Lateness,
-ordering, sessions, pairing, windows, reward and sampling are re-implemented here from
-the documented semantics (streams/user_timeline.py, streams/reward.py) without
-importing them, so a bug in the job's logic cannot hide in a shared helper.
+It shares only the event *contract* with the job (streams.contracts.schema: what is a
+valid watch and with which reason a bad one is rejected; the output dataclasses).
+Lateness, ordering, sessions, pairing, windows, reward and sampling are re-implemented
+here from the documented semantics (streams/flink/timeline.py, streams/flink/reward.py)
+without importing them, so a bug in the job's logic cannot hide in a shared helper.
+
+Two users, one definition:
+
+- the Flink tests (tests/integration/test_flink_job.py, tests/unit/test_user_timeline.py)
+  compare the job's output exactly with `run_reference` on a seeded stream;
+- offline evaluations (`plum bench trainer-quality`) get the SFT examples and
+  co-occurrence pairs the job would publish for a bounded stream from `run_bounded`,
+  without a broker or a JVM.
 
 Input: the watch-topic records as (partition, offset, raw bytes) in each partition's
 order. Cross-partition order does not matter: every user's records sit in one partition.
@@ -20,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from streams.contracts import schema
@@ -58,6 +67,10 @@ class RefResult:
     accepted: int = 0
     records_in: int = 0
     pending: int = 0  # accepted but not yet released at the final watermark
+
+    def examples_in_time_order(self) -> list[schema.SftExample]:
+        """The examples by (event time, event id): the order the job releases them in."""
+        return sorted(self.examples.values(), key=lambda e: (e.ts, e.event_id))
 
 
 def _watermark_ts(raw: bytes, now_ms: int, max_future_ms: int) -> int | None:
@@ -193,3 +206,10 @@ def run_reference(
         if fired and count >= p.min_count:
             out.pairs[(a, b, count, end)] += 1
     return out
+
+
+def run_bounded(values: Iterable[bytes | None], p: RefParams, now_ms: int) -> RefResult:
+    """The job's outputs for a bounded stream of watch values read from one partition in
+    the order given (offsets 0, 1, ...): every accepted watch released, every window fired."""
+    records = [(0, offset, raw) for offset, raw in enumerate(values)]
+    return run_reference(records, p, now_ms, None, source_topic="")
