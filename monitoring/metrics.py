@@ -275,6 +275,13 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "1 for the SID index version the trainer tokenises with",
         labels=("version",),
     ),
+    MetricDef(
+        "plum_trainer_unencodable_sids",
+        "gauge",
+        "trainer",
+        "SIDs of the followed version the vocabulary cannot write (read as <unk>, never a "
+        "target); > 0 means the vocabulary's disambiguation range is below the SID service's",
+    ),
     # --- dead letters (every component that validates input)
     MetricDef(
         "plum_deadletter_total",

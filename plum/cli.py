@@ -14,6 +14,8 @@ import logging
 import sys
 from dataclasses import dataclass
 
+from plum.config import ConfigError
+
 # Libraries whose INFO lines drown our own (orbax logs every save/restore through absl).
 QUIET_LOGGERS = ("absl", "jax._src.xla_bridge")
 
@@ -161,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     module, _, function = command.target.partition(":")
     run = getattr(importlib.import_module(module), function)
-    return int(run(argv[len(command.words) :]) or 0)
+    try:
+        return int(run(argv[len(command.words) :]) or 0)
+    except ConfigError as err:  # a bad or contradictory config: one line, no traceback
+        print(f"plum {' '.join(command.words)}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

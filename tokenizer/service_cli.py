@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 
 from plum.config import load_section, state_dir
+from plum.settings import Settings
+from tokenizer.config_checks import CHECKS
 from tokenizer.index import SidIndex
 from tokenizer.service import SidService, SidServiceConfig, reindex
 
@@ -60,6 +62,7 @@ def serve(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     config = _config(args)
+    Settings.load(args.config).check(CHECKS)  # [sid_service] against what it reads
     if not config.checkpoint:
         parser.error("--checkpoint (or [sid_service].checkpoint) is required")
     from monitoring.metrics import Metrics, serve_metrics

@@ -27,9 +27,12 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def trainer_config(args: argparse.Namespace, **overrides: Any):
-    """[trainer] of --config, with the command line's values over it (None = not given)."""
+    """[trainer] of --config, with the command line's values over it (None = not given);
+    the config is refused first if its sections contradict each other (config_checks)."""
+    from trainer.config_checks import check_trainer_settings
     from trainer.loop import load_trainer_config
 
+    check_trainer_settings(args.config)
     return load_trainer_config(
         args.config,
         bootstrap=args.bootstrap,

@@ -201,6 +201,7 @@ class MixedBatch:
     newest_fresh_ts: int | None  # newest event time among the fresh rows
     wait_s: float = 0.0  # how long next_batch blocked for this batch
     fresh_event_ids: tuple[str, ...] = ()  # event ids of the fresh rows
+    unencodable_sids: int = 0  # SIDs of sid_version the vocabulary cannot write
 
     @property
     def n_rows(self) -> int:
@@ -220,6 +221,7 @@ class DataStats:
     history_unknown_target: int = 0
     idle_batches: int = 0  # batches built with no fresh example
     malformed: Counter[str] = field(default_factory=Counter)  # fresh, by reason
+    unencodable_sids: int = 0  # in the SID version followed now (SidLookup.unencodable)
 
 
 @dataclass
@@ -291,6 +293,7 @@ class TrainingData:
         self._lookup_source = lookup_source
         self._lookup = lookup_source()  # fail at start-up, not in the thread
         self._lookup_at = time.monotonic()
+        self._count_unencodable()
         start = start or DataPosition()
         self._archive_step = start.archive_step
         self._draws = start.history_draws
@@ -388,6 +391,20 @@ class TrainingData:
         if lookup.version != self._lookup.version:
             log.info("SID version %r -> %r", self._lookup.version, lookup.version)
         self._lookup = lookup
+        self._count_unencodable()
+
+    def _count_unencodable(self) -> None:
+        """Count the followed version's SIDs the vocabulary cannot write; warn when it grows."""
+        n = self._lookup.unencodable(self.vocab)
+        if n > self.stats.unencodable_sids:
+            log.warning(
+                "%d SIDs of version %r have no tokens in the vocabulary (disambiguation "
+                "range %d): those videos read as <unk> and are never trained on as targets",
+                n,
+                self._lookup.version,
+                self.vocab.disambiguation_size,
+            )
+        self.stats.unencodable_sids = n
 
     def _weight(self, example: schema.SftExample) -> float:
         if self.config.reward_mode == "sampled":
@@ -510,4 +527,5 @@ class TrainingData:
             sid_version=self._lookup.version,
             newest_fresh_ts=max((r.example.ts for r in rows), default=None),
             fresh_event_ids=tuple(r.example.event_id for r in rows),
+            unencodable_sids=self.stats.unencodable_sids,
         )

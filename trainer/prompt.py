@@ -84,6 +84,18 @@ class SidLookup:
         except InvalidSidError:
             return None
 
+    def unencodable(self, vocab: Vocab) -> int:
+        """SIDs of this version the vocabulary cannot write (e.g. a disambiguation code
+        beyond its range): their videos read as <unk> and are never a target, so the
+        trainer counts them (plum_trainer_unencodable_sids) instead of hiding them."""
+        bad = 0
+        for codes in self.sids.values():
+            try:
+                vocab.sid_slots(codes)
+            except InvalidSidError:
+                bad += 1
+        return bad
+
 
 def _item_tokens(vocab: Vocab, sid: list[int] | None, item: schema.HistoryItem) -> list[int]:
     return (sid if sid is not None else [vocab.unk_id]) + vocab.feature_tokens(item)

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.local.config_checks import check_stack
 from plum.checkpoints import has_checkpoint
 from plum.config import load_section, state_dir
 from plum.runtime import stop_on_signals
@@ -275,6 +276,7 @@ def demo(argv: list[str]) -> int:
         "--keep-kafka", action="store_true", help="leave the broker running at the end"
     )
     args = parser.parse_args(argv)
+    check_stack(args.config, DemoConfig)  # every section and check, before anything starts
     config = load_section(DemoConfig, args.config, "demo")
     unknown = sorted(set(config.components) - set(COMPONENTS))
     if unknown:

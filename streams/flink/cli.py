@@ -30,8 +30,10 @@ from pathlib import Path
 
 from plum.config import ConfigError
 from plum.runtime import stop_on_signals
+from plum.settings import Settings
 from streams.contracts import topics as topic_defs
 from streams.contracts.topics import TopicNames
+from streams.flink.config_checks import CHECKS
 from streams.flink.job import FlinkConfig, RunOptions, build, latest_checkpoint, load_flink_config
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,7 @@ def run(argv: list[str]) -> int:
             checkpoint_dir=args.checkpoint_dir,
             metrics_port=args.metrics_port,
         )
+        Settings.load(args.config).check(CHECKS)  # [flink] against what it reads
     except ConfigError as exc:
         print(f"plum flink: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,81 @@
+"""Every rule of the stack: what `plum demo` checks before it starts anything.
+
+The components' own checks (each run by that component at start) plus what only the
+whole stack has: one port per listening process. `check_stack` also builds every section
+of the file, so a bad value in a component that starts late (the trainer joins after a
+minute) is refused at once, and a section no component reads (a typo) is refused too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from plum.config import ConfigError
+from plum.settings import Check, Settings, distinct_ports
+from streams.contracts.sid import SECTION as SID_SECTION
+from streams.contracts.sid import SidConfig
+from streams.datasets.movielens import MovieLensConfig
+from streams.flink.config_checks import CHECKS as FLINK_CHECKS
+from streams.flink.job import FlinkConfig
+from streams.kafka.broker import KafkaConfig
+from streams.simulator.config import SimulatorConfig
+from tokenizer.config import SECTION as TOKENIZER_SECTION
+from tokenizer.config import TokenizerConfig
+from tokenizer.config_checks import CHECKS as SID_SERVICE_CHECKS
+from tokenizer.service import SidServiceConfig
+from trainer.config import MODEL_SECTION, VOCAB_SECTION, ModelConfig, VocabConfig
+from trainer.config_checks import CHECKS as TRAINER_CHECKS
+from trainer.cpt import SECTION as CPT_SECTION
+from trainer.cpt import CptConfig
+from trainer.data import DATA_SECTION, DataConfig
+from trainer.loop import SECTION as TRAINER_SECTION
+from trainer.loop import TrainerConfig
+
+DEMO_SECTION = "demo"
+
+# Every section a config file of this stack may hold, and the class that reads it
+# ([demo]'s class lives with the demo, which passes it in).
+SECTIONS: dict[str, type] = {
+    "kafka": KafkaConfig,
+    "simulator": SimulatorConfig,
+    "movielens": MovieLensConfig,
+    "flink": FlinkConfig,
+    TOKENIZER_SECTION: TokenizerConfig,
+    SID_SECTION: SidConfig,
+    "sid_service": SidServiceConfig,
+    MODEL_SECTION: ModelConfig,
+    VOCAB_SECTION: VocabConfig,
+    DATA_SECTION: DataConfig,
+    CPT_SECTION: CptConfig,
+    TRAINER_SECTION: TrainerConfig,
+}
+
+
+def stack_checks(demo_config: type) -> tuple[Check, ...]:
+    """Every component's checks, and that no two processes of the demo share a port."""
+    ports = distinct_ports(
+        (KafkaConfig, "kafka", "port"),
+        (KafkaConfig, "kafka", "controller_port"),
+        (demo_config, DEMO_SECTION, "simulator_metrics_port"),
+        (FlinkConfig, "flink", "metrics_port"),
+        (SidServiceConfig, "sid_service", "metrics_port"),
+        (demo_config, DEMO_SECTION, "trainer_metrics_port"),
+    )
+    return FLINK_CHECKS + SID_SERVICE_CHECKS + TRAINER_CHECKS + ports
+
+
+def check_stack(
+    path: Path | str | None, demo_config: type, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Every section built and every check run: ConfigError (one line) at the first fault."""
+    settings = Settings.load(path, env)
+    sections = {**SECTIONS, DEMO_SECTION: demo_config}
+    unknown = sorted(set(settings.section_names) - set(sections))
+    if unknown:
+        raise ConfigError(
+            f"config {settings.path}: sections {unknown} are read by no component; "
+            f"known: {sorted(sections)}"
+        )
+    settings.load_sections(sections)
+    return settings.check(stack_checks(demo_config))
