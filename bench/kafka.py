@@ -218,6 +218,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
+    load_at_start = os.getloadavg()[0]
     with bench_broker(args.bootstrap) as bootstrap:
         results = run(bootstrap, args.records, args.size, args.partitions)
     metrics = {
@@ -250,7 +251,11 @@ def cli(argv: list[str]) -> int:
         metrics={**metrics, "detail": results},
         baseline=baseline,
         ratio=ratio,
-        notes="Broker, producer and consumer share the same machine's cores.",
+        notes=(
+            "Broker, producer and consumer share the same machine's cores; 1-minute load "
+            f"average {load_at_start:.1f} at the start on {os.cpu_count()} CPUs (other work "
+            "on the machine slows the Java tools and kafka-python alike, so compare ratios)."
+        ),
         out_dir=args.out_dir,
     )
     print(f"wrote {path}")
