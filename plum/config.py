@@ -43,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SECTION = "kafka"
 DEFAULT_KAFKA_HOST = "127.0.0.1"
 DEFAULT_KAFKA_PORT = 9092
+DEFAULT_KAFKA_BOOTSTRAP = f"{DEFAULT_KAFKA_HOST}:{DEFAULT_KAFKA_PORT}"  # no [kafka] at all
 BOOTSTRAP_FIELD = "bootstrap"
 _DERIVED = "plum.config.derived"
 

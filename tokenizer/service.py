@@ -41,6 +41,7 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from monitoring.metrics import Metrics
+from plum.config import DEFAULT_KAFKA_BOOTSTRAP
 from streams.contracts import schema
 from streams.contracts.sid import disambiguation_size_field
 from streams.contracts.topics import TopicNames
@@ -84,7 +85,7 @@ class SidEncoder(Protocol):
 
 @dataclass(frozen=True)
 class SidServiceConfig:
-    bootstrap: str = "127.0.0.1:9092"
+    bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP  # filled from [kafka] by the loader
     topic_prefix: str = ""
     include_replay: bool = False  # also consume plum.uploads.replay.v1 (backfills)
     batch_size: int = 2048

@@ -43,7 +43,7 @@ import numpy as np
 
 from monitoring.metrics import Metrics, serve_metrics
 from plum.checkpoints import CheckpointStore
-from plum.config import load_section
+from plum.config import DEFAULT_KAFKA_BOOTSTRAP, load_section
 from trainer.archive import HistoryArchive
 from trainer.config import ModelConfig
 from trainer.data import DataConfig, DataPosition, MixedBatch, TrainingData
@@ -63,7 +63,7 @@ DIGEST_MOD = 2**64
 class TrainerConfig:
     """[trainer]: the continuous SFT loop (data mixing is [trainer_data])."""
 
-    bootstrap: str = "127.0.0.1:9092"
+    bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP  # filled from [kafka] by the loader
     topic_prefix: str = ""  # tests and side-by-side runs prefix every topic name
     index_path: str = ""  # SID index (SQLite); "" = STATE/tokenizer/sid-index.sqlite
     cpt_dir: str = ""  # the CPT checkpoint to start from; "" = STATE/trainer/cpt

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from monitoring.metrics import Metrics, serve_metrics
-from plum.config import REPO_ROOT, default_config_path, from_mapping, load_section
+from plum.config import (
+    DEFAULT_KAFKA_BOOTSTRAP,
+    REPO_ROOT,
+    ConfigError,
+    default_config_path,
+    from_mapping,
+    kafka_bootstrap,
+    load_section,
+)
 from plum.runtime import Progress
 from streams.contracts.schema import encode, encode_key
 from streams.contracts.topics import TopicNames
@@ -35,7 +43,6 @@ from streams.kafka.clients import make_producer
 log = logging.getLogger(__name__)
 
 DATASET = "movielens"
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_FETCH_SCRIPT = REPO_ROOT.parent / "shared" / "data" / "fetch-movielens-100k"
 PROGRESS_EVERY_S = 2.0
 
@@ -155,11 +162,9 @@ def _load_config(path: str | None) -> movielens.MovieLensConfig:
 
 def _default_bootstrap(config_path: str | None) -> str:
     try:
-        from streams.kafka.broker import load_kafka_config
-
-        return load_kafka_config(config_path).bootstrap
-    except Exception:  # no usable [kafka] config: the documented default
-        return DEFAULT_BOOTSTRAP
+        return kafka_bootstrap(config_path)
+    except ConfigError:  # no usable config file: the documented default
+        return DEFAULT_KAFKA_BOOTSTRAP
 
 
 def import_movielens(

@@ -66,7 +66,7 @@ from pathlib import Path
 
 import orjson
 
-from plum.config import load_section, state_dir
+from plum.config import DEFAULT_KAFKA_BOOTSTRAP, load_section, state_dir
 from streams.contracts import schema
 from streams.contracts.topics import TopicNames
 from streams.flink.reward import RewardWeights
@@ -85,7 +85,7 @@ WATERMARK_FUTURE_GUARD_MS = schema.DEFAULT_MAX_FUTURE_MS
 class FlinkConfig:
     """`[flink]` of the config TOML; env overrides PLUM_FLINK__FIELD."""
 
-    bootstrap: str = "127.0.0.1:9092"
+    bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP  # filled from [kafka] by the loader
     topic_prefix: str = ""
     group_id: str = "plum-flink"
     starting_offsets: str = "earliest"  # earliest | latest | committed (first start only)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from typing import Any
 from kafka.errors import KafkaError
 
 from monitoring.metrics import Metrics
-from plum.config import ConfigError, state_dir
+from plum.config import ConfigError, kafka_bootstrap, state_dir
 from plum.runtime import Clock, Runtime, RuntimeConfig, Step
 from streams.kafka.clients import make_producer
 from streams.simulator.config import SimulatorConfig, load_config
@@ -59,15 +58,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_ENV = "PLUM_KAFKA_BOOTSTRAP"
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 TRUTH_EVERY_S = 60.0  # long runs refresh the ground-truth file this often
 STEP_RECORDS = 2000  # a step ends after this many records ...
 STEP_S = 0.2  # ... or this much wall time, so a stop is seen promptly at any rate
 
 
-def default_bootstrap() -> str:
-    return os.environ.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP
+def default_bootstrap(config_path: Path | str | None = None) -> str:
+    """[kafka] host:port of the config (default: $PLUM_CONFIG or configs/demo.toml)."""
+    return kafka_bootstrap(config_path)
 
 
 def truth_path(cfg: SimulatorConfig) -> Path:
@@ -239,9 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="TOML with a [simulator] table (default: $PLUM_CONFIG or configs/demo.toml)",
     )
-    p.add_argument(
-        "--bootstrap", help=f"Kafka bootstrap (default: ${BOOTSTRAP_ENV} or {DEFAULT_BOOTSTRAP})"
-    )
+    p.add_argument("--bootstrap", help="Kafka bootstrap HOST:PORT (default: [kafka] of the config)")
     p.add_argument("--seed", type=int)
     dur = p.add_mutually_exclusive_group()
     dur.add_argument("--events", type=int, help="records to produce in all (0: no limit)")
@@ -283,7 +279,8 @@ def simulate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
+        bootstrap = args.bootstrap or default_bootstrap(args.config)
     except ConfigError as exc:
         log.error("simulate: %s", exc)
         return 2
-    return run(cfg, args.bootstrap or default_bootstrap(), metrics_port=args.metrics_port)
+    return run(cfg, bootstrap, metrics_port=args.metrics_port)
