@@ -1,33 +1,42 @@
 """`plum bench trainer-quality`: does the trained recommender beat the baselines?
 
-One seeded, in-process run (no Kafka, no Flink: the same pure logic they run):
+One seeded, in-process run (no Kafka, no Flink: the library code they run or are held to):
 
-1. simulator stream (streams.simulator.cli.Simulator) -> valid uploads and watches; watches ->
-   reward-sampled SFT examples with the Flink job's per-user logic
-   (streams.flink.timeline admit/release, streams.flink.reward) and co-occurrence pairs;
-2. split by event time: `fresh_split(examples, holdout)` (train = older, fresh = newest);
-3. SID-v2 tokenizer trained on the content embeddings of the uploads before the cut
-   (contrastive pairs from the watches before the cut), then frozen and applied to every
-   upload in arrival order; disambiguation code = order of arrival within the L-code
-   prefix (what tokenizer/index.py SidIndex.assign does);
-4. CPT (trainer/cpt.py) on metadata of the uploads and watches before the cut;
-5. continuous SFT from the CPT params over the training examples in time order
-   (constant LR after warm-up), and the same SFT budget from random init (the paper's
-   Table 5 ablation: CPT vs no CPT);
+1. simulator stream (streams.simulator) -> valid uploads and watches; watches -> the SFT
+   examples and co-occurrence pairs the Flink job publishes, from the job's plain-Python
+   reference (streams.flink.reference, compared exactly with the job in its tests);
+2. split (trainer.eval.scoring_split): by event time, train = older, fresh = newest
+   `holdout`;
+3. SIDs (tokenizer.catalogue): SID-v2 trained on the content embeddings of the uploads
+   before the cut (contrastive pairs from the windows before the cut), frozen, applied to
+   every upload in arrival order, disambiguated by the SID index's own rule;
+4. CPT (trainer.cpt) on metadata of the uploads and watches before the cut;
+5. SFT (trainer.offline: the continuous trainer's step over the training examples in
+   time order, constant LR after warm-up) from the CPT params, and the same SFT budget
+   from random init (the paper's Table 5 ablation: CPT vs no CPT);
 6. `evaluate` on the fresh slice: popularity, co-occurrence, sft_from_cpt,
    sft_from_random, all on the same examples and candidates; hallucination rate of an
    unconstrained beam search over the CPT+SFT model; on the simulator also a reference
-   ranker that knows the hidden generative model (`oracle_ground_truth`: roughly the
+   ranker that knows the hidden generative model (streams.simulator.oracle: roughly the
    best recall any ranker can get; not a baseline, never in the ratios);
-7. MovieLens-100k (`--movielens DIR`): the same with `load_movielens_examples` and
-   RecBole-style leave-last-out (train / validation / test; scored on test).
+7. MovieLens-100k (`--movielens DIR`): the same with streams.datasets.movielens (the
+   uploads as published), trainer.movielens_examples and RecBole-style leave-last-out
+   (train / validation / test; scored on test).
 
-`--eval-on validation` carves the newest `holdout` of the training slice as a validation
-slice (MovieLens: the leave-last-out validation example) and scores there instead; the
-settings were chosen that way, never by looking at the fresh/test slice.
+`--eval-on validation` scores on a validation slice carved from the training data
+(simulator: the newest `holdout` of the training slice; MovieLens: the leave-last-out
+validation example); the settings were chosen that way, never by looking at the
+fresh/test slice.
+
+Settings: `[bench_trainer_quality]` of --config (default configs/demo.toml; the section
+is optional, its fields are `QualityConfig`'s), PLUM_BENCH_TRAINER_QUALITY__FIELD, then
+the flags below and `--set FIELD=VALUE` (a TOML value) for any other field. The
+simulator and the Flink job's logic take their other settings from the same file's
+[simulator] and [flink].
 
     plum bench trainer-quality [--events N] [--preset tiny|small] [--cpt-steps N]
         [--sft-passes N] [--movielens /tmp/ml100k] [--eval-on fresh|validation]
+        [--set ml_sft_max_examples=0]
 
 Writes bench/results/trainer-quality.json: metrics per ranker per dataset, the config,
 wall times, and ratio = model recall@10 / best baseline recall@10.
@@ -39,10 +48,9 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import tempfile
 import time
-from collections import Counter
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,31 +60,30 @@ import jax
 import numpy as np
 
 from bench.common import write_result
-from plum.config import REPO_ROOT
+from plum.config import REPO_ROOT, ConfigError, default_config_path, load_section
 from streams.contracts import schema
-from streams.flink import timeline as ut
-from streams.flink.reward import RewardWeights
-from tokenizer.config import TokenizerConfig
-from tokenizer.report import first_code_alignment, sid_uniqueness
-from tokenizer.train import train_tokenizer
+from tokenizer.catalogue import name_catalogue
+from tokenizer.config import TokenizerConfig, load_tokenizer_config
+from tokenizer.data import items_from_uploads, pair_rows
 from trainer.config import VocabConfig, model_preset
 from trainer.cpt import CptConfig, build_corpus, load_model, train_cpt, vocab_for_corpus
 from trainer.eval import (
+    SCORE_ON,
     ModelRanker,
     candidate_ids,
     evaluate,
+    evenly_spaced,
     fit_baselines,
-    fresh_split,
-    leave_last_out,
+    scoring_split,
 )
 from trainer.model import init_params
-from trainer.prompt import SidLookup, TrainingSequence, UnknownTargetError, collate, sft_sequence
-from trainer.step import OptimizerConfig, Stepper, init_state, make_optimizer
-from trainer.vocab import Vocab
+from trainer.offline import SftConfig, sft_sequences, train_sft
+from trainer.prompt import SidLookup
 
 log = logging.getLogger(__name__)
 
 NAME = "trainer-quality"
+SECTION = "bench_trainer_quality"
 BASELINES = ("popularity", "cooccurrence")
 MODELS = ("sft_from_cpt", "sft_from_random")
 NOTES = (
@@ -88,21 +95,29 @@ NOTES = (
     "only. oracle_ground_truth (simulator) ranks with the simulator's hidden generative "
     "model: a reference ceiling, not a baseline, never in the ratios."
 )
+NO_FUTURE = schema.ValidationLimits(now_ms=2**62)
+TOKENIZER_SHAPE = REPO_ROOT / "configs" / "test.toml"  # a finished stream: nothing is "future"
 
 
 @dataclass(frozen=True)
 class QualityConfig:
+    """[bench_trainer_quality]: the sizes of one run; everything else comes from the
+    config file's own sections ([simulator], [flink], [movielens]) and, for the tokenizer's
+    network sizes, configs/test.toml's [tokenizer]."""
+
     seed: int = 11
-    # --- simulator (streams/simulator_config.py); everything else at its defaults
+    # --- simulator ([simulator] overrides)
     events: int = 60_000  # records: initial uploads + watches + new uploads
     num_users: int = 2000
     num_topics: int = 16
     initial_videos: int = 600
     new_uploads_per_sim_minute: float = 2.0
-    # --- per-user timeline (the Flink job's [flink] settings)
+    # --- the Flink job's per-user logic ([flink] overrides)
     history_len: int = 8
     session_gap_ms: int = 30 * 60_000
     pair_prev_k: int = 3
+    pair_window_ms: int = 60_000  # co-occurrence windows; pairs of windows ending by the cut
+    pair_min_count: int = 1  # every co-watch is a contrastive pair
     holdout: float = 0.1  # fresh_split fraction (and the validation fraction of train)
     # --- tokenizer (small codebooks for a catalogue of ~1-2k items)
     codebook_base: int = 64  # levels 64/32/16
@@ -134,33 +149,34 @@ class QualityConfig:
     log_every_s: float = 15.0
 
     def __post_init__(self) -> None:
-        if self.eval_on not in ("fresh", "validation"):
-            raise ValueError(f"eval_on={self.eval_on!r} must be 'fresh' or 'validation'")
+        if self.eval_on not in SCORE_ON:
+            raise ValueError(f"eval_on={self.eval_on!r} must be one of {SCORE_ON}")
         if not 0.0 < self.holdout < 1.0:
             raise ValueError(f"holdout={self.holdout} must be in (0, 1)")
-        if self.sft_passes < 0 or self.ml_sft_passes < 0 or self.cpt_steps < 1:
-            raise ValueError("sft passes must be >= 0 and cpt_steps >= 1")
+        if self.sft_passes < 1 or self.ml_sft_passes < 1 or self.cpt_steps < 1:
+            raise ValueError("sft passes and cpt_steps must be >= 1")
 
     @property
     def seq_len(self) -> int:
         return self.max_prompt_len + self.num_levels + 1  # prompt + the target's SID tokens
 
-    def tokenizer_config(self, steps: int, codebook_base: int | None = None) -> TokenizerConfig:
-        # the configs/test.toml [tokenizer] shape, which gives unique SIDs on ~1k items
-        return TokenizerConfig(
-            encoder_hidden=(64,),
-            modality_dim=32,
-            latent_dim=16,
-            decoder_hidden=(64,),
-            codebook_base=codebook_base or self.codebook_base,
-            num_levels=self.num_levels,
-            batch_size=256,
-            pair_batch_size=128,
-            steps=steps,
-            seed=self.seed,
-            dead_code_window=100,
-            log_every=max(steps // 4, 1),
-        )
+
+def load_quality_config(path: Path | str | None, env=None, **overrides: Any) -> QualityConfig:
+    return load_section(QualityConfig, path, SECTION, env=env, **overrides)
+
+
+def tokenizer_config(cfg: QualityConfig, steps: int, codebook_base: int) -> TokenizerConfig:
+    """configs/test.toml's [tokenizer] (sized for ~1k items: unique SIDs, seconds on CPU)
+    with this run's codebooks, steps and seed."""
+    return load_tokenizer_config(
+        TOKENIZER_SHAPE,
+        env={},
+        codebook_base=codebook_base,
+        num_levels=cfg.num_levels,
+        steps=steps,
+        seed=cfg.seed,
+        log_every=max(steps // 4, 1),
+    )
 
 
 # ---------------------------------------------------------------------------- data
@@ -170,70 +186,57 @@ class QualityConfig:
 class SimData:
     uploads: list[schema.UploadEvent]
     watches: list[schema.WatchEvent]
-    examples: list[schema.SftExample]
-    pairs: list[tuple[str, str, int]]  # (a, b, ts) co-watched within a session
-    truth: dict[str, Any]  # the simulator's ground truth (streams/simulator_stream.py)
+    examples: list[schema.SftExample]  # time order
+    pairs: list[tuple[str, str, int]]  # (a, b, window end): what the job publishes
+    truth: dict[str, Any]  # the simulator's ground truth
 
 
-def simulate(cfg: QualityConfig) -> SimData:
-    """Simulator stream -> uploads, watches, SFT examples and pairs, as the Flink job would."""
-    from streams.simulator.cli import VALID, Simulator, load_config
+def simulate(cfg: QualityConfig, config_path: Path | str) -> SimData:
+    """Simulator stream -> uploads, watches, and the Flink job's examples and pairs."""
+    from streams.flink.job import load_flink_config
+    from streams.flink.reference import RefParams, run_bounded
+    from streams.simulator.config import load_config
+    from streams.simulator.stream import VALID, Simulator
 
-    sim_cfg = load_config(
-        REPO_ROOT / "configs" / "demo.toml",
+    sim = Simulator(
+        load_config(
+            config_path,
+            env={},
+            seed=cfg.seed,
+            events=cfg.events,
+            num_users=cfg.num_users,
+            num_topics=cfg.num_topics,
+            latent_dim=max(24, cfg.num_topics),
+            initial_videos=cfg.initial_videos,
+            new_uploads_per_sim_minute=cfg.new_uploads_per_sim_minute,
+            rate=0.0,
+            bad_fraction=0.0,
+            out_of_order_fraction=0.0,
+        )
+    )
+    flink = load_flink_config(
+        config_path,
         env={},
-        seed=cfg.seed,
-        events=cfg.events,
-        num_users=cfg.num_users,
-        num_topics=cfg.num_topics,
-        latent_dim=max(24, cfg.num_topics),
-        initial_videos=cfg.initial_videos,
-        new_uploads_per_sim_minute=cfg.new_uploads_per_sim_minute,
-        rate=0.0,
-        bad_fraction=0.0,
-        out_of_order_fraction=0.0,
-    )
-    params = ut.TimelineParams(
-        allowed_lateness_ms=60_000,
-        session_gap_ms=cfg.session_gap_ms,
         history_len=cfg.history_len,
+        session_gap_ms=cfg.session_gap_ms,
         pair_prev_k=cfg.pair_prev_k,
-        weights=RewardWeights(),
+        window="tumbling",
+        window_size_ms=cfg.pair_window_ms,
+        min_count=cfg.pair_min_count,
     )
-    r_max = params.weights.max_reward()
-    limits = schema.ValidationLimits(now_ms=2**62)
     uploads: list[schema.UploadEvent] = []
-    watches: list[schema.WatchEvent] = []
-    examples: list[schema.SftExample] = []
-    pairs: list[tuple[str, str, int]] = []
-    states: dict[str, list] = {}
-    sim = Simulator(sim_cfg)
+    watch_values: list[bytes] = []
     for rec in sim.records():
         if rec.kind != VALID:
             continue
-        if rec.topic.endswith("uploads.v1") or rec.topic.endswith("uploads.replay.v1"):
-            uploads.append(schema.decode_upload(rec.value, limits))
-            continue
-        w = schema.decode_watch(rec.value, limits)
-        watches.append(w)
-        st = states.setdefault(w.user_id, ut.new_state())
-        if not ut.admit(st, ut.watch_tuple(w), params.allowed_lateness_ms):
-            continue
-        # in-order stream: the watermark is the watch's own ts, so release at once
-        got_pairs, got = ut.release(st, w.ts, params, r_max)
-        pairs += got_pairs
-        for ev, r, hist in got:
-            examples.append(
-                schema.SftExample(
-                    ev[ut.EVENT_ID],
-                    w.user_id,
-                    tuple(schema.HistoryItem(*h) for h in hist),
-                    ev[ut.CONTEXT],
-                    ev[ut.VIDEO_ID],
-                    r,
-                    ev[ut.TS],
-                )
-            )
+        if rec.topic == sim.upload_topic:
+            uploads.append(schema.decode_upload(rec.value, NO_FUTURE))
+        else:
+            watch_values.append(rec.value)
+    watches = [schema.decode_watch(v, NO_FUTURE) for v in watch_values]
+    out = run_bounded(watch_values, RefParams.from_flink_config(flink), NO_FUTURE.now_ms)
+    pairs = [(a, b, end) for (a, b, _count, end) in sorted(out.pairs)]
+    examples = out.examples_in_time_order()
     log.info(
         "simulated %d uploads, %d watches -> %d SFT examples, %d pairs",
         len(uploads),
@@ -244,189 +247,30 @@ def simulate(cfg: QualityConfig) -> SimData:
     return SimData(uploads, watches, examples, pairs, sim.ground_truth())
 
 
-class OracleRanker:
-    """A reference, not a baseline: ranks by the simulator's own (hidden) generative
-    probabilities, approximately the best any ranker can do on this stream.
-
-    score(v) = P(topic(v) | context, user) * popularity(v) / popularity of topic(v)
-               * sigmoid(match_scale * (user_latent . latent(v) - match_center))
-
-    with P(topic) = stickiness on the context video's topic + (1 - stickiness) * the
-    user's interest mixture (explore_fraction of it uniform): the simulator's session
-    model (streams/simulator_stream.py) times its click model without the noise.
-    """
-
-    def __init__(self, truth: dict[str, Any], candidates: Sequence[str]) -> None:
-        c = truth["config"]
-        self.stick = float(c["session_topic_stickiness"])
-        self.explore = float(c["explore_fraction"])
-        self.scale, self.center = float(c["match_scale"]), float(c["match_center"])
-        videos = {v["video_id"]: v for v in truth["videos"]}
-        self.ids = [v for v in sorted(candidates) if v in videos]
-        self.topic_of = {v: int(videos[v]["topic"]) for v in videos}
-        topics = np.asarray([self.topic_of[v] for v in self.ids])
-        pop = np.asarray([videos[v]["popularity"] for v in self.ids], np.float64)
-        self.n_topics = len(truth["topics"])
-        per_topic = np.bincount(topics, weights=pop, minlength=self.n_topics)
-        self.topics = topics
-        self.norm_pop = pop / np.maximum(per_topic[topics], 1e-12)
-        self.latent = np.asarray([videos[v]["latent"] for v in self.ids])  # [items, d]
-        centroids = np.asarray([t["centroid"] for t in truth["topics"]])
-        self.interests = {u["user_id"]: np.asarray(u["interests"]) for u in truth["users"]}
-        self.user_latent = {u: i @ centroids for u, i in self.interests.items()}
-
-    def rank_many(self, examples: Sequence[schema.SftExample], k: int) -> list[list[str]]:
-        out = []
-        uniform = np.full(self.n_topics, 1.0 / self.n_topics)
-        for e in examples:
-            interests = self.interests[e.user_id]
-            p = (1 - self.explore) * interests / interests.sum() + self.explore * uniform
-            ctx = self.topic_of.get(e.context_video_id) if e.context_video_id else None
-            if ctx is not None:
-                p = (1 - self.stick) * p
-                p[ctx] += self.stick
-            logit = self.scale * (self.latent @ self.user_latent[e.user_id] - self.center)
-            score = p[self.topics] * self.norm_pop / (1 + np.exp(-logit))
-            top = np.argsort(-score, kind="stable")[:k]
-            out.append([self.ids[i] for i in top])
-        return out
-
-
-# ---------------------------------------------------------------------------- SIDs
-
-
-def assign_sids(
-    arrival_order: Sequence[str], codes: np.ndarray, disambiguation_size: int
-) -> tuple[dict[str, tuple[int, ...]], int]:
-    """L codes + the order of arrival within the L-code prefix (SidIndex.assign's rule).
-    Returns (video -> SID, videos left without a SID because the prefix was full)."""
-    next_code: Counter[tuple[int, ...]] = Counter()
-    sids: dict[str, tuple[int, ...]] = {}
-    overflow = 0
-    for vid, row in zip(arrival_order, codes.tolist(), strict=True):
-        if vid in sids:
-            continue
-        prefix = tuple(int(c) for c in row)
-        k = next_code[prefix]
-        if k >= disambiguation_size:
-            overflow += 1
-            continue
-        next_code[prefix] = k + 1
-        sids[vid] = (*prefix, k)
-    return sids, overflow
-
-
-def train_sids(
-    ids: Sequence[str],
-    embeddings: dict[str, np.ndarray],
-    fit_rows: np.ndarray,
-    pairs: np.ndarray,
+def name_items(
+    uploads: Sequence[schema.UploadEvent],
+    fit: Callable[[schema.UploadEvent], bool],
+    pairs: Sequence[tuple[str, str]],
     tok_cfg: TokenizerConfig,
     disambiguation_size: int,
 ) -> tuple[SidLookup, tuple[int, ...], dict[str, Any]]:
-    """Train SID-v2 on the rows `fit_rows` (pairs index into those rows), encode every item
-    (`ids` in arrival order) with the frozen model, assign SIDs; returns the lookup, the
-    level sizes and a report (uniqueness, first-code alignment of the pairs, seconds)."""
+    """SID-v2 trained on the uploads `fit` accepts, every upload named in arrival order."""
     started = time.monotonic()
-    fit = {k: v[fit_rows] for k, v in embeddings.items()}
-    tok = train_tokenizer(fit, pairs, tok_cfg)
-    codes = np.asarray(tok.encode(embeddings))  # [items, L]
-    sids, overflow = assign_sids(ids, codes, disambiguation_size)
-    fit_codes = codes[fit_rows]
-    rng = np.random.default_rng(0)
-    report = {
-        "items": len(ids),
-        "fit_items": int(len(fit_rows)),
-        "level_sizes": list(tok.level_sizes),
-        "uniqueness_before_disambiguation": sid_uniqueness(codes),
-        "max_disambiguation_code": max((s[-1] for s in sids.values()), default=0),
-        "no_sid_overflow": overflow,
-        "first_code_alignment": first_code_alignment(fit_codes, pairs, rng, levels=1),
-        "first_two_codes_alignment": first_code_alignment(fit_codes, pairs, rng, levels=2),
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    ordered = sorted(uploads, key=lambda u: (u.ts, u.video_id))
+    ids, embeddings = items_from_uploads(ordered)
+    first = {}
+    for u in ordered:
+        first.setdefault(u.video_id, u)
+    fit_rows = np.asarray([i for i, v in enumerate(ids) if fit(first[v])], np.int64)
+    fit_pairs = pair_rows(pairs, [ids[i] for i in fit_rows])  # rows of the fit items
+    named = name_catalogue(ids, embeddings, fit_rows, fit_pairs, tok_cfg, disambiguation_size)
+    report = named.report(fit_rows, fit_pairs)
+    report["seconds"] = round(time.monotonic() - started, 1)
     log.info("SIDs: %s", report)
-    return SidLookup(tok.sid_version, sids), tok.level_sizes, report
+    return SidLookup(named.version, named.sids), named.level_sizes, report
 
 
-def pair_rows(pairs: Sequence[tuple[str, str]], row: dict[str, int]) -> np.ndarray:
-    idx = sorted({(row[a], row[b]) for a, b in pairs if a in row and b in row and a != b})
-    return np.asarray(idx, np.int32).reshape(-1, 2)
-
-
-# ---------------------------------------------------------------------------- training
-
-
-def sft_sequences(
-    examples: Sequence[schema.SftExample], lookup: SidLookup, vocab: Vocab, max_prompt_len: int
-) -> tuple[list[TrainingSequence], int]:
-    seqs, skipped = [], 0
-    for e in examples:
-        try:
-            seqs.append(sft_sequence(e, lookup, vocab, max_prompt_len))
-        except UnknownTargetError:
-            skipped += 1
-    return seqs, skipped
-
-
-def train_sft(
-    params: Any,
-    model_cfg,
-    vocab: Vocab,
-    seqs: Sequence[TrainingSequence],
-    cfg: QualityConfig,
-    passes: int,
-    label: str,
-) -> tuple[Any, dict[str, Any]]:
-    """Continuous SFT: `passes` passes over `seqs` in their (time) order, constant LR after
-    warm-up; the last batch of a pass is filled with zero-weight rows (one compiled shape)."""
-    tx = make_optimizer(OptimizerConfig(cfg.sft_lr, cfg.sft_warmup))
-    stepper = Stepper(model_cfg, tx)
-    state = init_state(params, tx)
-    bs = cfg.batch_size
-    per_pass = math.ceil(len(seqs) / bs)
-    total = per_pass * passes
-    losses: list[float] = []
-    step = 0
-    started = last = time.monotonic()
-    for _ in range(passes):
-        for start in range(0, len(seqs), bs):
-            rows = list(seqs[start : start + bs])
-            rows += [TrainingSequence(rows[0].tokens, rows[0].loss_start, 0.0)] * (bs - len(rows))
-            state, m = stepper.train(state, collate(rows, cfg.seq_len, vocab.pad_id))
-            step += 1
-            now = time.monotonic()
-            if now - last >= cfg.log_every_s or step == total:
-                loss = float(m.loss)
-                losses.append(loss)
-                rate = step / (now - started)
-                log.info(
-                    "sft %s step %d/%d loss %.4f | %.1f steps/s, %.0f examples/s | ETA %.0f s",
-                    label,
-                    step,
-                    total,
-                    loss,
-                    rate,
-                    rate * bs,
-                    (total - step) / rate,
-                )
-                last = now
-    seconds = time.monotonic() - started
-    return state.params, {
-        "steps": step,
-        "examples_trained": len(seqs) * passes,
-        "final_loss": losses[-1] if losses else None,
-        "seconds": round(seconds, 1),
-        "steps_per_s": round(step / seconds, 2) if seconds else None,
-    }
-
-
-def _spaced(examples: Sequence[schema.SftExample], n: int) -> list[schema.SftExample]:
-    """At most n examples, evenly spaced over the (time-ordered) list: deterministic."""
-    if len(examples) <= n:
-        return list(examples)
-    idx = np.linspace(0, len(examples) - 1, n).round().astype(int)
-    return [examples[i] for i in idx]
+# ---------------------------------------------------------------------------- one dataset
 
 
 def run_dataset(
@@ -471,10 +315,19 @@ def run_dataset(
     # the model's SFT may see only `sft_max_examples` (0 = all), evenly spaced in time so
     # every period and user is represented; the baselines always get the whole training
     # slice, so a cut handicaps the model, never them
-    sft_train = _spaced(train, sft_max_examples) if sft_max_examples else list(train)
+    sft_train = evenly_spaced(train, sft_max_examples) if sft_max_examples else list(train)
     seqs, skipped_train = sft_sequences(sft_train, lookup, vocab, cfg.max_prompt_len)
     log.info(
         "%s: %d SFT sequences (%d skipped, target without SID)", name, len(seqs), skipped_train
+    )
+    sft_cfg = SftConfig(
+        passes=sft_passes,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+        max_prompt_len=cfg.max_prompt_len,
+        learning_rate=cfg.sft_lr,
+        warmup_steps=cfg.sft_warmup,
+        log_every_s=cfg.log_every_s,
     )
     trained: dict[str, Any] = {}
     sft_info: dict[str, Any] = {}
@@ -482,9 +335,16 @@ def run_dataset(
         ("sft_from_cpt", cpt_params),
         ("sft_from_random", init_params(model_cfg, jax.random.PRNGKey(cfg.seed + 1))),
     ):
-        trained[label], sft_info[label] = train_sft(
-            start, model_cfg, vocab, seqs, cfg, sft_passes, f"{name}/{label}"
+        t = time.monotonic()
+        trained[label], result = train_sft(
+            start, model_cfg, vocab, seqs, sft_cfg, f"{name}/{label}"
         )
+        seconds = time.monotonic() - t
+        sft_info[label] = {
+            **dataclasses.asdict(result),
+            "seconds": round(seconds, 1),
+            "steps_per_s": round(result.steps / seconds, 2) if seconds else None,
+        }
         timings[f"{label}_s"] = sft_info[label]["seconds"]
 
     t = time.monotonic()
@@ -492,8 +352,9 @@ def run_dataset(
     rankers: dict[str, Any] = dict(fit_baselines(train, cands))
     if references is not None:
         rankers.update(references(cands))
-    for label, params in trained.items():
-        rankers[label] = ModelRanker(
+
+    def model_ranker(params: Any, constrained: bool = True) -> ModelRanker:
+        return ModelRanker(
             model_cfg,
             params,
             vocab,
@@ -501,21 +362,15 @@ def run_dataset(
             beams=cfg.beams,
             max_prompt_len=cfg.max_prompt_len,
             batch_size=cfg.eval_batch,
+            constrained=constrained,
         )
-    scored = _spaced(scored, cfg.eval_max)
+
+    for label, params in trained.items():
+        rankers[label] = model_ranker(params)
+    scored = evenly_spaced(scored, cfg.eval_max)
     report = evaluate(rankers, scored, candidates=cands)
-    unconstrained = ModelRanker(
-        model_cfg,
-        trained["sft_from_cpt"],
-        vocab,
-        lookup,
-        beams=cfg.beams,
-        max_prompt_len=cfg.max_prompt_len,
-        batch_size=cfg.eval_batch,
-        constrained=False,
-    )
     hall_examples = [e for e in scored if e.target_video_id in cands][: cfg.hallucination_max]
-    gen = unconstrained.generate(hall_examples)
+    gen = model_ranker(trained["sft_from_cpt"], constrained=False).generate(hall_examples)
     timings["eval_s"] = round(time.monotonic() - t, 1)
     report["hallucination"] = {
         "ranker": "sft_from_cpt, unconstrained beam search",
@@ -555,35 +410,23 @@ def run_dataset(
 # ---------------------------------------------------------------------------- datasets
 
 
-def run_simulator(cfg: QualityConfig) -> dict[str, Any]:
+def run_simulator(cfg: QualityConfig, config_path: Path | str) -> dict[str, Any]:
+    from streams.simulator.oracle import OracleRanker
+
     t0 = time.monotonic()
-    data = simulate(cfg)
+    data = simulate(cfg, config_path)
     sim_s = time.monotonic() - t0
-    train, fresh = fresh_split(data.examples, cfg.holdout)
-    if cfg.eval_on == "validation":
-        train, scored = fresh_split(train, cfg.holdout)
-    else:
-        scored = fresh
+    train, scored = scoring_split(data.examples, "fresh_split", cfg.eval_on, cfg.holdout)
     cut_ts = scored[0].ts
     uploads_before = [u for u in data.uploads if u.ts < cut_ts]
     watches_before = [w for w in data.watches if w.ts < cut_ts]
     # SIDs: trained on content known before the cut, the frozen model then names every
     # upload as it arrives (new videos of the scored window get SIDs too)
-    latest: dict[str, schema.UploadEvent] = {}
-    for u in data.uploads:
-        latest.setdefault(u.video_id, u)
-    ids = sorted(latest, key=lambda v: (latest[v].ts, v))
-    names = sorted(latest[ids[0]].embeddings)
-    emb = {n: np.asarray([latest[v].embeddings[n] for v in ids], np.float32) for n in names}
-    fit_rows = np.asarray([i for i, v in enumerate(ids) if latest[v].ts < cut_ts])
-    row = {ids[i]: j for j, i in enumerate(fit_rows)}
-    pairs = pair_rows([(a, b) for a, b, ts in data.pairs if ts < cut_ts], row)
-    lookup, level_sizes, sid_report = train_sids(
-        ids,
-        emb,
-        fit_rows,
-        pairs,
-        cfg.tokenizer_config(cfg.tokenizer_steps),
+    lookup, level_sizes, sid_report = name_items(
+        data.uploads,
+        lambda u: u.ts < cut_ts,
+        [(a, b) for a, b, end in data.pairs if end <= cut_ts],
+        tokenizer_config(cfg, cfg.tokenizer_steps, cfg.codebook_base),
         cfg.disambiguation_size,
     )
     report = run_dataset(
@@ -612,6 +455,7 @@ def run_simulator(cfg: QualityConfig) -> dict[str, Any]:
         "watches": len(data.watches),
         "clicked_watches": sum(w.clicked for w in data.watches),
         "sft_examples": len(data.examples),
+        "pairs": len(data.pairs),
         "cpt_watches": len(watches_before),
         "cpt_uploads": len(uploads_before),
         "users": len({w.user_id for w in data.watches}),
@@ -622,41 +466,29 @@ def run_simulator(cfg: QualityConfig) -> dict[str, Any]:
     return report
 
 
-def run_movielens(cfg: QualityConfig, directory: Path) -> dict[str, Any]:
+def run_movielens(cfg: QualityConfig, directory: Path, config_path: Path | str) -> dict[str, Any]:
     from streams.datasets import movielens as ml
-    from trainer.movielens_examples import load_movielens_examples
+    from trainer.movielens_examples import movielens_examples
 
     t0 = time.monotonic()
-    ml_cfg = ml.MovieLensConfig()
+    ml_cfg = ml.load_movielens_config(config_path)
     data = ml.load(directory)
-    examples = load_movielens_examples(directory, ml_cfg, history_len=cfg.history_len)
-    train, valid, test = leave_last_out(examples)
-    scored = valid if cfg.eval_on == "validation" else test
-    held = {e.event_id for e in valid} | {e.event_id for e in test}
-    ratings = sorted(data.ratings, key=ml.rating_order_key)
-    watches = [w for w in ml.watch_events(ratings, ml_cfg) if w.event_id not in held]
-    emb = ml.content_embeddings(data.movies, ml_cfg)
-    upload_ts = ml.upload_times_ms(data.ratings, data.item_ids)
-    uploads = ml.upload_events(data.movies, upload_ts, emb, ml_cfg)
-    order = sorted(range(len(uploads)), key=lambda i: (uploads[i].ts, uploads[i].video_id))
-    ids = [uploads[i].video_id for i in order]
-    emb = {k: v[order] for k, v in emb.items()}
-    row = {v: i for i, v in enumerate(ids)}
+    examples = movielens_examples(data.ratings, ml_cfg, history_len=cfg.history_len)
+    train, scored = scoring_split(examples, "leave_last_out", cfg.eval_on)
+    held = {e.event_id for e in examples} - {e.event_id for e in train}
+    watches = [w for w in ml.watch_events(data.ratings, ml_cfg) if w.event_id not in held]
+    uploads = ml.catalogue(data, ml_cfg)  # what the pipeline publishes
     # contrastive pairs: consecutive well-rated films in the training examples only
-    pairs = pair_rows(
-        [
-            (e.context_video_id, e.target_video_id)
-            for e in train
-            if e.context_video_id is not None and e.reward >= 0.8
-        ],
-        row,
-    )
-    lookup, level_sizes, sid_report = train_sids(
-        ids,
-        emb,
-        np.arange(len(ids)),
+    pairs = [
+        (e.context_video_id, e.target_video_id)
+        for e in train
+        if e.context_video_id is not None and e.reward >= 0.8
+    ]
+    lookup, level_sizes, sid_report = name_items(
+        uploads,
+        lambda _: True,
         pairs,
-        cfg.tokenizer_config(cfg.ml_tokenizer_steps, cfg.ml_codebook_base),
+        tokenizer_config(cfg, cfg.ml_tokenizer_steps, cfg.ml_codebook_base),
         cfg.disambiguation_size,
     )
     report = run_dataset(
@@ -677,8 +509,8 @@ def run_movielens(cfg: QualityConfig, directory: Path) -> dict[str, Any]:
         + ("validation" if cfg.eval_on == "validation" else "test"),
         "examples": len(examples),
         "train": len(train),
-        "validation": len(valid),
-        "test": len(test),
+        "held_out": len(held),
+        "scored": len(scored),
     }
     report["data"] = {
         "ratings": len(data.ratings),
@@ -721,15 +553,21 @@ def run(
     out_dir: Path | None = None,
     name: str = NAME,
     simulator: bool = True,
+    config_path: Path | str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     started = time.monotonic()
+    config_path = config_path or default_config_path()
     datasets: dict[str, dict[str, Any]] = {}
     if simulator:
-        datasets["simulator"] = run_simulator(cfg)
+        datasets["simulator"] = run_simulator(cfg, config_path)
     if movielens is not None:
-        datasets["movielens"] = run_movielens(cfg, movielens)
+        datasets["movielens"] = run_movielens(cfg, movielens, config_path)
     metrics, baseline, ratio = summarise(datasets)
-    config = {**dataclasses.asdict(cfg), "movielens": str(movielens) if movielens else None}
+    config = {
+        **dataclasses.asdict(cfg),
+        "config_file": str(config_path),
+        "movielens": str(movielens) if movielens else None,
+    }
     config["wall_s"] = round(time.monotonic() - started, 1)
     path = write_result(name, config, metrics, baseline, ratio, notes=NOTES, out_dir=out_dir)
     return {"metrics": metrics, "baseline": baseline, "ratio": ratio, "config": config}, path
@@ -749,18 +587,16 @@ def _table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _add_flags(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], QualityConfig]:
-    """One --flag per QualityConfig field (dashes for underscores), default = the field's."""
-    fields = dataclasses.fields(QualityConfig)
-    for f in fields:
-        default = f.default
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=type(default),
-            default=default,
-            help=f"default {default}",
-        )
-    return lambda args: QualityConfig(**{f.name: getattr(args, f.name) for f in fields})
+def _setting(text: str) -> tuple[str, Any]:
+    """FIELD=VALUE with VALUE in TOML syntax (a bare word is read as a string)."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected FIELD=VALUE")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().replace("-", "_"), value
 
 
 def cli(argv: list[str]) -> int:
@@ -769,14 +605,36 @@ def cli(argv: list[str]) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--config", type=Path, default=None, help="TOML (default demo.toml)")
+    parser.add_argument("--events", type=int)
+    parser.add_argument("--preset", choices=("tiny", "small"))
+    parser.add_argument("--cpt-steps", type=int)
+    parser.add_argument("--sft-passes", type=int)
+    parser.add_argument("--eval-on", choices=SCORE_ON)
+    parser.add_argument("--set", type=_setting, action="append", default=[], metavar="F=V")
     parser.add_argument("--movielens", type=Path, default=None, help="MovieLens-100k directory")
     parser.add_argument("--no-simulator", action="store_true", help="MovieLens only")
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--name", default=NAME, help="result file name (bench/results/NAME.json)")
-    make_cfg = _add_flags(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    cfg = make_cfg(args)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax: a line per save/restore
+    overrides = {
+        "events": args.events,
+        "preset": args.preset,
+        "cpt_steps": args.cpt_steps,
+        "sft_passes": args.sft_passes,
+        "eval_on": args.eval_on,
+        **dict(args.set),
+    }
+    known = {f.name for f in dataclasses.fields(QualityConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        parser.error(f"--set: unknown fields {unknown}; known: {sorted(known)}")
+    try:
+        cfg = load_quality_config(args.config, **overrides)
+    except ConfigError as err:
+        parser.error(str(err))
     if args.movielens is not None:
         from streams.datasets.movielens import has_files
 
@@ -785,11 +643,13 @@ def cli(argv: list[str]) -> int:
                 f"{args.movielens} holds no MovieLens-100k files; "
                 f"fetch with /work/shared/data/fetch-movielens-100k {args.movielens}"
             )
-    doc, path = run(cfg, args.movielens, args.out_dir, args.name, not args.no_simulator)
+    doc, path = run(
+        cfg, args.movielens, args.out_dir, args.name, not args.no_simulator, args.config
+    )
     print(_table(doc))
     print(json.dumps(doc["ratio"], indent=2))
     print(f"wrote {path}")
     return 0
 
 
-__all__ = ["QualityConfig", "assign_sids", "cli", "run", "simulate", "summarise"]
+__all__ = ["QualityConfig", "cli", "load_quality_config", "run", "simulate", "summarise"]

@@ -31,11 +31,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from plum.checkpoints import CheckpointStore
 from plum.config import load_section
 from streams.contracts import schema
-from plum.checkpoints import CheckpointStore
 from trainer.config import ModelConfig, VocabConfig
 from trainer.model import init_params
+from trainer.offline import fit
 from trainer.prompt import (
     Batch,
     SidLookup,
@@ -189,43 +190,21 @@ def train_cpt(
     if params is None:
         params = init_params(model_cfg, key)
     tx = make_optimizer(cfg.optimizer())
-    stepper = Stepper(model_cfg, tx)
-    state = init_state(params, tx)
     rng = np.random.default_rng(cfg.seed)
-    losses: list[float] = []
-    tokens = 0
-    start = last_log = time.monotonic()
-    for step in range(1, cfg.steps + 1):
-        batch, _ = sample_batch(corpus, cfg, rng, vocab.pad_id)
-        state, m = stepper.train(state, batch)
-        loss = float(m.loss)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"CPT loss is {loss} at step {step}")
-        losses.append(loss)
-        tokens += int(batch.mask.sum())
-        now = time.monotonic()
-        if now - last_log >= cfg.log_every_s or step == cfg.steps:
-            rate = step / (now - start)
-            log.info(
-                "cpt step %d/%d loss %.4f | %.1f steps/s, %.0f tokens/s | ETA %.0f s",
-                step,
-                cfg.steps,
-                loss,
-                rate,
-                tokens / (now - start),
-                (cfg.steps - step) / rate,
-            )
-            last_log = now
+    batches = (sample_batch(corpus, cfg, rng, vocab.pad_id)[0] for _ in range(cfg.steps))
+    start = time.monotonic()
+    state, fitted = fit(
+        Stepper(model_cfg, tx), init_state(params, tx), batches, cfg.steps, "cpt", cfg.log_every_s
+    )
     elapsed = time.monotonic() - start
-    tail = losses[-max(1, len(losses) // 10) :]
     result_meta = {
         "kind": "cpt",
         "model_config": model_cfg.to_dict(),
         "cpt_config": dataclasses.asdict(cfg),
         "sid_version": corpus.sid_version,
         "corpus": corpus.describe(),
-        "first_loss": losses[0],
-        "final_loss": float(np.mean(tail)),
+        "first_loss": fitted.first_loss,
+        "final_loss": fitted.final_loss,
         **(extra_meta or {}),
     }
     store = CheckpointStore(out_dir, max_to_keep=1, async_save=False)
@@ -237,10 +216,10 @@ def train_cpt(
     )
     return CptResult(
         cfg.steps,
-        losses[0],
-        result_meta["final_loss"],
+        fitted.first_loss,
+        fitted.final_loss,
         cfg.steps * cfg.batch_size / elapsed,
-        tokens / elapsed,
+        fitted.tokens / elapsed,
         out_dir,
     )
 

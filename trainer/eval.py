@@ -28,6 +28,9 @@ Metrics (one relevant item per query, the target):
 Splits: `fresh_split` (by event time: the newest fraction is held out, the next-day style
 the publisher's gate uses) and `leave_last_out` (RecBole's per-user leave-one-out, for
 comparing with published MovieLens numbers; not time-consistent across users).
+`scoring_split` picks, for either protocol, the slice a run is scored on: the held-out
+one ("fresh"), or a validation slice carved from the training data ("validation") for
+choosing settings without ever looking at the held-out slice.
 """
 
 from __future__ import annotations
@@ -554,3 +557,44 @@ def leave_last_out(
         if held >= 1:
             test.append(seq[-1])
     return _by_time(train), _by_time(valid), _by_time(test)
+
+
+SCORE_ON = ("fresh", "validation")
+PROTOCOLS = ("fresh_split", "leave_last_out")
+
+
+def scoring_split(
+    examples: Sequence[SftExample],
+    protocol: str,
+    on: str = "fresh",
+    holdout_fraction: float = 0.1,
+) -> tuple[list[SftExample], list[SftExample]]:
+    """(train, scored) under `protocol`, scored on the held-out slice or on validation.
+
+    fresh_split:     on="fresh": the newest `holdout_fraction` by event time;
+                     on="validation": the newest `holdout_fraction` of the training part,
+                     which is then all that is trained on.
+    leave_last_out:  on="fresh": each user's last example (test);
+                     on="validation": each user's second to last. Training is the rest
+                     either way (never the test example), as RecBole does.
+    """
+    if on not in SCORE_ON:
+        raise ValueError(f"score on {on!r}: must be one of {SCORE_ON}")
+    if protocol == "fresh_split":
+        train, fresh = fresh_split(examples, holdout_fraction)
+        return fresh_split(train, holdout_fraction) if on == "validation" else (train, fresh)
+    if protocol == "leave_last_out":
+        train, valid, test = leave_last_out(examples)
+        return train, valid if on == "validation" else test
+    raise ValueError(f"protocol {protocol!r}: must be one of {PROTOCOLS}")
+
+
+def evenly_spaced(examples: Sequence[SftExample], n: int) -> list[SftExample]:
+    """At most `n` of `examples`, evenly spaced over the (time-ordered) list: every period
+    stays represented, and the choice is deterministic."""
+    if n < 1:
+        raise ValueError(f"n={n} must be >= 1")
+    if len(examples) <= n:
+        return list(examples)
+    idx = np.linspace(0, len(examples) - 1, n).round().astype(int)
+    return [examples[i] for i in idx]

@@ -16,13 +16,16 @@ from trainer.eval import (
     CooccurrenceBaseline,
     ModelRanker,
     PopularityBaseline,
+    SidGenerator,
     candidate_ids,
     evaluate,
+    evenly_spaced,
     fit_baselines,
     fresh_split,
     leave_last_out,
     ndcg_at_k,
     recall_at_k,
+    scoring_split,
 )
 from trainer.model import init_params
 from trainer.movielens_examples import movielens_examples
@@ -176,6 +179,41 @@ def test_leave_last_out_is_recbole_leave_one_out_per_user():
     assert leave_last_out(list(reversed(examples)))[2] == test
 
 
+def test_model_trains_only_on_examples_older_than_the_scored_ones():
+    examples = _stream()
+    for on in ("fresh", "validation"):
+        train, scored = scoring_split(examples, "fresh_split", on, 0.2)
+        assert train and scored
+        assert max(e.ts for e in train) < min(e.ts for e in scored)
+    train, fresh = scoring_split(examples, "fresh_split", "fresh", 0.2)
+    assert len(train) + len(fresh) == len(examples)
+    # validation: carved from the training part, never touching the fresh slice
+    v_train, valid = scoring_split(examples, "fresh_split", "validation", 0.2)
+    assert {e.event_id for e in v_train + valid} == {e.event_id for e in train}
+
+
+def test_leave_last_out_scores_on_test_or_validation_and_never_trains_on_either():
+    examples = _stream()
+    train, valid, test = leave_last_out(examples)
+    assert scoring_split(examples, "leave_last_out", "fresh") == (train, test)
+    assert scoring_split(examples, "leave_last_out", "validation") == (train, valid)
+
+
+def test_bad_eval_target_is_rejected():
+    with pytest.raises(ValueError, match="score on 'test'"):
+        scoring_split(_stream(), "fresh_split", "test")
+    with pytest.raises(ValueError, match="protocol"):
+        scoring_split(_stream(), "random", "fresh")
+
+
+def test_evenly_spaced_keeps_both_ends_and_the_order():
+    examples = [ex("u", ts, "v", eid=str(ts)) for ts in range(10)]
+    assert [e.ts for e in evenly_spaced(examples, 4)] == [0, 3, 6, 9]
+    assert evenly_spaced(examples, 20) == examples
+    with pytest.raises(ValueError):
+        evenly_spaced(examples, 0)
+
+
 # ---------------------------------------------------------------------------- model ranker
 
 LEVELS = (4, 3, 2)  # + a disambiguation slot (1 code + "none") -> slot sizes (4, 3, 2, 2)
@@ -251,9 +289,22 @@ def test_evaluate_reports_every_ranker_on_the_same_examples(model):
     report = evaluate(rankers, held, ks=(1, 5), candidates=cands, ndcg_ks=(3,))
     assert report["num_examples"] == 3 and report["num_skipped_no_sid"] == 1
     assert set(report["rankers"]) == {"popularity", "cooccurrence", "model", "model_free"}
-    for entry in report["rankers"].values():
-        assert 0.0 <= entry["recall@1"] <= entry["recall@5"] <= 1.0
-        assert 0.0 <= entry["ndcg@3"] <= entry["recall@5"]
+    # popularity by hand: training targets v0..v3 once each, so every list is v0 v1 v2 v3 v4
+    # v5; the scored targets v4, v5, v0 sit at ranks 5, 6 and 1
+    pop = report["rankers"]["popularity"]
+    assert (pop["recall@1"], pop["recall@5"], pop["ndcg@3"]) == pytest.approx((1 / 3, 2 / 3, 1 / 3))
+    scored = held[:3]
+    for name in ("cooccurrence", "model"):  # the report vs one ranking at a time
+        hits = [
+            ranking.index(e.target_video_id) if e.target_video_id in ranking else None
+            for e in scored
+            for ranking in [rankers[name].rank(e, 5)]
+        ]
+        entry = report["rankers"][name]
+        assert entry["recall@1"] == pytest.approx(sum(h == 0 for h in hits) / 3)
+        assert entry["recall@5"] == pytest.approx(sum(h is not None for h in hits) / 3)
+        gains = [1 / math.log2(h + 2) for h in hits if h is not None and h < 3]
+        assert entry["ndcg@3"] == pytest.approx(sum(gains) / 3)
     assert report["rankers"]["model"]["hallucination_rate"] == 0.0
     assert "hallucination_rate" not in report["rankers"]["popularity"]
     # 6 of 24 SIDs in the index and 4 free beams: the unconstrained search mostly misses
@@ -300,3 +351,42 @@ def test_movielens_ratings_become_time_ordered_examples_per_user():
     assert [h.video_id for h in out[2].history] == ["ml100k-m20", "ml100k-m30"]  # last 2
     assert out[2].history[-1].hours_since == pytest.approx(1800 / 3600)
     assert len(movielens_examples(ratings, cfg, history_len=2, min_history=0)) == 5
+
+
+class _Spy:
+    """Records the example ids a ranker is asked about, then delegates."""
+
+    def __init__(self, name, inner, seen):
+        self.name, self.inner, self.seen = name, inner, seen
+
+    def rank_many(self, examples, k):
+        self.seen[self.name] = [e.event_id for e in examples]
+        return self.inner.rank_many(examples, k)
+
+
+class _GeneratorSpy(_Spy):
+    def generate(self, examples):
+        self.seen[self.name] = [e.event_id for e in examples]
+        return self.inner.generate(examples)
+
+
+def test_every_ranker_is_scored_on_the_same_examples(model):
+    cfg, params, vocab, lookup, examples = model
+    cands = candidate_ids(lookup, vocab)
+    train, held = examples[:4], examples[4:] + [ex("late", 1, "no-sid-yet")]
+    rankers = {
+        **fit_baselines(train, cands, window=2),
+        "model": ModelRanker(cfg, params, vocab, lookup, beams=4, max_prompt_len=MAX_PROMPT),
+    }
+    seen: dict[str, list[str]] = {}
+    wrapped = {
+        name: (_GeneratorSpy if isinstance(r, SidGenerator) else _Spy)(name, r, seen)
+        for name, r in rankers.items()
+    }
+    report = evaluate(wrapped, held, candidates=cands)
+    assert set(seen) == {"popularity", "cooccurrence", "model"}
+    first = seen["popularity"]
+    assert first, "no example was scored"
+    assert all(ids == first for ids in seen.values())
+    assert report["num_examples"] == len(first)
+    assert "hallucination_rate" in report["rankers"]["model"]  # scored through generate()
