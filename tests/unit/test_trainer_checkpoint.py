@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from streams.contracts import schema
 from plum.checkpoints import CheckpointStore, NoCheckpointError
+from streams.contracts import schema
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import (
     CptConfig,
