@@ -305,7 +305,14 @@ def test_tiny_or_empty_corpora_still_give_unit_rows_of_full_width(texts):
 
 def test_fetch_is_skipped_when_files_exist(tmp_path):
     d = write_sample(tmp_path / "ml")
-    data_cli.fetch_movielens(d, script=tmp_path / "does-not-exist")  # must not run it
+    before = {f.name: f.read_bytes() for f in d.iterdir()}
+    ran = tmp_path / "fetch-ran"
+    script = tmp_path / "fetch"
+    script.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    script.chmod(0o755)
+    assert data_cli.fetch_movielens(d, script=script) is None
+    assert not ran.exists(), "the fetch script ran although the files were there"
+    assert {f.name: f.read_bytes() for f in d.iterdir()} == before
 
 
 def test_failed_fetch_reports_the_scripts_output(tmp_path):

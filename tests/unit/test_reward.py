@@ -1,7 +1,8 @@
-"""Reward and deterministic sampling (streams/reward.py)."""
+"""Reward and deterministic sampling (streams/flink/reward.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import subprocess
 import sys
@@ -44,17 +45,39 @@ def test_bad_weights_are_rejected(bad):
         RewardWeights(**bad)
 
 
-@given(clicked=st.booleans(), ratio=st.floats(0, 1.5), sat=st.one_of(st.none(), st.floats(0, 1)))
-def test_reward_is_within_zero_and_r_max(clicked, ratio, sat):
-    r = reward(clicked, ratio, sat, W)
-    assert 0.0 <= r <= W.max_reward()
-    assert 0.0 <= keep_probability(r, W.max_reward()) <= 1.0
+W2 = RewardWeights(click=0.7, ratio=2.0, satisfaction=1.5, ratio_cap=0.8, satisfaction_default=0.2)
+
+
+@given(
+    w=st.sampled_from([W, W2]),
+    clicked=st.booleans(),
+    ratio=st.floats(0, 1.5),
+    sat=st.one_of(st.none(), st.floats(0, 1)),
+)
+def test_reward_is_the_documented_sum_and_keep_probability_is_r_over_r_max(w, clicked, ratio, sat):
+    # the module docstring's formula, term by term, written out independently
+    click_term = w.click if clicked else 0.0
+    ratio_term = w.ratio * (ratio if ratio < w.ratio_cap else w.ratio_cap)
+    sat_term = w.satisfaction * (w.satisfaction_default if sat is None else sat)
+    r = reward(clicked, ratio, sat, w)
+    assert r == pytest.approx(click_term + ratio_term + sat_term)
+    r_max = w.click + w.ratio * w.ratio_cap + w.satisfaction
+    assert w.max_reward() == pytest.approx(r_max)
+    assert r <= r_max + 1e-12
+    assert keep_probability(r, r_max) == pytest.approx(r / r_max)
+
+
+def test_keep_probability_is_clipped_outside_zero_and_r_max():
+    assert keep_probability(3.0, 2.0) == 1.0
+    assert keep_probability(-1.0, 2.0) == 0.0
+    assert keep_probability(0.5, 2.0) == 0.25
 
 
 @given(st.text(min_size=1, max_size=40))
-def test_unit_hash_is_in_unit_interval_and_stable(event_id):
+def test_unit_hash_is_the_blake2b_prefix_over_2_to_64(event_id):
     u = unit_hash(event_id)
-    assert 0.0 <= u < 1.0
+    digest = hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).hexdigest()
+    assert u == int(digest, 16) / 2**64 and u < 1.0
     assert u == unit_hash(event_id)
     assert unit_hash(event_id, salt="x") != u or event_id == ""
 

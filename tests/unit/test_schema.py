@@ -156,7 +156,11 @@ def test_watch_time_up_to_one_and_a_half_durations_is_valid():
 
 
 def test_future_check_is_off_without_a_clock():
-    schema.decode_watch(raw(watch(ts=NOW + 10**9)))
+    far = raw(watch(ts=NOW + 10**9))  # 11.6 days ahead of NOW
+    assert schema.decode_watch(far).ts == NOW + 10**9
+    with pytest.raises(ValidationError) as err:  # the same record, with a clock
+        schema.decode_watch(far, LIMITS)
+    assert err.value.reason == schema.FUTURE_TIMESTAMP
 
 
 def test_dead_letter_keeps_raw_bytes_and_reason():
