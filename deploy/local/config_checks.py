@@ -33,6 +33,9 @@ from trainer.loop import SECTION as TRAINER_SECTION
 from trainer.loop import TrainerConfig
 
 DEMO_SECTION = "demo"
+# Sections of tools that run beside the stack, not in it: `plum bench` reads its own
+# ([bench_trainer_quality], ...), so the stack neither builds nor refuses them.
+TOOL_SECTION_PREFIXES = ("bench_",)
 
 # Every section a config file of this stack may hold, and the class that reads it
 # ([demo]'s class lives with the demo, which passes it in).
@@ -71,7 +74,11 @@ def check_stack(
     """Every section built and every check run: ConfigError (one line) at the first fault."""
     settings = Settings.load(path, env)
     sections = {**SECTIONS, DEMO_SECTION: demo_config}
-    unknown = sorted(set(settings.section_names) - set(sections))
+    unknown = sorted(
+        name
+        for name in settings.section_names
+        if name not in sections and not name.startswith(TOOL_SECTION_PREFIXES)
+    )
     if unknown:
         raise ConfigError(
             f"config {settings.path}: sections {unknown} are read by no component; "

@@ -224,6 +224,11 @@ def test_a_section_no_component_reads_is_refused(tmp_path):
     assert "['trainer_dat']" in message and "read by no component" in message
 
 
+def test_a_benchmark_section_is_left_to_the_benchmark(tmp_path):
+    path = write(tmp_path, "[bench_trainer_quality]\nevents = 1200\n")
+    assert check_stack(path, DemoConfig, env={}).section_names == ["bench_trainer_quality"]
+
+
 def test_a_bad_value_in_a_late_component_is_refused_before_the_stack_starts(tmp_path):
     message = refusal(write(tmp_path, "[trainer_data]\nfresh_fraction = 2.0\n"))
     assert "[trainer_data]" in message and "fresh_fraction=2.0" in message
