@@ -92,16 +92,26 @@ def test_valid_records_all_validate_and_bound_watch_time(faulty_run):
     _, records = faulty_run
     valid = [r for r in records if r.kind == VALID]
     assert len(valid) > 0.9 * len(records)
+    clicked = []
     for rec in valid:
-        event = decode(rec, FAULTY)
+        event = decode(rec, FAULTY)  # decoding enforces the contract's bounds
         assert schema.encode(event) == rec.value  # the contract's own encoding, byte for byte
         if isinstance(event, schema.WatchEvent):
-            assert 0 <= event.watch_time_s <= schema.MAX_WATCH_TO_DURATION * event.video_duration_s
-            assert event.satisfaction is None or 0.0 <= event.satisfaction <= 1.0
+            if event.clicked:
+                clicked.append(event)
+            else:  # an autoplay preview: under 5% of the video (+ rounding), never a survey
+                assert event.watch_time_s <= 0.05 * event.video_duration_s + 0.05
+                assert event.satisfaction is None
             assert rec.key == event.user_id.encode()
         else:
             assert rec.key == event.video_id.encode()
             assert {k: len(v) for k, v in event.embeddings.items()} == FAULTY.dims
+    # replays: some clicked watches run past the video's end (under the decoded bound)
+    assert any(e.watch_time_s > e.video_duration_s for e in clicked)
+    # a survey answer on satisfaction_fraction of clicked watches: Binomial, 5 sigma
+    p, n = FAULTY.satisfaction_fraction, len(clicked)
+    answered = sum(e.satisfaction is not None for e in clicked)
+    assert abs(answered / n - p) < 5 * (p * (1 - p) / n) ** 0.5, (answered, n)
 
 
 def test_faults_do_not_change_the_valid_records():
