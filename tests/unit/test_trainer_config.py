@@ -27,10 +27,15 @@ def test_toml_trainer_model_section_is_the_named_preset(file, preset):
     assert load_model_config(CONFIGS / file, env={}) == preset
 
 
-@pytest.mark.parametrize("file", ["test.toml", "demo.toml", "paper.toml"])
-def test_toml_trainer_vocab_section_loads(file):
+@pytest.mark.parametrize(
+    ("file", "text_vocab_size", "disambiguation_size"),
+    [("test.toml", 512, 256), ("demo.toml", 4096, 256), ("paper.toml", 32000, 64)],
+)
+def test_toml_trainer_vocab_section_loads_with_the_sid_range(
+    file, text_vocab_size, disambiguation_size
+):
     cfg = load_vocab_config(CONFIGS / file, env={})
-    assert isinstance(cfg, VocabConfig)
+    assert cfg == VocabConfig(text_vocab_size, 2, disambiguation_size)  # the range from [sid]
 
 
 def test_tiny_preset_uses_grouped_query_attention():
