@@ -1,5 +1,8 @@
 """`plum bench trainer`: examples/s, tokens/s and input-wait fraction of the real loop.
 
+The loop measured is the production one: `trainer.loop.ContinuousTrainer` run by
+`trainer_runtime` (plum.runtime), exactly as `plum trainer run` runs it.
+
 Against a private broker (free ports): N SFT examples (histories of `--history` items over
 a synthetic catalogue with SIDs in a real SID index) are produced first; an archive of
 earlier examples is filled by a first run with fresh_fraction 1; then the measured run
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -37,7 +41,7 @@ from tokenizer.index import SidIndex
 from trainer.config import VocabConfig, model_preset
 from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
 from trainer.data import DataConfig, index_lookup_source
-from trainer.loop import ContinuousTrainer, RunPaths, TrainerConfig
+from trainer.loop import ContinuousTrainer, RunPaths, TrainerConfig, trainer_runtime
 from trainer.model import init_params
 from trainer.prompt import SidLookup, collate, sft_sequence
 from trainer.step import Stepper, init_state, make_optimizer
@@ -181,7 +185,7 @@ def run(args: argparse.Namespace) -> Path:
             async_checkpoints=True,
         )
         paths = RunPaths(tmp / "run", tmp / "cpt")
-        trainer = ContinuousTrainer(
+        warm_trainer = ContinuousTrainer(
             cfg,
             dataclasses.replace(data_cfg, fresh_fraction=1.0),
             paths,
@@ -189,10 +193,12 @@ def run(args: argparse.Namespace) -> Path:
             topic,
             index_lookup_source(tmp / "index.sqlite"),
         )
-        trainer.run(threading.Event())
+        trainer_runtime(warm_trainer).run()
+        before = warm_trainer.counters  # the measured run resumes from its last checkpoint
+        step0 = int(warm_trainer.state.step)
         log.info("archive filled with %d examples", warm)
 
-        # phase 2: measured
+        # phase 2: measured, the production path: the trainer component on the runtime
         n = _produce(
             bootstrap,
             topic,
@@ -201,8 +207,6 @@ def run(args: argparse.Namespace) -> Path:
         trainer = ContinuousTrainer(
             cfg, data_cfg, paths, bootstrap, topic, index_lookup_source(tmp / "index.sqlite")
         )
-        before = dataclasses.replace(trainer.counters)
-        step0 = int(trainer.state.step)
         stop = threading.Event()
         done_at: list[float] = []
 
@@ -216,22 +220,27 @@ def run(args: argparse.Namespace) -> Path:
                 time.sleep(0.01)
 
         watcher = threading.Thread(target=stop_when_consumed, daemon=True)
-        t0 = time.monotonic()
         watcher.start()
-        counters = trainer.run(stop)
+        load_before = os.getloadavg()
+        result = trainer_runtime(trainer, stop).run()
         stop.set()
+        load_after = os.getloadavg()
+        # from the end of start() (restore, input set-up), as the old loop's clock started
+        # after its constructor restored; the first step's compile is inside the window
+        t0 = trainer.observer.started_at
         wall = (done_at[0] if done_at else time.monotonic()) - t0
-        m = trainer.metrics
+        counters = trainer.counters
         steps = int(trainer.state.step) - step0
         fresh = counters.fresh_trained - before.fresh_trained
         hist = counters.history_trained - before.history_trained
         tokens = counters.tokens - before.tokens
         input_tokens = counters.input_tokens - before.input_tokens
-        wait_fraction = m.value("plum_trainer_input_wait_fraction")
+        wait_fraction = trainer.metrics.value("plum_trainer_input_wait_fraction")
         log.info("baseline again after the loop (the machine's load may have changed)")
         baseline_after = _step_only(model_cfg, data_cfg, vocab, lookup, sample, args.baseline_steps)
         log.info("step only, after: %s", baseline_after)
     loop = {
+        "runtime_end": result.reason,
         "steps": steps,
         "seconds": round(wall, 3),
         "examples_per_s": round((fresh + hist) / wall, 1),
@@ -242,6 +251,9 @@ def run(args: argparse.Namespace) -> Path:
         "tokens_per_s": round(input_tokens / wall, 1),
         "input_wait_fraction": round(wait_fraction, 4),
         "model_tflops_per_s": round(6 * params_count * input_tokens / wall / 1e12, 4),
+        # other jobs share this machine: its load around the measured run
+        "load_average_1m_before": round(load_before[0], 2),
+        "load_average_1m_after": round(load_after[0], 2),
     }
     config = {
         "model": args.model,

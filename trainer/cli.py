@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from trainer.arguments import common_arguments, state_paths, trainer_config
@@ -103,7 +101,7 @@ def run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from streams.contracts.topics import TopicNames
     from trainer.data import index_lookup_source, load_data_config
-    from trainer.loop import ContinuousTrainer, RunPaths
+    from trainer.loop import ContinuousTrainer, MissingInputError, RunPaths, trainer_runtime
     from trainer.sharding import initialize_distributed
 
     initialize_distributed()
@@ -118,28 +116,20 @@ def run(argv: list[str]) -> int:
     index_path, cpt_dir, run_dir = state_paths(cfg)
     data_cfg = load_data_config(args.config)
     topic = TopicNames.with_prefix(cfg.topic_prefix).sft_examples
-    try:
-        trainer = ContinuousTrainer(
-            cfg,
-            data_cfg,
-            RunPaths(run_dir, cpt_dir),
-            cfg.bootstrap,
-            topic,
-            index_lookup_source(index_path),
-        )
-    except FileNotFoundError as err:  # no CPT checkpoint / no SID index: say which
+    trainer = ContinuousTrainer(
+        cfg,
+        data_cfg,
+        RunPaths(run_dir, cpt_dir),
+        cfg.bootstrap,
+        topic,
+        index_lookup_source(index_path),
+    )
+    try:  # SIGTERM/SIGINT: the runtime finishes the step, checkpoints and returns
+        trainer_runtime(trainer).run()
+    except MissingInputError as err:  # no CPT checkpoint / no SID index: say which
         print(f"plum trainer run: {err} (run `plum trainer cpt` first?)", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def _stop(signum, _frame):
-        log.info("signal %d: finishing the step, checkpointing, exiting", signum)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _stop)
-    counters = trainer.run(stop)
-    print(json.dumps(counters.to_dict()))
+    print(json.dumps(trainer.counters.to_dict()))
     return 0
 
 

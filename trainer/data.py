@@ -208,6 +208,11 @@ class MixedBatch:
         """Rows with a real example; the rest are zero-weight padding."""
         return self.n_fresh + self.n_history
 
+    @property
+    def has_fresh_input(self) -> bool:
+        """Whether Kafka delivered anything for this batch (a record, trainable or not)."""
+        return bool(self.fresh_records or self.n_malformed)
+
 
 @dataclass
 class DataStats:
@@ -312,6 +317,7 @@ class TrainingData:
         self._last_fresh_at = time.monotonic()
         self._idle = False
         self._queue: queue.Queue[MixedBatch | _Failure] = queue.Queue(config.prefetch_batches)
+        self.waited_s = 0.0  # total time next_batch blocked (a batch or not): input wait
         self._stop = threading.Event()
         self._failure: BaseException | None = None
         self._closed = False
@@ -332,6 +338,8 @@ class TrainingData:
             item = self._queue.get(timeout=timeout_s)
         except queue.Empty:
             return None
+        finally:
+            self.waited_s += time.monotonic() - t0
         if isinstance(item, _Failure):
             self._failure = item.exc
             raise item.exc

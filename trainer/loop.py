@@ -2,17 +2,18 @@
 
     plum trainer run --cpt state/cpt --run-dir state/trainer
 
-The loop, top to bottom:
+`ContinuousTrainer` is a `plum.runtime.Component`; the runtime (`trainer_runtime`) owns
+the loop, SIGTERM (finish the step, checkpoint, exit 0), idle-exit, /metrics and the
+progress line. The component, top to bottom:
 
-    state, position = restore the newest checkpoint, or the CPT params + a fresh optimizer
-    archive.truncate_after(step)                 # examples after it will be re-consumed
-    data = TrainingData(start=position)          # Kafka seeks to the saved offsets
-    while not stopped:
-        batch = data.next_batch()                # fresh_fraction from Kafka, rest history
-        state = train_step(state, batch)         # constant LR, weighted by reward
-        archive.append(batch.fresh_records)
-        every N steps / M seconds / on SIGTERM:
-            archive.flush(step); checkpoints.save(step, state, position of this batch)
+    start:      state, position = the newest checkpoint, or the CPT params + a fresh optimizer
+                archive.truncate_after(step)          # examples after it will be re-consumed
+                data = TrainingData(start=position)   # Kafka seeks to the saved offsets
+    step:       batch = data.next_batch()             # fresh_fraction from Kafka, rest history
+                state = train_step(state, batch)      # constant LR, weighted by reward
+                archive.append(batch.fresh_records)
+                every N steps / M seconds: checkpoint
+    checkpoint: archive.flush(step); checkpoints.save(step, state, position of this batch)
 
 The position saved is that of the last TRAINED batch (not of what the input thread has
 read ahead), and the archive is flushed before the checkpoint that covers it, so a
@@ -22,7 +23,8 @@ Counters in the checkpoint (fresh records, an order-free digest of their event i
 make that checkable from outside.
 
 The machinery lives beside the loop: trainer/data.py (input), trainer/step.py (the
-jitted step), trainer/sharding.py (mesh), plum/checkpoints.py (orbax).
+jitted step), trainer/sharding.py (mesh), trainer/observe.py (gauges, consumer lag,
+progress text), plum/checkpoints.py (orbax).
 """
 
 from __future__ import annotations
@@ -41,14 +43,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from monitoring.metrics import Metrics, serve_metrics
+from monitoring.metrics import Metrics
 from plum.checkpoints import CheckpointStore
 from plum.config import DEFAULT_KAFKA_BOOTSTRAP, load_section
+from plum.runtime import Runtime, RuntimeConfig, Step
+from streams.kafka.source import TopicEnds
 from trainer.archive import HistoryArchive
 from trainer.config import ModelConfig
 from trainer.data import DataConfig, DataPosition, MixedBatch, TrainingData
 from trainer.model import init_params
-from trainer.prompt import SidLookup
+from trainer.observe import TrainerObserver
+from trainer.prompt import Batch, SidLookup
 from trainer.sharding import batch_sharding, make_mesh, mesh_size, state_shardings
 from trainer.step import OptimizerConfig, Stepper, TrainState, init_state, make_optimizer
 from trainer.vocab import Vocab
@@ -184,8 +189,14 @@ def _model_config(meta: dict[str, Any]) -> ModelConfig:
     return ModelConfig.from_dict(meta["model_config"])
 
 
+class MissingInputError(FileNotFoundError):
+    """Nothing to start from: no CPT checkpoint (and no run checkpoint), or no SID index."""
+
+
 class ContinuousTrainer:
-    """Owns the model state, the data pipeline and the checkpoints of one training run."""
+    """Owns the model state, the data pipeline and the checkpoints of one training run.
+
+    A `plum.runtime.Component`: `trainer_runtime(trainer).run()` runs it."""
 
     def __init__(
         self,
@@ -198,7 +209,6 @@ class ContinuousTrainer:
         devices: list | None = None,
     ) -> None:
         self.cfg, self.data_cfg, self.paths = cfg, data_cfg, paths
-        self.store = CheckpointStore(paths.run_dir, cfg.max_to_keep, cfg.async_checkpoints)
         self.mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp, devices)
         if data_cfg.batch_size % mesh_size(self.mesh):
             raise ValueError(
@@ -207,33 +217,123 @@ class ContinuousTrainer:
             )
         self.tx = make_optimizer(cfg.optimizer())
         self.metrics = Metrics.for_component("trainer")
+        self.observer = TrainerObserver(
+            self.metrics, TopicEnds(bootstrap, topic, "plum-trainer-lag"), cfg.log_every_s
+        )
         self.counters = Counters()
         self.position: DataPosition | None = None
-        self.state, self.model_cfg, self.vocab = self._restore_or_start()
-        shard = lambda tree: state_shardings(tree, self.mesh)  # noqa: E731
-        # the jitted step takes the state only in the mesh's layout
-        self.state = jax.device_put(self.state, shard(self.state))
-        self.stepper = Stepper(
-            self.model_cfg, self.tx, shard(self.state), batch_sharding(self.mesh)
-        )
-        self.archive = HistoryArchive(paths.archive)
-        self.archive.truncate_after(int(self.state.step))
-        self.data = TrainingData(
-            data_cfg,
-            self.vocab,
-            lookup_source,
-            bootstrap=bootstrap,
-            topic=topic,
-            archive_dir=paths.archive,
-            start=self.position,
-        )
         self.sid_version: str | None = None
-        self._bootstrap, self._topic = bootstrap, topic
-        self._lag_consumer = None
+        self.state: TrainState | None = None
+        self.data: TrainingData | None = None
+        self.store: CheckpointStore | None = None
+        self._bootstrap, self._topic, self._lookup_source = bootstrap, topic, lookup_source
+        self._step0 = 0  # the step restored at start
+        self._last_ckpt = time.monotonic()
+
+    # ---- the component
+    def start(self) -> None:
+        """Restore the newest checkpoint (or start from CPT), then open the input."""
+        shard = lambda tree: state_shardings(tree, self.mesh)  # noqa: E731
+        cfg = self.cfg
+        self.store = CheckpointStore(self.paths.run_dir, cfg.max_to_keep, cfg.async_checkpoints)
+        try:
+            state, self.model_cfg, self.vocab = self._restore_or_start(shard)
+            # the jitted step takes the state only in the mesh's layout
+            self.state = jax.device_put(state, shard(state))
+            self.stepper = Stepper(
+                self.model_cfg, self.tx, shard(self.state), batch_sharding(self.mesh)
+            )
+            self.archive = HistoryArchive(self.paths.archive)
+            self.archive.truncate_after(int(self.state.step))
+            self.data = TrainingData(
+                self.data_cfg,
+                self.vocab,
+                self._lookup_source,
+                bootstrap=self._bootstrap,
+                topic=self._topic,
+                archive_dir=self.paths.archive,
+                start=self.position,
+            )
+        except FileNotFoundError as err:
+            raise MissingInputError(str(err)) from err
+        self._step0 = int(self.state.step)
+        self._last_ckpt = time.monotonic()
+        self.observer.start()
+
+    def step(self, stop: threading.Event) -> Step:
+        """fetch batch -> train step -> maybe checkpoint."""
+        if self.finished():
+            return Step(finished=True)
+        mb = self.data.next_batch(timeout_s=1.0)
+        if mb is None:
+            return Step(active=False)
+        tokens = self._train(mb.batch) if mb.n_rows else 0  # zero rows: only the position moves
+        self._account(mb, tokens)
+        if self._checkpoint_due():
+            self.save()
+        return Step(done=mb.n_rows, active=mb.has_fresh_input, finished=self.finished())
+
+    def checkpoint(self) -> None:
+        self.save()
+        self.store.wait()
+
+    def close(self) -> None:
+        try:
+            if self.data is not None:
+                self.data.close()
+        finally:
+            if self.store is not None:
+                self.store.close()
+            self.observer.close()
+
+    def describe(self) -> str:
+        return self.observer.describe()
+
+    def finished(self) -> bool:
+        """max_steps reached (never, when max_steps is 0)."""
+        return bool(self.cfg.max_steps) and int(self.state.step) >= self.cfg.max_steps
+
+    def fraction_done(self) -> float | None:
+        """For the progress line's ETA: how far a bounded run (max_steps) is since start."""
+        if not self.cfg.max_steps or self.state is None:
+            return None
+        todo = self.cfg.max_steps - self._step0
+        return 1.0 if todo <= 0 else (int(self.state.step) - self._step0) / todo
+
+    # ---- one step's parts
+    def _train(self, batch: Batch) -> int:
+        t0 = time.monotonic()
+        self.state, sm = self.stepper.train(self.state, batch)
+        loss, tokens = float(sm.loss), int(sm.tokens)  # blocks: step done
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {int(self.state.step)}")
+        self.observer.step(time.monotonic() - t0, loss)
+        return tokens
+
+    def _account(self, mb: MixedBatch, tokens: int) -> None:
+        """What the next checkpoint saves: the archive, counters and position after `mb`."""
+        self.archive.append(mb.fresh_records)
+        self.counters.add(mb, tokens)
+        self.position = mb.position
+        self.sid_version = mb.sid_version
+        self.observer.batch(
+            mb,
+            tokens,
+            int(self.state.step),
+            self.counters,
+            self.data.waited_s,
+            self.position.fresh_offsets,
+        )
+
+    def _checkpoint_due(self) -> bool:
+        step = int(self.state.step)
+        return (
+            step % self.cfg.checkpoint_every_steps == 0
+            or time.monotonic() - self._last_ckpt >= self.cfg.checkpoint_every_s
+        )
 
     # ---- start / resume
-    def _restore_or_start(self) -> tuple[TrainState, ModelConfig, Vocab]:
-        shard = lambda tree: state_shardings(tree, self.mesh)  # noqa: E731
+    def _restore_or_start(self, shard) -> tuple[TrainState, ModelConfig, Vocab]:
         if self.store.latest_step() is not None:
             step, state, meta = self.store.restore_latest(
                 lambda m: _abstract(
@@ -289,140 +389,34 @@ class ContinuousTrainer:
         }
 
     def save(self) -> int:
+        """Flush the archive, then save state + position (async); a step is saved once."""
+        self._last_ckpt = time.monotonic()
         step = int(self.state.step)
         if self.position is None or step in self.store.steps():
             return step
         self.archive.flush(step)
         self.position = self.position.with_archive_step(step)
         self.store.save(step, self.state, self._meta())
-        self.metrics.gauge("plum_trainer_last_checkpoint_ts").set(time.time() * 1000)
+        self.observer.checkpoint_saved()
         log.info("checkpoint %d saved (offsets %s)", step, self.position.fresh_offsets)
         return step
 
-    # ---- the loop
-    def run(self, stop: threading.Event) -> Counters:
-        cfg = self.cfg
-        server = serve_metrics(self.metrics, cfg.metrics_port) if cfg.metrics_port else None
-        m = self.metrics
-        started = last_log = last_ckpt = time.monotonic()
-        waited = 0.0
-        quiet_since: float | None = None
-        steps_at_log, examples_at_log = int(self.state.step), 0
-        examples_run = 0
-        try:
-            while not stop.is_set():
-                if cfg.max_steps and int(self.state.step) >= cfg.max_steps:
-                    break
-                t0 = time.monotonic()
-                mb = self.data.next_batch(timeout_s=1.0)
-                waited += time.monotonic() - t0
-                fresh_input = mb is not None and bool(mb.fresh_records or mb.n_malformed)
-                if fresh_input:
-                    quiet_since = None
-                else:
-                    quiet_since = quiet_since or time.monotonic()
-                    if cfg.idle_exit_s and time.monotonic() - quiet_since >= cfg.idle_exit_s:
-                        log.info("no input for %.1f s: stopping (idle_exit_s)", cfg.idle_exit_s)
-                        break
-                if mb is None:
-                    continue
-                t1 = time.monotonic()
-                if mb.n_rows:
-                    self.state, sm = self.stepper.train(self.state, mb.batch)
-                    loss, tokens = float(sm.loss), int(sm.tokens)  # blocks: step done
-                    if not np.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss} at step {int(self.state.step)}")
-                    m.histogram("plum_trainer_step_seconds").observe(time.monotonic() - t1)
-                    m.gauge("plum_trainer_loss").set(loss)
-                else:  # only skipped records or markers: no step, but the position moves on
-                    tokens = 0
-                self.archive.append(mb.fresh_records)
-                self.counters.add(mb, tokens)
-                self.position = mb.position
-                examples_run += mb.n_fresh + mb.n_history
-                self._observe(mb, tokens)
-                m.gauge("plum_trainer_input_wait_fraction").set(
-                    waited / max(time.monotonic() - started, 1e-9)
-                )
-                now = time.monotonic()
-                step = int(self.state.step)
-                if (
-                    step % cfg.checkpoint_every_steps == 0
-                    or now - last_ckpt >= cfg.checkpoint_every_s
-                ):
-                    self.save()
-                    last_ckpt = now
-                if now - last_log >= cfg.log_every_s:
-                    self._update_lag()
-                    rate = (examples_run - examples_at_log) / (now - last_log)
-                    log.info(
-                        "step %d loss %.4f | %.1f examples/s, %.1f steps/s | input wait %.1f%% "
-                        "| fresh %d history %d skipped %d | sid %s",
-                        step,
-                        m.value("plum_trainer_loss"),
-                        rate,
-                        (step - steps_at_log) / (now - last_log),
-                        100 * waited / (now - started),
-                        self.counters.fresh_trained,
-                        self.counters.history_trained,
-                        self.counters.skipped_unknown,
-                        mb.sid_version,
-                    )
-                    last_log, steps_at_log, examples_at_log = now, step, examples_run
-            self.save()
-            self.store.wait()
-            return self.counters
-        finally:
-            self.data.close()
-            self.store.close()
-            if self._lag_consumer is not None:
-                self._lag_consumer.close()
-            if server:
-                server.close()
 
-    def _update_lag(self) -> None:
-        """plum_trainer_consumer_lag: records of the topic not yet trained on, per partition
-        (end offsets from a separate read_committed client: the input thread owns its own)."""
-        from kafka import KafkaConsumer, TopicPartition
-
-        if self.position is None:
-            return
-        try:
-            if self._lag_consumer is None:
-                self._lag_consumer = KafkaConsumer(
-                    bootstrap_servers=self._bootstrap,
-                    enable_auto_commit=False,
-                    isolation_level="read_committed",
-                    client_id="plum-trainer-lag",
-                )
-            offsets = self.position.fresh_offsets
-            tps = [TopicPartition(self._topic, p) for p in offsets]
-            ends = self._lag_consumer.end_offsets(tps)
-        except Exception as err:  # noqa: BLE001 - a metric must not stop training
-            log.warning("consumer lag not updated: %s", err)
-            return
-        gauge = self.metrics.gauge("plum_trainer_consumer_lag")
-        for tp, end in ends.items():
-            gauge.labels(partition=str(tp.partition)).set(max(0, end - offsets[tp.partition]))
-
-    def _observe(self, mb: MixedBatch, tokens: int) -> None:
-        m = self.metrics
-        m.gauge("plum_trainer_step").set(int(self.state.step))
-        m.counter("plum_trainer_examples_total").labels(source="fresh").inc(mb.n_fresh)
-        m.counter("plum_trainer_examples_total").labels(source="history").inc(mb.n_history)
-        skipped = m.counter("plum_trainer_examples_skipped_total")
-        skipped.labels(reason="unknown_target").inc(mb.n_skipped_unknown)
-        skipped.labels(reason="malformed").inc(mb.n_malformed)
-        m.counter("plum_trainer_tokens_total").inc(tokens)
-        c = self.counters
-        trained = c.fresh_trained + c.history_trained
-        m.gauge("plum_trainer_fresh_fraction").set(c.fresh_trained / trained if trained else 0.0)
-        if c.newest_event_ts:
-            m.gauge("plum_trainer_newest_event_ts").set(c.newest_event_ts)
-        if mb.sid_version != self.sid_version:
-            if self.sid_version is not None:
-                m.gauge("plum_trainer_sid_version_info").labels(version=self.sid_version).set(0)
-                log.info("SID index switched %s -> %s", self.sid_version, mb.sid_version)
-            self.sid_version = mb.sid_version
-            if mb.sid_version is not None:
-                m.gauge("plum_trainer_sid_version_info").labels(version=mb.sid_version).set(1)
+def trainer_runtime(trainer: ContinuousTrainer, stop: threading.Event | None = None) -> Runtime:
+    """The runtime that runs `trainer` as `plum trainer run` does: /metrics on
+    cfg.metrics_port (0 = none), a progress line every log_every_s, idle-exit after
+    idle_exit_s without Kafka input (0 = never)."""
+    cfg = trainer.cfg
+    return Runtime(
+        trainer,
+        RuntimeConfig(
+            name="trainer",
+            unit="examples",
+            metrics_port=cfg.metrics_port or None,
+            progress_every_s=cfg.log_every_s,
+            idle_exit_s=cfg.idle_exit_s,
+        ),
+        registry=trainer.metrics.registry,
+        stop=stop,
+        fraction=trainer.fraction_done,
+    )

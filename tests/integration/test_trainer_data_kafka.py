@@ -9,8 +9,10 @@ from collections import Counter
 import pytest
 from kafka import TopicPartition
 
+from plum.batch_cycle import Record
 from streams.contracts import schema
 from streams.kafka.clients import make_consumer, make_producer
+from streams.kafka.source import TopicEnds, TopicSource
 from tests.trainer_data_support import archive_records, example, lookup, tiny_vocab
 from trainer.archive import HistoryArchive
 from trainer.data import DataConfig, DataPosition, MixedBatch, TrainingData
@@ -49,8 +51,9 @@ def produce(bootstrap: str, topic: str, examples, abort=()) -> None:
     producer.close()
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = make_consumer(bootstrap)
+def end_offsets(bootstrap: str, topic: str, **kw) -> dict[int, int]:
+    """kafka-python's end offsets (read_committed unless `isolation_level` says otherwise)."""
+    consumer = make_consumer(bootstrap, **kw)
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         return {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
@@ -161,3 +164,95 @@ def test_a_saved_position_wins_over_start_from(vocab, kafka_bootstrap, topics, t
     ) as data:
         batches = read_until(data, at_end(ends))
     assert len(ids_of(batches)) == 12
+
+
+# ---------------------------------------------------------------- the Kafka source itself
+
+
+def open_transaction(bootstrap: str, topic: str, examples):
+    """A producer with `examples` sent in a transaction left open (the caller ends it)."""
+    producer = make_producer(bootstrap, transactional_id=f"open-{topic}-{time.monotonic_ns()}")
+    producer.init_transactions()
+    producer.begin_transaction()
+    for ex in examples:
+        producer.send(topic, key=ex.user_id.encode(), value=schema.encode(ex))
+    producer.flush()
+    return producer
+
+
+def read_to(source: TopicSource, ends: dict[int, int], timeout_s: float = 15.0) -> list:
+    got = []
+    deadline = time.monotonic() + timeout_s
+    while source.position() != ends:
+        if time.monotonic() > deadline:
+            pytest.fail(f"position {source.position()} never reached {ends}; read {len(got)}")
+        got.extend(source.take(50, 0.2))
+    return got
+
+
+def test_a_topic_that_ends_in_an_aborted_transaction_is_read_to_its_end(kafka_bootstrap, topics):
+    """librdkafka's position steps over the abort marker and the aborted records even when
+    no record follows them: the position reaches kafka-python's read_committed end."""
+    topic = topics.sft_examples
+    produce(kafka_bootstrap, topic, [example(i) for i in range(30)])
+    producer = open_transaction(kafka_bootstrap, topic, [example(100 + i) for i in range(20)])
+    producer.abort_transaction()
+    producer.close()
+    ends = end_offsets(kafka_bootstrap, topic)
+    source = TopicSource(kafka_bootstrap, topic)
+    try:
+        records = read_to(source, ends)
+        assert source.position() == ends and source.take(10, 0.3) == []
+    finally:
+        source.close()
+    assert sorted(schema.decode_sft_example(r.value).event_id for r in records) == sorted(
+        f"e{i}" for i in range(30)
+    )
+    assert all(isinstance(r, Record) and r.topic == topic for r in records)
+
+
+def test_positions_are_exact_for_what_was_handed_out(kafka_bootstrap, topics):
+    """Records polled but not taken stay in the position: a source opened at another
+    source's position continues with exactly the records the first did not hand out."""
+    topic = topics.sft_examples
+    produce(kafka_bootstrap, topic, [example(i) for i in range(60)], abort=[example(900)])
+    ends = end_offsets(kafka_bootstrap, topic)
+    first = TopicSource(kafka_bootstrap, topic)
+    try:
+        taken: list = []
+        deadline = time.monotonic() + 15
+        while len(taken) < 25:
+            assert time.monotonic() < deadline, f"only {len(taken)} records in 15 s"
+            taken.extend(first.take(25 - len(taken), 0.2))
+        position = first.position()
+    finally:
+        first.close()
+    assert sum(position.values()) < sum(ends.values())
+    second = TopicSource(kafka_bootstrap, topic, start=position)
+    try:
+        rest = read_to(second, ends)
+    finally:
+        second.close()
+    ids = [schema.decode_sft_example(r.value).event_id for r in taken + rest]
+    assert Counter(ids) == Counter(f"e{i}" for i in range(60))
+
+
+def test_topic_ends_are_the_last_stable_offsets(kafka_bootstrap, topics):
+    """TopicEnds (librdkafka) agrees with kafka-python's read_committed end offsets, also
+    while a transaction is open (its records are not counted as lag yet)."""
+    topic = topics.sft_examples
+    produce(kafka_bootstrap, topic, [example(i) for i in range(20)])
+    producer = open_transaction(kafka_bootstrap, topic, [example(100 + i) for i in range(10)])
+    ends = TopicEnds(kafka_bootstrap, topic)
+    try:
+        open_ends = end_offsets(kafka_bootstrap, topic)
+        assert ends(sorted(open_ends)) == open_ends
+        log_ends = end_offsets(kafka_bootstrap, topic, isolation_level="read_uncommitted")
+        assert sum(log_ends.values()) >= sum(open_ends.values()) + 10  # the open records
+        producer.commit_transaction()
+        committed = end_offsets(kafka_bootstrap, topic)
+        assert ends(sorted(committed)) == committed
+        assert sum(committed.values()) > sum(log_ends.values())  # + the commit markers
+    finally:
+        producer.close()
+        ends.close()

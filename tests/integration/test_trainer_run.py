@@ -15,19 +15,30 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from monitoring.metrics import CATALOGUE
 from plum.checkpoints import CheckpointStore
 from streams.contracts import schema
+from streams.kafka.broker import free_port
 from streams.kafka.clients import make_producer
 from tokenizer.index import SidIndex
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
-from trainer.loop import event_digest
+from trainer.data import index_lookup_source, load_data_config
+from trainer.loop import (
+    ContinuousTrainer,
+    RunPaths,
+    event_digest,
+    load_trainer_config,
+    trainer_runtime,
+)
 from trainer.prompt import SidLookup
 
 pytestmark = pytest.mark.integration
@@ -159,6 +170,25 @@ def _wait_for_checkpoint(run_dir: Path, min_step: int, proc, timeout_s: float = 
     raise AssertionError(f"no checkpoint >= {min_step} under {ckpts} after {timeout_s} s")
 
 
+TRAINER_METRICS = {m.name for m in CATALOGUE if m.component == "trainer"}
+
+
+def _scrape_until_complete(port: int, names: set[str], timeout_s: float = 60) -> list:
+    """(name, value) samples of http://127.0.0.1:port/metrics once every name is there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        families = [fam for fam in text_string_to_metric_families(text) if fam.samples]
+        present = {fam.name for fam in families}  # a counter's family name has no _total
+        missing = {n for n in names if n not in present and n.removesuffix("_total") not in present}
+        if not missing:
+            return [(s.name, s.value) for fam in families for s in fam.samples]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/metrics lacks {sorted(missing)} after {timeout_s} s")
+        time.sleep(0.2)
+
+
 def test_kill_9_and_restart_trains_every_example_exactly_once(
     run_setup, topics, topic_prefix, kafka_bootstrap
 ):
@@ -221,12 +251,16 @@ def test_sigterm_checkpoints_and_exits_zero_and_the_checkpoint_evaluates(
 ):
     config, index_path, tmp_path = run_setup
     _produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in _examples(0, 40)])
-    cmd = _run_cmd(config, kafka_bootstrap, topic_prefix, index_path, tmp_path)
+    port = free_port()
+    cmd = _run_cmd(
+        config, kafka_bootstrap, topic_prefix, index_path, tmp_path, "--metrics-port", str(port)
+    )
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         _wait_for_checkpoint(tmp_path / "run", 3, proc)
+        scraped = _scrape_until_complete(port, TRAINER_METRICS)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -238,6 +272,9 @@ def test_sigterm_checkpoints_and_exits_zero_and_the_checkpoint_evaluates(
     meta = store.restore_meta(store.latest_step())
     store.close()
     assert meta["counters"]["fresh_records"] == counters["fresh_records"] > 0
+    # 40 examples on the topic, all read by the time of the scrape or not: lag <= 40
+    lags = [v for name, v in scraped if name == "plum_trainer_consumer_lag"]
+    assert lags and all(0 <= v <= 40 for v in lags)
 
     report_path = tmp_path / "eval.json"
     proc = subprocess.run(
@@ -257,6 +294,37 @@ def test_sigterm_checkpoints_and_exits_zero_and_the_checkpoint_evaluates(
     # 5 beams rank at most 5 videos: nothing more is found by rank 10 than by rank 5
     assert report["rankers"]["model"]["recall@10"] == report["rankers"]["model"]["recall@5"]
     assert report["rankers"]["model"]["hallucination_rate"] == 0.0
+
+
+def test_max_steps_ends_the_run_with_a_checkpoint_at_that_step(run_setup, topics, kafka_bootstrap):
+    """In process, on the runtime: the run is "finished" at max_steps and the runtime's
+    final checkpoint (not the every-3-steps one) holds step 2; a restart trains no more."""
+    config, index_path, tmp_path = run_setup
+    _produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in _examples(0, 40)])
+    cfg = load_trainer_config(config, env={}, bootstrap=kafka_bootstrap, max_steps=2)
+    paths = RunPaths(tmp_path / "run", tmp_path / "cpt")
+
+    def trainer() -> ContinuousTrainer:
+        return ContinuousTrainer(
+            cfg,
+            load_data_config(config, env={}),
+            paths,
+            kafka_bootstrap,
+            topics.sft_examples,
+            index_lookup_source(index_path),
+        )
+
+    first = trainer()
+    assert trainer_runtime(first).run().reason == "finished"
+    again = trainer()
+    result = trainer_runtime(again).run()
+    assert (result.reason, result.done, int(again.state.step)) == ("finished", 0, 2)
+    store = CheckpointStore(tmp_path / "run", async_save=False)
+    meta = store.restore_meta(store.latest_step())
+    assert store.steps() == [2]
+    store.close()
+    assert meta["counters"]["fresh_trained"] == 2 * 4 == first.counters.fresh_trained
+    assert sum(meta["position"]["fresh_offsets"].values()) == 8
 
 
 def test_cpt_cli_reads_uploads_and_watches_from_kafka(
