@@ -212,6 +212,11 @@ class BatchCycle:
                     cfg.batch_size - len(records), min(remaining_s, cfg.poll_timeout_ms / 1000)
                 )
             )
+            flight = self._in_flight
+            if flight is not None and flight.thread is not None and not flight.thread.is_alive():
+                # Its transaction ended during this poll: commit local state now rather
+                # than when the poll window closes (the index and metrics catch up sooner).
+                self._finish()
         return records
 
     def _finish(self) -> None:

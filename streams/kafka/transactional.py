@@ -14,12 +14,16 @@ with ONE transaction: its output records, then the group's next offsets
 (`send_offsets_to_transaction` with the consumer's group metadata), then commit. A failed
 transaction is aborted and the error re-raised: the service stops, and its restart reads
 the batch again from the last committed offsets.
+
+`TransactionalProducer` is the librdkafka producer side on its own, for writers that
+publish in transactions without consuming (the SID reindex).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from plum.batch_cycle import NextOffsets, Output, Record, TransactionalIO
 
@@ -50,16 +54,20 @@ def open_io(
     raise ValueError(f"kafka_client={client!r}; expected one of {KAFKA_CLIENTS}")
 
 
-class ConfluentIO:
-    def __init__(
-        self,
-        bootstrap: str,
-        topics: Sequence[str],
-        group_id: str,
-        transactional_id: str,
-        client_id: str,
-    ):
-        from confluent_kafka import Consumer, Producer
+class TransactionalProducer:
+    """A librdkafka producer that writes only in transactions (idempotent, acks=all).
+
+    Creating one fences every earlier producer of the same `transactional_id` (a zombie of
+    a restarted service) and aborts the transaction it left open, so its records never
+    become visible to `read_committed` readers.
+
+        with producer.transaction():
+            producer.send(topic, key, value)
+            producer.send_offsets(next_offsets, consumer_group_metadata)  # optional
+    """
+
+    def __init__(self, bootstrap: str, transactional_id: str, client_id: str = "plum-producer"):
+        from confluent_kafka import Producer
 
         self._producer = Producer(
             {
@@ -73,7 +81,73 @@ class ConfluentIO:
             }
         )
         self._producer.init_transactions(TRANSACTION_TIMEOUT_S)
-        self._consumer = Consumer(
+
+    def begin(self) -> None:
+        self._producer.begin_transaction()
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self.send_all([(topic, key, value)])
+
+    def send_all(self, outputs: Sequence[Output]) -> None:
+        produce = self._producer.produce
+        for topic, key, value in outputs:
+            try:
+                produce(topic, value, key)
+            except BufferError:  # local queue full: let it drain, then retry once
+                self._producer.poll(1.0)
+                produce(topic, value, key)
+
+    def send_offsets(self, next_offsets: NextOffsets, group_metadata: object) -> None:
+        """Commit a consumer group's `next_offsets` with this transaction."""
+        from confluent_kafka import TopicPartition
+
+        self._producer.send_offsets_to_transaction(
+            [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+            group_metadata,
+            TRANSACTION_TIMEOUT_S,
+        )
+
+    def flush(self, timeout_s: float = TRANSACTION_TIMEOUT_S) -> int:
+        """Deliver what was sent so far (still uncommitted); returns the records left."""
+        return self._producer.flush(timeout_s)
+
+    def commit(self) -> None:
+        # Flushes every record sent; fails if any one of them failed.
+        self._producer.commit_transaction(TRANSACTION_TIMEOUT_S)
+
+    def abort(self) -> None:
+        _abort(self._producer)
+
+    @contextmanager
+    def transaction(self) -> Iterator[TransactionalProducer]:
+        """Commit what is sent inside, or abort on any exception (and re-raise it)."""
+        self.begin()
+        try:
+            yield self
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
+
+    def close(self) -> None:
+        # close(), not just flush(): the handle (its threads, its connections) must go now,
+        # not whenever the collector gets to it. An open transaction is aborted.
+        self._producer.close()
+
+
+class ConfluentIO:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        transactional_id: str,
+        client_id: str,
+    ):
+        from confluent_kafka import Consumer
+
+        self.producer = TransactionalProducer(bootstrap, transactional_id, client_id)
+        self.consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
                 "client.id": client_id,
@@ -86,7 +160,7 @@ class ConfluentIO:
             }
         )
         self._assigned = False
-        self._consumer.subscribe(list(topics), on_assign=self._on_assign)
+        self.consumer.subscribe(list(topics), on_assign=self._on_assign)
 
     def _on_assign(self, consumer, partitions) -> None:
         self._assigned = True
@@ -103,7 +177,7 @@ class ConfluentIO:
         from confluent_kafka import KafkaException
 
         out: list[Record] = []
-        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout_s):
+        for msg in self.consumer.consume(num_messages=max_records, timeout=timeout_s):
             err = msg.error()
             if err is not None:
                 if err.fatal():
@@ -123,33 +197,16 @@ class ConfluentIO:
         return out
 
     def commit(self, outputs: Sequence[Output], next_offsets: NextOffsets) -> None:
-        from confluent_kafka import TopicPartition
-
-        producer = self._producer
-        producer.begin_transaction()
-        try:
-            for topic, key, value in outputs:
-                try:
-                    producer.produce(topic, value, key)
-                except BufferError:  # local queue full: let it drain, then retry once
-                    producer.poll(1.0)
-                    producer.produce(topic, value, key)
-            producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-                self._consumer.consumer_group_metadata(),
-                TRANSACTION_TIMEOUT_S,
-            )
-            # Flushes every produced record; fails if any one of them failed.
-            producer.commit_transaction(TRANSACTION_TIMEOUT_S)
-        except BaseException:
-            _abort(producer)
-            raise
+        producer = self.producer
+        with producer.transaction():
+            producer.send_all(outputs)
+            producer.send_offsets(next_offsets, self.consumer.consumer_group_metadata())
 
     def close(self) -> None:
-        self._consumer.close()
-        # close(), not just flush(): the handle (its threads, its connections) must go now,
-        # not whenever the collector gets to it.
-        self._producer.close()
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.close()
 
 
 class KafkaPythonIO:

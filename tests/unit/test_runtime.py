@@ -1,0 +1,129 @@
+"""plum.runtime with fake components and a fake clock: how a run ends, what it calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge
+
+from plum.runtime import Progress, Runtime, RuntimeConfig, Step
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Scripted:
+    """A component whose steps run the given functions in turn; records what was called."""
+
+    def __init__(self, *steps):
+        self.steps = list(steps)
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def step(self, stop: threading.Event) -> Step:
+        self.calls.append("step")
+        return self.steps.pop(0)(stop)
+
+    def checkpoint(self) -> None:
+        self.calls.append("checkpoint")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def describe(self) -> str:
+        return "scripted"
+
+
+def test_sigterm_mid_step_finishes_the_step_checkpoints_and_returns_stopped():
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminated_mid_step(stop):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(10), "SIGTERM did not set stop"
+        return Step(done=5)  # the step in hand still completes
+
+    component = Scripted(terminated_mid_step)
+    result = Runtime(component, RuntimeConfig("test")).run()
+    assert result.reason == "stopped" and result.steps == 1 and result.done == 5
+    assert component.calls == ["start", "step", "checkpoint", "close"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the old handler is back
+
+
+def test_a_run_idles_out_after_idle_exit_s_of_quiet_input():
+    clock = FakeClock()
+
+    def tick(active):
+        def step(_stop):
+            clock.now += 1.0
+            return Step(done=int(active), active=active)
+
+        return step
+
+    # Two steps with input, then quiet ones: the third quiet second ends the run.
+    component = Scripted(*[tick(True)] * 2, *[tick(False)] * 10)
+    result = Runtime(component, RuntimeConfig("test", idle_exit_s=3.0), clock=clock).run()
+    assert result.reason == "idle" and result.steps == 5 and result.done == 2
+    assert component.calls[-2:] == ["checkpoint", "close"]
+
+
+def test_without_idle_exit_quiet_input_never_ends_a_run():
+    clock = FakeClock()
+
+    def quiet(_stop):
+        clock.now += 1000.0
+        return Step(active=False)
+
+    component = Scripted(*[quiet] * 5, lambda _stop: Step(finished=True))
+    result = Runtime(component, RuntimeConfig("test"), clock=clock).run()
+    assert result.reason == "finished" and result.steps == 6
+
+
+def test_metrics_are_served_while_the_component_runs_and_not_after():
+    registry = CollectorRegistry()
+    Gauge("plum_test_value", "a test gauge", registry=registry).set(42)
+    scraped: list[str] = []
+    runtime: Runtime
+
+    def scrape(_stop):
+        url = f"http://127.0.0.1:{runtime.metrics_server.port}/metrics"
+        scraped.append(urllib.request.urlopen(url, timeout=10).read().decode())
+        return Step(finished=True)
+
+    runtime = Runtime(Scripted(scrape), RuntimeConfig("test", metrics_port=0), registry=registry)
+    runtime.run()
+    assert "plum_test_value 42.0" in scraped[0]
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_server.port}/metrics", timeout=5)
+
+
+def test_an_error_closes_the_component_without_a_checkpoint():
+    def broken(_stop):
+        raise ValueError("bad step")
+
+    component = Scripted(broken)
+    with pytest.raises(ValueError, match="bad step"):
+        Runtime(component, RuntimeConfig("test")).run()
+    assert component.calls == ["start", "step", "close"]
+
+
+def test_progress_line_has_the_rate_and_an_eta_for_a_bounded_run():
+    clock = FakeClock()
+    progress = Progress("load", "videos", total=100, clock=clock, detail=lambda: "index 7")
+    clock.now = 10.0
+    progress.add(25)
+    line = progress.line()
+    assert line.startswith("load: 25 videos (2.5/s now, 2.5/s overall), index 7")
+    assert line.endswith("25.0% done, ETA 30 s")
+    assert Progress("serve", clock=clock).line().endswith("runs until stopped")
