@@ -31,7 +31,6 @@ from plum.config import (
     default_config_path,
     from_mapping,
     kafka_bootstrap,
-    load_section,
 )
 from plum.runtime import Progress
 from streams.contracts.schema import encode, encode_key
@@ -152,12 +151,9 @@ def _require_topics(bootstrap: str, topics: Sequence[str]) -> None:
 
 
 def _load_config(path: str | None) -> movielens.MovieLensConfig:
-    if path is not None:
-        return load_section(movielens.MovieLensConfig, path, "movielens")
-    default = default_config_path()
-    if default.is_file():
-        return load_section(movielens.MovieLensConfig, default, "movielens")
-    return from_mapping(movielens.MovieLensConfig, {}, "movielens")
+    if path is None and not default_config_path().is_file():
+        return from_mapping(movielens.MovieLensConfig, {}, "movielens")
+    return movielens.load_movielens_config(path)
 
 
 def _default_bootstrap(config_path: str | None) -> str:

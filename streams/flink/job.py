@@ -51,7 +51,7 @@ when the watermark passes them. Pair timestamps are therefore never behind the
 watermark seen by the window operator, so no pair is ever dropped there.
 
 Running on a cluster: the same module runs with
-`flink run -py streams/flink_cli.py -pyfs streams,plum,monitoring --jarfile <kafka connector jar> run ...`
+`flink run -py streams/flink/cli.py -pyfs streams,plum,monitoring --jarfile <kafka connector jar> run ...`
 (or the Flink Kubernetes Operator with a PyFlink image); the checkpoint dir then points
 at a shared file system (s3://, hdfs://) and parallelism at the number of slots.
 """
