@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
-import threading
 from pathlib import Path
 
 from plum.config import load_section, state_dir
 from plum.settings import Settings
 from tokenizer.config_checks import CHECKS
 from tokenizer.index import SidIndex
-from tokenizer.service import SidService, SidServiceConfig, reindex
+from tokenizer.service import SidService, SidServiceConfig, reindex, service_runtime
 
 log = logging.getLogger(__name__)
 
@@ -56,43 +54,37 @@ def serve(argv: list[str]) -> int:
     parser.add_argument(
         "--include-replay", action="store_true", help="also consume the uploads replay topic"
     )
-    parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--metrics-port", type=int, help="0: a free port")
     parser.add_argument(
-        "--idle-exit", type=float, help="exit after this many seconds without uploads"
+        "--idle-exit", type=float, default=0.0, help="exit after this many seconds without uploads"
     )
     args = parser.parse_args(argv)
     config = _config(args)
     Settings.load(args.config).check(CHECKS)  # [sid_service] against what it reads
     if not config.checkpoint:
         parser.error("--checkpoint (or [sid_service].checkpoint) is required")
-    from monitoring.metrics import Metrics, serve_metrics
     from tokenizer.checkpoint import load_tokenizer
 
     tok = load_tokenizer(config.checkpoint)
     index = SidIndex(_index_path(config), config.disambiguation_size)
-    metrics = Metrics.for_component("sid_service")
-    server = serve_metrics(metrics, config.metrics_port) if config.metrics_port else None
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    service = SidService(config, tok, index, metrics)
-    log.info(
-        "SID service %s: %s -> %s, index %s",
-        tok.sid_version,
-        service.source_topics,
-        service.topics.sid_assignments,
-        index.path,
-    )
     try:
-        totals = service.run(stop, idle_exit_s=args.idle_exit)
+        service = SidService(config, tok, index)
+        log.info(
+            "SID service %s: %s -> %s, index %s",
+            tok.sid_version,
+            service.source_topics,
+            service.topics.sid_assignments,
+            index.path,
+        )
+        result = service_runtime(service, idle_exit_s=args.idle_exit).run()
     finally:
         index.close()
-        if server:
-            server.close()
+    totals = service.totals
     print(
         json.dumps(
             {
                 "version": tok.sid_version,
+                "ended": result.reason,
                 "consumed": totals.consumed,
                 "assigned": totals.assigned,
                 "collisions": totals.collisions,

@@ -52,12 +52,14 @@ class Env:
 Launcher = Callable[[Env], AbstractContextManager[int]]
 
 # Shared metrics a component's /metrics must show besides its own.
-ALSO_EMITS: dict[str, tuple[str, ...]] = {"flink": ("plum_deadletter_total",)}
+ALSO_EMITS: dict[str, tuple[str, ...]] = {
+    "flink": ("plum_deadletter_total",),
+    "sid_service": ("plum_deadletter_total",),
+}
 
 # Components whose launcher their owners add (the service runs on plum.runtime and logs
 # "metrics on http://127.0.0.1:PORT/metrics" like the others).
 NOT_YET: dict[str, str] = {
-    "sid_service": "TODO(SID service owner): start `plum tokenizer serve --metrics-port 0`",
     "trainer": "TODO(trainer owner): start `plum trainer run --metrics-port 0`",
 }
 
@@ -276,13 +278,63 @@ def flink_job(env: Env) -> Iterator[int]:
         job.stop()
 
 
+@contextmanager
+def sid_service(env: Env) -> Iterator[int]:
+    """`plum tokenizer serve` with a tokenizer trained here on simulated uploads, fed valid
+    and malformed uploads (the dead letters have a metric too)."""
+    import numpy as np
+
+    from streams.simulator.config import load_config
+    from streams.simulator.stream import VALID, generate
+    from tokenizer.checkpoint import save_tokenizer
+    from tokenizer.config import load_tokenizer_config
+    from tokenizer.train import train_tokenizer
+
+    cfg = load_config(TEST_CONFIG, events=600, bad_fraction=0.1)
+    uploads = [r for r in generate(cfg) if r.topic.endswith("uploads.v1")]
+    valid = [schema.decode_upload(r.value) for r in uploads if r.kind == VALID]
+    names = sorted(valid[0].embeddings)
+    emb = {n: np.asarray([u.embeddings[n] for u in valid], np.float32) for n in names}
+    tok_config = load_tokenizer_config(TEST_CONFIG, env={}, steps=20, codebook_base=16)
+    save_tokenizer(train_tokenizer(emb, None, tok_config), env.tmp_path / "tokenizer")
+    producer = make_producer(env.bootstrap)
+    for rec in uploads:
+        producer.send(env.topics.uploads, key=rec.key, value=rec.value)
+    producer.flush()
+    producer.close()
+    proc = Process(
+        plum(
+            "tokenizer",
+            "serve",
+            "--config",
+            str(TEST_CONFIG),
+            "--bootstrap",
+            env.bootstrap,
+            "--topic-prefix",
+            env.topic_prefix,
+            "--checkpoint",
+            str(env.tmp_path / "tokenizer"),
+            "--index",
+            str(env.tmp_path / "sids.sqlite"),
+            "--metrics-port",
+            "0",
+        ),
+        env.tmp_path / "sid_service.log",
+    )
+    try:
+        yield proc.logged_port(timeout_s=180)  # JAX import and the checkpoint restore
+    finally:
+        assert proc.stop() == 0, proc.log()[-3000:]
+
+
 LAUNCHERS: dict[str, Launcher] = {
     "simulator": simulator,
     "kafka": kafka_exporter,
     "import": movielens_import,
     "flink": flink_job,
+    "sid_service": sid_service,
 }
-TIMEOUT_S = {"flink": 240.0}
+TIMEOUT_S = {"flink": 240.0, "sid_service": 120.0}
 
 
 # ---------------------------------------------------------------- tests
