@@ -105,6 +105,14 @@ class CycleConfig:
     batch_time_ms: int = 200
     poll_timeout_ms: int = 100
     overlap_commit: bool = True  # used only when the IO is thread-safe
+    # A consumer that has not been given partitions this long after start is stuck (a
+    # group join that never completes): fail with that reason rather than wait forever,
+    # since joining does not count as idleness.
+    join_timeout_s: float = 120.0
+
+
+class GroupJoinTimeout(RuntimeError):
+    """The consumer group did not assign this consumer any partition in time."""
 
 
 @dataclass
@@ -137,11 +145,14 @@ class BatchCycle:
         self.io: TransactionalIO | None = None
         self._in_flight: _InFlight | None = None
         self.batches = 0
+        self._joined = False
+        self._join_deadline = 0.0
 
     # ---- runtime.Component
     def start(self) -> None:
         self.processor.start()
         self.io = self._open_io()
+        self._join_deadline = time.monotonic() + self.config.join_timeout_s
 
     def step(self, stop: threading.Event) -> Step:
         records = self._poll_batch(stop)
@@ -149,10 +160,19 @@ class BatchCycle:
         # commit must finish before the processor touches this batch.
         self._finish()
         if records:
+            self._joined = True
             self.submit(records, overlap=self._overlap)
             return Step(done=len(records), active=True)
         assert self.io is not None
-        return Step(done=0, active=not self.io.assigned)  # joining the group is not idleness
+        if self._joined or self.io.assigned:
+            self._joined = True
+            return Step(done=0, active=False)
+        if time.monotonic() > self._join_deadline:
+            raise GroupJoinTimeout(
+                f"no partition assigned {self.config.join_timeout_s:.0f} s after start: "
+                "the consumer group join did not complete"
+            )
+        return Step(done=0, active=True)  # still joining the group: not idle yet
 
     def checkpoint(self) -> None:
         self._finish()

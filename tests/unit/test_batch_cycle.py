@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from plum.batch_cycle import BatchCycle, CycleConfig, Processed, Record, next_offsets
+from plum.batch_cycle import (
+    BatchCycle,
+    CycleConfig,
+    GroupJoinTimeout,
+    Processed,
+    Record,
+    next_offsets,
+)
 from plum.runtime import Runtime, RuntimeConfig
 
 TOPIC = "in"
@@ -220,6 +227,15 @@ def test_an_empty_poll_is_idle_only_once_partitions_are_assigned():
     cycle = started(BatchCycle(Dedupe(), lambda: assigned, CycleConfig(batch_time_ms=20)))
     step = cycle.step(NEVER)
     assert step.done == 0 and not step.active
+
+
+def test_a_group_join_that_never_completes_fails_with_that_reason_instead_of_waiting_forever():
+    never_assigned = FakeIO(FakeBroker([]), assigned=False)
+    config = CycleConfig(batch_time_ms=5, join_timeout_s=0.05)
+    cycle = started(BatchCycle(Dedupe(), lambda: never_assigned, config))
+    with pytest.raises(GroupJoinTimeout, match="group join did not complete"):
+        for _ in range(1000):  # 5 ms per poll: the deadline passes within ~10 steps
+            cycle.step(NEVER)
 
 
 @pytest.mark.parametrize("commit_fails", [False, True])
