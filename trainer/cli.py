@@ -97,7 +97,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--run-dir", help="checkpoints, vocab and archive of this run")
     parser.add_argument("--idle-exit", type=float, help="stop after this long without input")
     parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--metrics-port", type=int, help="/metrics port (0: a free one; -1: none)")
     args = parser.parse_args(argv)
     from streams.contracts.topics import TopicNames
     from trainer.data import index_lookup_source, load_data_config

@@ -87,7 +87,7 @@ class TrainerConfig:
     mesh_data: int = 0  # 0 = all devices not used by fsdp
     mesh_fsdp: int = 1  # parameter shards (FSDP); 1 = replicated parameters
     log_every_s: float = 10.0
-    metrics_port: int = 0  # 0 = no /metrics server
+    metrics_port: int = -1  # -1 = no /metrics server; 0 = a free port (the runtime logs which)
     # 0 = never stop (the production setting). > 0: exit after the Kafka topic has been
     # quiet this long, for backfills and tests.
     idle_exit_s: float = 0.0
@@ -98,6 +98,8 @@ class TrainerConfig:
             raise ValueError(f"checkpoint_every_steps={self.checkpoint_every_steps} must be >= 1")
         if self.idle_exit_s < 0 or self.max_steps < 0:
             raise ValueError("idle_exit_s and max_steps must be >= 0")
+        if self.metrics_port < -1:
+            raise ValueError(f"metrics_port={self.metrics_port} must be >= -1 (-1 = none)")
         self.optimizer()  # validates the optimizer fields
 
     def optimizer(self) -> OptimizerConfig:
@@ -404,15 +406,15 @@ class ContinuousTrainer:
 
 def trainer_runtime(trainer: ContinuousTrainer, stop: threading.Event | None = None) -> Runtime:
     """The runtime that runs `trainer` as `plum trainer run` does: /metrics on
-    cfg.metrics_port (0 = none), a progress line every log_every_s, idle-exit after
-    idle_exit_s without Kafka input (0 = never)."""
+    cfg.metrics_port (-1 = none, 0 = a free port), a progress line every log_every_s,
+    idle-exit after idle_exit_s without Kafka input (0 = never), SIGTERM/SIGINT handled."""
     cfg = trainer.cfg
     return Runtime(
         trainer,
         RuntimeConfig(
             name="trainer",
             unit="examples",
-            metrics_port=cfg.metrics_port or None,
+            metrics_port=None if cfg.metrics_port < 0 else cfg.metrics_port,
             progress_every_s=cfg.log_every_s,
             idle_exit_s=cfg.idle_exit_s,
         ),
