@@ -27,7 +27,7 @@ from plum.jvm import java_binary, kafka_classpath
 from plum.runtime import Progress
 from streams.contracts.topics import TopicSpec
 from streams.kafka.admin import ensure_topics
-from streams.kafka.clients import make_consumer, make_producer
+from streams.kafka.clients import librdkafka_consumer, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +87,10 @@ def python_consume(bootstrap: str, topic: str, partitions: int) -> dict:
 
 def confluent_consume(bootstrap: str, topic: str, partitions: int) -> dict:
     """`python_consume` with confluent-kafka (librdkafka): every record of `topic`, batched."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer
+    from confluent_kafka import OFFSET_BEGINNING
     from confluent_kafka import TopicPartition as CTopicPartition
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"plum-bench-{time.time_ns()}",  # required; nothing is committed
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": False,
-        }
-    )
+    consumer = librdkafka_consumer(bootstrap, f"plum-bench-{time.time_ns()}")
     tps = [CTopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
     ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
     consumer.assign(tps)

@@ -43,7 +43,7 @@ from plum.runtime import Runtime
 from streams.contracts import schema
 from streams.contracts.topics import TopicNames, topic_set
 from streams.kafka.admin import ensure_topics
-from streams.kafka.clients import make_producer, read_all
+from streams.kafka.clients import librdkafka_producer, make_producer, read_all
 from streams.kafka.reader import read_to_end
 from streams.kafka.transactional import KAFKA_CLIENTS
 from tokenizer.config import load_tokenizer_config
@@ -81,9 +81,7 @@ def upload_values(
 
 def load_uploads(bootstrap: str, topic: str, values) -> None:
     """Produce the throughput run's uploads (librdkafka: a quicker setup, not measured)."""
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
+    producer = librdkafka_producer(bootstrap, "plum-bench-load", linger_ms=20)
     for key, value in values:
         while True:
             try:

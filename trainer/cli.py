@@ -1,4 +1,4 @@
-"""`plum trainer cpt | run | eval`: continued pre-training, continuous SFT, evaluation."""
+"""`plum trainer cpt` and `plum trainer run` (`plum trainer eval` is trainer.eval_cli)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,6 @@ from pathlib import Path
 from trainer.arguments import common_arguments, state_paths, trainer_config
 
 log = logging.getLogger(__name__)
-
-
-def _quiet_libraries() -> None:
-    # orbax logs every save/restore at INFO through absl; keep our own lines readable
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-
-
-def usage() -> str:
-    return (
-        "usage: plum trainer {cpt,run,eval} [options]\n\n"
-        "  cpt    continued pre-training on SID behaviour + metadata -> the CPT checkpoint\n"
-        "  run    continuous SFT from the CPT checkpoint on Kafka + history (never stops)\n"
-        "  eval   Recall@K / NDCG@10 against popularity and co-occurrence baselines"
-    )
 
 
 def cpt(argv: list[str]) -> int:
@@ -131,21 +116,3 @@ def run(argv: list[str]) -> int:
         return 2
     print(json.dumps(trainer.counters.to_dict()))
     return 0
-
-
-COMMANDS = {"cpt": cpt, "run": run}
-
-
-def cli(argv: list[str]) -> int:
-    _quiet_libraries()
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    if argv[0] == "eval":
-        from trainer.eval_cli import cli as eval_cli
-
-        return eval_cli(argv[1:])
-    if argv[0] not in COMMANDS:
-        print(f"plum trainer: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    return COMMANDS[argv[0]](argv[1:])

@@ -4,6 +4,10 @@ Producers are idempotent (acks=all) so a retried send never duplicates a record;
 `transactional_id` turns on exactly-once writes. Consumers read `read_committed` so they
 never see records of aborted transactions (the Flink sinks and the SID service write
 transactionally).
+
+`make_producer` / `make_consumer` build kafka-python clients; `librdkafka_consumer` /
+`librdkafka_producer` build confluent-kafka (librdkafka) ones with the same guarantees, for
+the hot paths (the transactional IO, the topic source, the consume-rate baselines).
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import time
 from collections.abc import Iterable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+# Dead letters carry a rejected record whole (see schema.DEAD_LETTER_MAX_BYTES).
+MAX_MESSAGE_BYTES = 3 * 1024 * 1024
 
 
 def make_producer(
@@ -31,13 +38,60 @@ def make_producer(
         enable_idempotence=True,
         max_in_flight_requests_per_connection=5,
         client_id="plum-producer",
-        # dead letters carry a rejected record whole (see schema.DEAD_LETTER_MAX_BYTES)
-        max_request_size=3 * 1024 * 1024,
+        max_request_size=MAX_MESSAGE_BYTES,
     )
     if transactional_id:
         kwargs["transactional_id"] = transactional_id
     kwargs.update(extra)
     return KafkaProducer(**kwargs)
+
+
+def librdkafka_producer(
+    bootstrap: str,
+    client_id: str = "plum-producer",
+    transactional_id: str | None = None,
+    **overrides: object,
+):
+    """An idempotent (acks=all) librdkafka producer; transactional with `transactional_id`.
+
+    `overrides` are librdkafka settings with dots written as underscores
+    (`linger_ms=20` for `linger.ms`)."""
+    from confluent_kafka import Producer
+
+    conf: dict[str, object] = {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "message.max.bytes": MAX_MESSAGE_BYTES,
+    }
+    if transactional_id:
+        conf["transactional.id"] = transactional_id
+    conf.update({k.replace("_", "."): v for k, v in overrides.items()})
+    return Producer(conf)
+
+
+def librdkafka_consumer(bootstrap: str, client_id: str, group_id: str | None = None):
+    """A read_committed librdkafka consumer that commits and stores no offset by itself.
+
+    With `group_id` it can subscribe (offsets are committed by the caller, e.g. inside a
+    transaction); without one it is for assign() with our own offsets (librdkafka wants a
+    group id even then: a private one nothing joins or commits)."""
+    from confluent_kafka import Consumer
+
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "client.id": client_id,
+            "group.id": group_id or f"{client_id}-unused",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+        }
+    )
 
 
 def make_consumer(

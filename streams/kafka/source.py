@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
 from plum.batch_cycle import Record
+from streams.kafka.clients import librdkafka_consumer
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,7 @@ def raw(record: Record) -> Record:
 
 
 def _consumer(bootstrap: str, client_id: str):
-    from confluent_kafka import Consumer
-
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "client.id": client_id,
-            # librdkafka wants a group id even for assign(); nothing joins or commits it
-            "group.id": f"{client_id}-unused",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": False,
-        }
-    )
+    return librdkafka_consumer(bootstrap, client_id)
 
 
 def _partitions(consumer, topic: str, timeout_s: float) -> list[int]:

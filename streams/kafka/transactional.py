@@ -26,12 +26,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from plum.batch_cycle import NextOffsets, Output, Record, TransactionalIO
+from streams.kafka.clients import librdkafka_consumer, librdkafka_producer
 
 log = logging.getLogger(__name__)
 
 KAFKA_CLIENTS = ("confluent", "kafka-python")
-# Dead letters carry a rejected record whole (see schema.DEAD_LETTER_MAX_BYTES).
-MAX_MESSAGE_BYTES = 3 * 1024 * 1024
 TRANSACTION_TIMEOUT_S = 30.0
 
 
@@ -67,19 +66,7 @@ class TransactionalProducer:
     """
 
     def __init__(self, bootstrap: str, transactional_id: str, client_id: str = "plum-producer"):
-        from confluent_kafka import Producer
-
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "client.id": client_id,
-                "transactional.id": transactional_id,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "message.max.bytes": MAX_MESSAGE_BYTES,
-            }
-        )
+        self._producer = librdkafka_producer(bootstrap, client_id, transactional_id)
         self._producer.init_transactions(TRANSACTION_TIMEOUT_S)
 
     def begin(self) -> None:
@@ -144,21 +131,8 @@ class ConfluentIO:
         transactional_id: str,
         client_id: str,
     ):
-        from confluent_kafka import Consumer
-
         self.producer = TransactionalProducer(bootstrap, transactional_id, client_id)
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "client.id": client_id,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "enable.partition.eof": False,
-            }
-        )
+        self.consumer = librdkafka_consumer(bootstrap, client_id, group_id)
         self._assigned = False
         self.consumer.subscribe(list(topics), on_assign=self._on_assign)
 

@@ -70,7 +70,10 @@ def test_checkpoint_round_trip_gives_identical_codes(trained, corpus, tmp_path):
 
 
 def test_cli_trains_and_reports_from_an_uploads_file(corpus, tmp_path, capsys):
-    from tokenizer.cli import cli
+    from plum.cli import main
+
+    def cli(argv: list[str]) -> int:  # `plum tokenizer ...` through the one command table
+        return main(["tokenizer", *argv])
 
     embeddings, pairs, _ = corpus
     n = 200
