@@ -115,7 +115,8 @@ class Progress:
             return None
         return (self._clock() - self.t0) * (1 - done) / done
 
-    def line(self, final: bool = False) -> str:
+    def line(self, final: bool = False, detail: str | None = None) -> str:
+        """The progress line; `detail` replaces the component's own text for this line."""
         now = self._clock()
         rate = (self.count - self._last_n) / max(now - self._last_t, 1e-9)
         overall = self.count / max(now - self.t0, 1e-9)
@@ -128,7 +129,9 @@ class Progress:
         else:
             eta = self.eta_s()
             tail = f"{done:.1%} done, ETA {eta:.0f} s" if eta is not None else f"{done:.1%} done"
-        detail = f", {self._detail()}" if self._detail else ""
+        if detail is None and self._detail is not None:
+            detail = self._detail()
+        detail = f", {detail}" if detail else ""
         return (
             f"{self.name}: {self.count} {self.unit} ({rate:.1f}/s now, {overall:.1f}/s overall)"
             f"{detail} | {tail}"
@@ -143,8 +146,8 @@ class Progress:
         self._log.info(self.line())
         return True
 
-    def report(self, final: bool = False) -> None:
-        self._log.info(self.line(final=final))
+    def report(self, final: bool = False, detail: str | None = None) -> None:
+        self._log.info(self.line(final=final, detail=detail))
 
 
 class IdleClock:

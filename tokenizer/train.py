@@ -7,6 +7,7 @@ loads data (tokenizer.data), calls it and saves the result with orbax. The loop:
     step      jitted: sample items and co-occurring pairs, loss, adam update, code usage
     maintain  every `dead_code_window` steps, re-seed codes no item used in the window
     log       losses (each term unweighted), steps/s and ETA every `log_every` steps
+              (plum.runtime.Progress)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from plum.runtime import Progress
 from tokenizer.codebook import init_codebooks, reseed_dead_codes
 from tokenizer.config import TokenizerConfig, load_tokenizer_config
 from tokenizer.frozen import TrainedTokenizer, build_model, normalize
@@ -188,6 +190,7 @@ def train_tokenizer(
     sums: dict[str, Any] | None = None
     window_start = t_start = time.perf_counter()
     reseeded_total = 0
+    progress = Progress("tokenizer train", "steps", total=config.steps, logger=log)
     for step in range(1, config.steps + 1):
         trainable, opt_state, usage, metrics, residuals = step_fn(
             trainable, opt_state, usage, data, pairs_dev, jax.random.fold_in(key, step)
@@ -215,21 +218,12 @@ def train_tokenizer(
             now = time.perf_counter()
             rate = count / max(now - window_start, 1e-9)
             window_start = now
-            eta = (config.steps - step) / rate
             history.append({"step": step, **means, "steps_per_s": rate})
-            log.info(
-                "step %d/%d loss %.4f recon %.4f rq %.4f contrastive %.4f | %.1f steps/s "
-                "(%.0f items/s) reseeded %d | ETA %.0fs",
-                step,
-                config.steps,
-                means["loss"],
-                means["recon"],
-                means["rq"],
-                means["contrastive"],
-                rate,
-                rate * config.batch_size,
-                reseeded_total,
-                eta,
+            progress.add(count)
+            progress.report(
+                detail=f"loss {means['loss']:.4f} recon {means['recon']:.4f} rq {means['rq']:.4f} "
+                f"contrastive {means['contrastive']:.4f}, {rate * config.batch_size:.0f} items/s, "
+                f"reseeded {reseeded_total}"
             )
     log.info("trained %d steps in %.1fs", config.steps, time.perf_counter() - t_start)
     return TrainedTokenizer(

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from plum.runtime import Progress
 from streams.contracts.schema import SftExample
 from trainer.beam import BeamSearch, left_pad, trie_from_sids
 from trainer.config import ModelConfig
@@ -388,7 +389,7 @@ class ModelRanker:
         ranked: list[list[str]] = []
         generated = invalid = 0
         n, bs = len(examples), self.batch_size
-        started = time.monotonic()
+        progress = Progress("beam search", "examples", total=n, logger=log)
         for start in range(0, n, bs):
             chunk = examples[start : start + bs]
             tokens, mask = self.prompts(chunk)
@@ -406,16 +407,8 @@ class ModelRanker:
             generated += int(found.sum())
             invalid += int((found & (items < 0)).sum())
             ranked += [[self.video_ids[i] for i in row if i >= 0] for row in items]
-            done = start + len(chunk)
-            if done < n and (start // bs) % 50 == 49:
-                rate = done / max(time.monotonic() - started, 1e-9)
-                log.info(
-                    "beam search: %d/%d examples, %.1f/s, ETA %.0f s",
-                    done,
-                    n,
-                    rate,
-                    (n - done) / rate,
-                )
+            progress.add(len(chunk))
+            progress.maybe_report()
         return Generation(ranked, generated, invalid)
 
     def rank_many(self, examples: Sequence[SftExample], k: int) -> list[list[str]]:
