@@ -114,7 +114,8 @@ def job_command(bootstrap: str, prefix: str, checkpoint_dir: Path, *extra: str) 
 
 
 class JobProcess:
-    """`plum flink run` in its own process group (the PyFlink client and its JVM)."""
+    """A command (`plum flink run`: the PyFlink client and its JVM) in its own process
+    group, its output in a log file; stop = SIGTERM to the group, SIGKILL what is left."""
 
     def __init__(self, cmd: list[str], log_path: Path, env_extra: dict[str, str] | None = None):
         env = dict(os.environ)

@@ -11,10 +11,7 @@ a launcher here, or an entry in `ELSEWHERE` naming the test that scrapes it inst
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -32,6 +29,7 @@ from streams.contracts import schema
 from streams.contracts.topics import TopicNames
 from streams.kafka.broker import free_port
 from streams.kafka.clients import make_consumer, make_producer
+from tests import flink_support as fs
 
 pytestmark = pytest.mark.integration
 
@@ -70,22 +68,11 @@ ELSEWHERE: dict[str, str] = {
 # ---------------------------------------------------------------- helpers
 
 
-class Process:
-    """A command in its own process group, its output in a log file."""
+class Process(fs.JobProcess):
+    """A `plum` command in its own process group, its output in a log file."""
 
     def __init__(self, cmd: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        super().__init__(cmd, log_path, {"PYTHONUNBUFFERED": "1"})
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -101,23 +88,13 @@ class Process:
             time.sleep(0.2)
         raise AssertionError(f"no metrics line within {timeout_s} s:\n{self.log()[-3000:]}")
 
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM the leader, wait; SIGKILL whatever of the group is left."""
+    @contextmanager
+    def serving(self, start_timeout_s: float = 60.0) -> Iterator[int]:
+        """Its /metrics port while it runs; on leaving, SIGTERM must end it with exit 0."""
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=30)
-            return self.proc.returncode
+            yield self.logged_port(start_timeout_s)
         finally:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._log.close()
+            assert self.stop() == 0, self.log()[-3000:]
 
 
 def plum(*args: str) -> list[str]:
@@ -180,10 +157,8 @@ def simulator(env: Env) -> Iterator[int]:
         ),  # fmt: skip
         env.tmp_path / "simulator.log",
     )
-    try:
-        yield proc.logged_port()
-    finally:
-        assert proc.stop() == 0, proc.log()[-3000:]
+    with proc.serving() as port:
+        yield port
 
 
 @contextmanager
@@ -213,10 +188,8 @@ def kafka_exporter(env: Env) -> Iterator[int]:
         ),  # fmt: skip
         env.tmp_path / "exporter.log",
     )
-    try:
-        yield proc.logged_port()
-    finally:
-        assert proc.stop() == 0, proc.log()[-3000:]
+    with proc.serving() as port:
+        yield port
 
 
 @contextmanager
@@ -250,8 +223,6 @@ def movielens_import(env: Env) -> Iterator[int]:
 
 @contextmanager
 def flink_job(env: Env) -> Iterator[int]:
-    from tests import flink_support as fs
-
     fs.produce(env.bootstrap, env.topics.watches, fs.build_stream(5, 600, 2000, 10_000))
     port = free_port()  # the job's workers serve a fixed port (0 turns /metrics off)
     job = fs.JobProcess(
@@ -324,10 +295,8 @@ def sid_service(env: Env) -> Iterator[int]:
         ),
         env.tmp_path / "sid_service.log",
     )
-    try:
-        yield proc.logged_port(timeout_s=180)  # JAX import and the checkpoint restore
-    finally:
-        assert proc.stop() == 0, proc.log()[-3000:]
+    with proc.serving(start_timeout_s=180) as port:  # JAX import and the checkpoint restore
+        yield port
 
 
 LAUNCHERS: dict[str, Launcher] = {
