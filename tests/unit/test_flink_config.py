@@ -40,9 +40,7 @@ def test_times_are_epoch_ms_or_iso():
 
 def test_backfill_needs_an_ordered_range(capsys):
     assert flink_run(["--config", str(TEST_CONFIG), "--backfill", "--from", "10"]) == 2
-    assert (
-        flink_run(["--config", str(TEST_CONFIG), "--backfill", "--from", "10", "--to", "5"]) == 2
-    )
+    assert flink_run(["--config", str(TEST_CONFIG), "--backfill", "--from", "10", "--to", "5"]) == 2
     assert flink_run(["--config", str(TEST_CONFIG), "--from", "10", "--to", "20"]) == 2
     assert "--backfill" in capsys.readouterr().err
 
