@@ -286,12 +286,19 @@ class SidService:
                 continue
             kept.append(row)
             stats.collisions += result.sid[-1] > 0
+            upload_ts = rec.timestamp if rec.timestamp is not None and rec.timestamp > 0 else 0
             value = encode(
-                assignment_cls(video_id=vid, sid=result.sid, sid_version=version, ts=now_ms)
+                assignment_cls(
+                    video_id=vid,
+                    sid=result.sid,
+                    sid_version=version,
+                    ts=now_ms,
+                    upload_ts=upload_ts,
+                )
             )
             outputs.append((topic, topic_key(version, vid), value))
-            if rec.timestamp is not None and rec.timestamp > 0:
-                latencies.append(max(0.0, (wall_ms - rec.timestamp) / 1000))
+            if upload_ts:
+                latencies.append(max(0.0, (wall_ms - upload_ts) / 1000))
         stats.assigned = len(kept)
         # The items table keeps float32 embeddings for a reindex; the matrix built for
         # the encoder already holds them, one row per video in `self.dims` order.

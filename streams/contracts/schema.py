@@ -132,7 +132,11 @@ class SidAssignment:
     video_id: str
     sid: tuple[int, ...]
     sid_version: str
-    ts: int
+    ts: int  # when the SID was assigned (epoch ms, wall clock)
+    # the upload's Kafka record timestamp (epoch ms, when it entered Kafka): the start of
+    # upload -> servable, which serving measures when it applies the SID; 0 = unknown
+    # (a reindex, or a record written before this field existed)
+    upload_ts: int = 0
     schema: int = SCHEMA_VERSION
 
 
@@ -258,6 +262,7 @@ def encode_sid_assignment(a: SidAssignment) -> bytes:
                     "sid": list(a.sid),
                     "sid_version": a.sid_version,
                     "ts": a.ts,
+                    "upload_ts": a.upload_ts,
                     "schema": a.schema,
                 }
             )
@@ -499,7 +504,17 @@ def decode_sid_assignment(raw: bytes | str) -> SidAssignment:
         sid=tuple(sid),
         sid_version=_require(obj, "sid_version", (str,), "a string"),
         ts=_timestamp(obj, ValidationLimits()),
+        upload_ts=_upload_ts(obj),
     )
+
+
+def _upload_ts(obj: Mapping[str, Any]) -> int:
+    """`upload_ts` of a SID assignment: absent (older records) reads as 0 = unknown."""
+    value = obj.get("upload_ts", 0)
+    _typed(value, "upload_ts", (int,), "an integer (epoch ms)")
+    if value < 0:
+        raise ValidationError(WRONG_TYPE, f"upload_ts {value} is negative")
+    return value
 
 
 def decode_cooccurrence(raw: bytes | str) -> CooccurrencePair:

@@ -241,6 +241,15 @@ def test_arbitrary_bytes_never_crash_the_decoder(data):
 def test_sid_and_example_records_round_trip():
     sid = schema.SidAssignment(video_id="v", sid=(3, 1, 0, 2), sid_version="tok-1", ts=9)
     assert schema.decode_sid_assignment(schema.encode(sid)) == sid
+    timed = schema.SidAssignment("v", (3, 1, 0, 2), "tok-1", ts=9, upload_ts=7)
+    assert schema.decode_sid_assignment(schema.encode(timed)) == timed
+
+
+def test_a_sid_assignment_without_upload_ts_reads_as_unknown_and_a_negative_one_is_refused():
+    old = b'{"video_id":"v","sid":[1,2],"sid_version":"t","ts":5,"schema":1}'
+    assert schema.decode_sid_assignment(old).upload_ts == 0
+    with pytest.raises(ValidationError):
+        schema.decode_sid_assignment(old.replace(b'"ts":5', b'"ts":5,"upload_ts":-1'))
     ex = schema.SftExample(
         event_id="e",
         user_id="u",
@@ -336,7 +345,10 @@ def test_fast_watch_decode_reads_big_numbers_as_json_loads_does(watch_time, extr
     sid=st.lists(st.integers(0, 2**31), min_size=1, max_size=5),
     version=st.text(max_size=12),
     ts=st.integers(0, 2**62),
+    upload_ts=st.integers(0, 2**62),
 )
-def test_the_fast_sid_assignment_encoding_is_byte_identical(video_id, sid, version, ts):
-    a = schema.SidAssignment(video_id=video_id, sid=tuple(sid), sid_version=version, ts=ts)
+def test_the_fast_sid_assignment_encoding_is_byte_identical(video_id, sid, version, ts, upload_ts):
+    a = schema.SidAssignment(
+        video_id=video_id, sid=tuple(sid), sid_version=version, ts=ts, upload_ts=upload_ts
+    )
     assert schema.encode_sid_assignment(a) == schema.encode(a)
