@@ -282,6 +282,143 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "SIDs of the followed version the vocabulary cannot write (read as <unk>, never a "
         "target); > 0 means the vocabulary's disambiguation range is below the SID service's",
     ),
+    # --- serving (serving/; `plum serve`)
+    MetricDef(
+        "plum_serving_requests_total",
+        "counter",
+        "serving",
+        "HTTP requests answered, by route and status code",
+        labels=("route", "status"),
+    ),
+    MetricDef(
+        "plum_serving_request_seconds",
+        "histogram",
+        "serving",
+        "time from a request's arrival to its answer",
+        "seconds",
+        ("route",),
+    ),
+    MetricDef(
+        "plum_serving_batch_size",
+        "histogram",
+        "serving",
+        "retrieval requests searched together in one beam-search call (dynamic batching)",
+        "requests",
+        buckets=(1, 2, 4, 8, 16, 32, 64),
+    ),
+    MetricDef(
+        "plum_serving_queue_seconds",
+        "histogram",
+        "serving",
+        "time a retrieval request waited for its batch to start",
+        "seconds",
+    ),
+    MetricDef(
+        "plum_serving_unknown_history_total",
+        "counter",
+        "serving",
+        "history video ids the served SID index does not know (skipped, never an error)",
+    ),
+    MetricDef(
+        "plum_serving_model_version", "gauge", "serving", "version of the model being served"
+    ),
+    MetricDef("plum_serving_model_step", "gauge", "serving", "trainer step of the served model"),
+    MetricDef(
+        "plum_serving_model_age_seconds",
+        "gauge",
+        "serving",
+        "now minus the served artifact's creation time",
+        "seconds",
+    ),
+    MetricDef(
+        "plum_serving_model_event_lag_seconds",
+        "gauge",
+        "serving",
+        "event -> servable of the model: now minus the newest event time it trained on",
+        "seconds",
+    ),
+    MetricDef(
+        "plum_serving_model_loads_total",
+        "counter",
+        "serving",
+        "model loads by outcome (loaded, failed); a failed load leaves the old model serving",
+        labels=("outcome",),
+    ),
+    MetricDef(
+        "plum_serving_index_seq", "gauge", "serving", "SID index delta sequence applied so far"
+    ),
+    MetricDef("plum_serving_index_items", "gauge", "serving", "videos servable (in the SID index)"),
+    MetricDef(
+        "plum_serving_deltas_total",
+        "counter",
+        "serving",
+        "SID deltas received, by outcome (applied, duplicate, gap, rejected)",
+        labels=("outcome",),
+    ),
+    MetricDef(
+        "plum_serving_upload_to_servable_seconds",
+        "histogram",
+        "serving",
+        "upload (its Kafka timestamp) -> its SID applied in serving's index",
+        "seconds",
+        buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+    ),
+    # --- publisher (publisher/; `plum publish`)
+    MetricDef(
+        "plum_publisher_publishes_total",
+        "counter",
+        "publisher",
+        "checkpoints that passed the gate and were published to the model repository",
+    ),
+    MetricDef(
+        "plum_publisher_rejections_total",
+        "counter",
+        "publisher",
+        "checkpoints the gate refused, by reason",
+        labels=("reason",),
+    ),
+    MetricDef(
+        "plum_publisher_push_seconds",
+        "histogram",
+        "publisher",
+        "one push to one endpoint, until its /v1/status confirms it",
+        "seconds",
+        ("kind",),
+    ),
+    MetricDef(
+        "plum_publisher_push_failures_total",
+        "counter",
+        "publisher",
+        "pushes an endpoint did not accept (retried on the next cycle), by kind",
+        labels=("kind",),
+    ),
+    MetricDef(
+        "plum_publisher_served_model_age_seconds",
+        "gauge",
+        "publisher",
+        "now minus the creation time of the version the publisher has serving on",
+        "seconds",
+    ),
+    MetricDef(
+        "plum_publisher_gate_recall",
+        "gauge",
+        "publisher",
+        "Recall@K of the last gate run on the freshest held-out slice, by model",
+        labels=("model",),
+    ),
+    MetricDef(
+        "plum_publisher_delta_seq",
+        "gauge",
+        "publisher",
+        "SID delta sequence acknowledged by each endpoint",
+        labels=("endpoint",),
+    ),
+    MetricDef(
+        "plum_publisher_assignments_pending",
+        "gauge",
+        "publisher",
+        "SID assignments read from Kafka and not yet acknowledged by every endpoint",
+    ),
     # --- dead letters (every component that validates input)
     MetricDef(
         "plum_deadletter_total",

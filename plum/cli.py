@@ -116,6 +116,19 @@ COMMANDS: tuple[Command, ...] = (
         "bench.trainer_quality:cli",
         "recommender quality vs popularity/co-occurrence",
     ),
+    Command(
+        "serve", "serving.cli:serve", "the retrieval server: /v1/retrieve, hot swap, SID deltas"
+    ),
+    Command(
+        "publish run", "publisher.cli:run", "gate, publish and push checkpoints and SID deltas"
+    ),
+    Command(
+        "publish once", "publisher.cli:once", "one publish cycle and one delta cycle, then exit"
+    ),
+    Command("publish rollback", "publisher.cli:rollback", "serve an earlier version again"),
+    Command("publish status", "publisher.cli:status", "published versions and pushes as JSON"),
+    Command("bench serving", "bench.serving:cli", "retrieval latency and QPS under wrk"),
+    Command("bench freshness", "bench.freshness:cli", "upload -> servable and event -> model"),
     Command("demo", "deploy.local.demo:demo", "bring up the embedded stack on simulated traffic"),
 )
 
