@@ -8,7 +8,7 @@ STAMP_PY := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sh
 STAMP_JVM := $(JVM_DIR)/.resolved-$(shell sha1sum deploy/jvm/pom.xml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit lint lock bench clean-state check-tools
+.PHONY: setup demo test test-unit lint lock bench bench-tools clean-state check-tools
 
 setup: $(STAMP_PY) $(STAMP_JVM)
 
@@ -47,6 +47,10 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/plum bench kafka
+
+# Load generator of `plum bench serving` (wrk, from Debian's packages; CI runs as root).
+bench-tools:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 # Re-resolve requirements.in into requirements.lock in a scratch venv.
 lock: | check-tools
