@@ -6,7 +6,8 @@ Values that other sections own are derived from them, never copied:
     admin_token   [serving].admin_token                     (PLUM_SERVING__ADMIN_TOKEN sets
                                                               the server's and ours at once)
     endpoints     [] = http://[serving].host:[serving].port (the one local server)
-    model_repo    "" = [serving].model_repo, else STATE/serving/models
+    model_repo    "" = [serving]'s (serving.config.model_repo_path: its model_repo, else
+                  STATE/serving/models), so the writer and the reader agree
 
 A copy of `bootstrap` or `admin_token` in `[publisher]` that disagrees is refused by the
 loader, like every derived field. The other paths default under the state root:
@@ -28,36 +29,21 @@ from plum.config import (
     ConfigError,
     ConfigFile,
     derived,
-    from_mapping,
     state_dir,
 )
 from serving.artifact import DTYPES
+from serving.config import SECTION as SERVING_SECTION
+from serving.config import ServingConfig, model_repo_path
 
 SECTION = "publisher"
-SERVING_SECTION = "serving"
 # What a default path is under the state root (plum.config.state_dir).
 RUN_DIR_UNDER_STATE = Path("trainer") / "run"
-MODEL_REPO_UNDER_STATE = Path("serving") / "models"
 STATE_DIR_UNDER_STATE = Path("publisher")
 
 
-@dataclass(frozen=True)
-class _ServingView:
-    """The part of `[serving]` the publisher reads. Only these keys are taken from the
-    table (the rest belongs to serving/config.py), but PLUM_SERVING__* overrides apply as
-    they do for the server itself, so both processes see one value."""
-
-    host: str = ""
-    port: int = -1  # -1: not configured
-    model_repo: str = ""
-    admin_token: str = ""
-
-
-def _serving(config_file: ConfigFile) -> _ServingView:
-    table = config_file.table(SERVING_SECTION)
-    keys = {f.name for f in dataclasses.fields(_ServingView)}
-    mine = {k: v for k, v in table.items() if k in keys}
-    return from_mapping(_ServingView, mine, SERVING_SECTION, env=config_file.env)
+def _serving(config_file: ConfigFile) -> ServingConfig:
+    """[serving] as the server itself reads it (PLUM_SERVING__* applied)."""
+    return config_file.section(ServingConfig, SERVING_SECTION)
 
 
 def _admin_token(config_file: ConfigFile) -> str:
@@ -146,11 +132,6 @@ def _resolve(
     serving = _serving(config_file)
     endpoints = cfg.endpoints
     if not endpoints and resolve_endpoints:
-        if not serving.host or serving.port < 0:
-            raise ConfigError(
-                f"[{SECTION}].endpoints is [] (= [{SERVING_SECTION}] host:port) but "
-                f"[{SERVING_SECTION}] has no host/port: set [{SECTION}].endpoints or --endpoint"
-            )
         if serving.port == 0:
             raise ConfigError(
                 f"[{SECTION}].endpoints is [] (= [{SERVING_SECTION}] host:port) but "
@@ -159,7 +140,7 @@ def _resolve(
                 f"[{SECTION}].endpoints"
             )
         endpoints = (f"http://{serving.host}:{serving.port}",)
-    model_repo = cfg.model_repo or serving.model_repo or str(root / MODEL_REPO_UNDER_STATE)
+    model_repo = cfg.model_repo or str(model_repo_path(serving, config_file.env))
     try:
         return dataclasses.replace(
             cfg,

@@ -34,6 +34,11 @@ def test_demo_endpoint_is_the_serving_host_and_port():
     assert cfg.bootstrap == "127.0.0.1:9092"
 
 
+def test_endpoint_defaults_are_servings_own(tmp_path):
+    cfg = load_publisher_config(write(tmp_path, "[publisher]\n"), {"PLUM_SERVING__PORT": "9000"})
+    assert cfg.endpoints == ("http://127.0.0.1:9000",)
+
+
 def test_serving_port_zero_without_endpoints_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"\[serving\].port is 0.*--endpoint"):
         load_publisher_config(REPO / "configs" / "test.toml", {})
