@@ -211,6 +211,7 @@ class FakeServing:
         self.index: list[tuple[str, tuple[int, ...]]] = []  # item i has seq i + 1
         self.loads: list[int] = []  # versions loaded by POST /v1/admin/models
         self.deltas: list[dict[str, Any]] = []  # every delta request and its answer
+        self.too_large = 0  # requests refused with 413
         self.down = False  # connections refused
         self.lie_about_version: int | None = None  # /v1/status reports this instead
 
@@ -281,6 +282,7 @@ class FakeServing:
         if request.headers.get("authorization") != f"Bearer {self.token}" or not self.token:
             return _problem(401, "unauthorized: missing or wrong bearer token")
         if len(request.content) > self.max_body:
+            self.too_large += 1
             return _problem(413, f"body of {len(request.content)} bytes over {self.max_body}")
         body = json.loads(request.content)
         if path == "/v1/admin/models":
