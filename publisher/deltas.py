@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from plum.batch_cycle import Record
-from publisher.store import open_db, transaction
+from publisher.store import open_db, store_path, transaction
 from serving.artifact import IndexSnapshot, snapshot_of
 from serving.sid_delta import SidDelta
 from streams.contracts import schema
@@ -80,8 +80,10 @@ class DeltaLog:
     """The numbered assignments (see the module docstring). Thread-safe: the publisher's
     two jobs share one instance."""
 
-    def __init__(self, directory: Path | str) -> None:
-        self.path = Path(directory) / FILENAME
+    def __init__(self, path: Path | str) -> None:
+        """`path`: the publisher's state directory (the log is its deltas.sqlite), or the
+        .sqlite file itself."""
+        self.path = store_path(path, FILENAME)
         self._db = open_db(self.path, _SCHEMA)
         self._lock = threading.Lock()
         self.skipped: Counter[str] = Counter()  # reason -> records not numbered since open

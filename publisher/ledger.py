@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from publisher.store import open_db, transaction
+from publisher.store import open_db, store_path, transaction
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,10 @@ class Ledger:
     """See the module docstring. Thread-safe: the publisher's two jobs share one instance;
     another process may read (and `plum publish rollback` write) the same file."""
 
-    def __init__(self, directory: Path | str, clock_ms: Callable[[], int] = _now_ms) -> None:
-        self.path = Path(directory) / FILENAME
+    def __init__(self, path: Path | str, clock_ms: Callable[[], int] = _now_ms) -> None:
+        """`path`: the publisher's state directory (the ledger is its ledger.sqlite), or
+        the .sqlite file itself."""
+        self.path = store_path(path, FILENAME)
         self._db = open_db(self.path, _SCHEMA)
         self._lock = threading.Lock()
         self._clock_ms = clock_ms

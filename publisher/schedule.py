@@ -102,9 +102,9 @@ class KafkaInputs:
 
 @dataclass
 class PublishReport:
-    """What one publish cycle decided (printed as JSON by `plum publish once`)."""
+    """What one publish cycle decided; `plum publish once` prints it as {"publish": ...}."""
 
-    decision: str  # published | rejected | deferred | none (no new checkpoint) | error
+    outcome: str  # published | rejected | deferred | none (no new checkpoint) | error
     step: int | None = None
     version: int | None = None
     reason: str = ""
@@ -114,13 +114,11 @@ class PublishReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "decision": self.decision,
+            "outcome": self.outcome,
             "step": self.step,
             "version": self.version,
             "reason": self.reason,
             "gate": self.gate,
-            "target": self.target,
-            "endpoints": self.endpoints,
         }
 
 
@@ -242,7 +240,7 @@ class Publisher:
         last = self.last_report
         text = f"target {target}, {confirmed}/{len(self.clients)} endpoints on it"
         if last is not None:
-            text += f", last decision {last.decision} (step {last.step})"
+            text += f", last decision {last.outcome} (step {last.step})"
         return text
 
     def _shutdown(self) -> None:
@@ -391,12 +389,13 @@ class Publisher:
         self.ledger.publish(checkpoint.step, manifest.version, result.reason, result.metrics)
         self.metrics.counter("plum_publisher_publishes_total").inc()
         log.info(
-            "published version %d (step %d, %s seq %d, %s)",
+            "published version %d (step %d, %s seq %d, %s); it is the target of %d endpoints",
             manifest.version,
             checkpoint.step,
             manifest.sid_version,
             manifest.index_seq,
             result.reason,
+            len(self.clients),
         )
         return PublishReport(
             PUBLISHED, checkpoint.step, manifest.version, result.reason, dict(result.metrics)
@@ -443,10 +442,10 @@ class Publisher:
                     if manifest is not None and status.model_version != manifest.version:
                         started = time.monotonic()
                         log.info(
-                            "%s runs version %s: pushing version %d",
+                            "publishing version %d to %s (it runs %s)",
+                            manifest.version,
                             url,
                             status.model_version,
-                            manifest.version,
                         )
                         status = push_model(client, manifest.version, manifest.sid_version)
                         self.metrics.histogram("plum_publisher_push_seconds").labels(

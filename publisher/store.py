@@ -16,6 +16,13 @@ from pathlib import Path
 BUSY_TIMEOUT_S = 30.0  # another process may hold the write lock briefly
 
 
+def store_path(path: Path | str, filename: str) -> Path:
+    """The SQLite file: `path` itself when it names a .sqlite file, else path/filename
+    (the publisher's state directory)."""
+    path = Path(path)
+    return path if path.suffix == ".sqlite" else path / filename
+
+
 def open_db(path: Path, schema: str) -> sqlite3.Connection:
     """A connection to `path` (parents created) with `schema` applied; usable from any
     thread, so the caller serialises access with its own lock."""

@@ -39,7 +39,7 @@ def test_reingesting_the_same_records_numbers_nothing_twice(tmp_path):
         assert log.ingest(TOPIC, first) == 4
         # a crash before the offsets moved would re-read these: nothing changes
         assert log.ingest(TOPIC, first) == 0
-    with DeltaLog(tmp_path) as log:  # and after a reopen
+    with DeltaLog(tmp_path / "deltas.sqlite") as log:  # after a reopen, by its file name
         assert log.ingest(TOPIC, first[1:] + records([assignment(9)], TOPIC, first_offset=4)) == 1
         assert [r[0] for r in log.rows("v1")] == ["v0", "v1", "v2", "v3", "v9"]
         assert log.offsets(TOPIC) == {0: 5}

@@ -91,7 +91,7 @@ def test_a_checkpoint_is_gated_exported_pushed_and_confirmed(world):
     pub = world.publisher()
     assert pub.delta_cycle() == {}  # nothing is served yet: no deltas to push anywhere
     report = pub.publish_cycle()
-    assert (report.decision, report.step, report.version, report.target) == (
+    assert (report.outcome, report.step, report.version, report.target) == (
         PUBLISHED,
         10,
         1,
@@ -117,7 +117,7 @@ def test_a_checkpoint_is_gated_exported_pushed_and_confirmed(world):
         == 1
     )
     again = pub.publish_cycle()
-    assert again.decision == "none" and server.loads == [1]  # nothing new, nothing pushed
+    assert again.outcome == "none" and server.loads == [1]  # nothing new, nothing pushed
 
 
 def test_a_nan_checkpoint_is_rejected_and_never_exported_nor_pushed(world):
@@ -127,7 +127,7 @@ def test_a_nan_checkpoint_is_rejected_and_never_exported_nor_pushed(world):
     pub.publish_cycle()
     world.run.save(20, with_nan(world.a))
     report = pub.publish_cycle()
-    assert (report.decision, report.reason) == (REJECTED, "non_finite_params")
+    assert (report.outcome, report.reason) == (REJECTED, "non_finite_params")
     assert pub.ledger.decision(20).decision == REJECTED
     assert world.repo.versions() == [1] and server.loads == [1]
     assert len(world.inputs.held_out_calls) == 1  # no held-out read for a NaN model
@@ -146,14 +146,14 @@ def test_only_the_newest_checkpoint_is_gated_and_a_regression_is_rejected(world)
     world.run.save(20, world.a)
     world.run.save(30, world.b)
     report = pub.publish_cycle()
-    assert (report.decision, report.step, report.reason) == (REJECTED, 30, "recall_regressed")
+    assert (report.outcome, report.step, report.reason) == (REJECTED, 30, "recall_regressed")
     assert report.gate["served"] == "version 1" and report.gate["recall_served"] == 1.0
     assert pub.ledger.decision(20) is None and pub.ledger.last_decided_step() == 30
-    assert pub.publish_cycle().decision == "none"  # step 20 is never a candidate now
+    assert pub.publish_cycle().outcome == "none"  # step 20 is never a candidate now
     assert server.loads == [1] and world.repo.versions() == [1]
     world.run.save(40, world.a)
     report = pub.publish_cycle()
-    assert (report.decision, report.version, report.reason) == (
+    assert (report.outcome, report.version, report.reason) == (
         PUBLISHED,
         2,
         "recall_within_margin",
@@ -169,11 +169,11 @@ def test_too_few_held_out_examples_defer_until_there_are_enough(world):
     everything = world.inputs.examples
     world.inputs.examples = everything[:2]
     report = pub.publish_cycle()
-    assert (report.decision, report.reason) == (DEFERRED, "too_few_examples")
+    assert (report.outcome, report.reason) == (DEFERRED, "too_few_examples")
     assert pub.ledger.decision(20).decision == DEFERRED
     world.inputs.examples = everything
     report = pub.publish_cycle()
-    assert (report.decision, report.step, report.version) == (PUBLISHED, 20, 2)
+    assert (report.outcome, report.step, report.version) == (PUBLISHED, 20, 2)
 
 
 def test_rollback_serves_the_earlier_version_and_the_gate_compares_against_it(world):
@@ -224,7 +224,7 @@ def test_a_target_recorded_before_a_failed_push_is_pushed_after_a_restart(world)
     world.run.save(10, world.a)
     first = world.publisher()
     report = first.publish_cycle()
-    assert report.decision == PUBLISHED and first.ledger.target() == 1
+    assert report.outcome == PUBLISHED and first.ledger.target() == 1
     assert value(first, "plum_publisher_push_failures_total", kind="model") == 1
     assert server.loads == []
     server.down = False
