@@ -496,11 +496,14 @@ class Publisher:
         return True
 
     def _push_deltas(self, url: str, client: ServingClient) -> None:
-        """Deltas of the served sid_version, from the endpoint's acknowledged seq. Only to
-        an endpoint confirmed on the served version: the deltas follow its model."""
-        version = self.served_version()
+        """Deltas of the sid_version of the model the endpoint is confirmed to run, from its
+        acknowledged seq: the deltas follow its model. Nothing while it is confirmed on
+        another version than the target (its model push comes first); with no target yet
+        (this publisher decided nothing), whatever the endpoint loaded on its own."""
         state = self.ledger.endpoint(url)
-        if version is None or state.model_version != version:
+        target = self.ledger.target()
+        version = state.model_version
+        if version is None or (target is not None and version != target):
             return
         try:
             sid_version = self._manifest(version).sid_version

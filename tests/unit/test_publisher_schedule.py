@@ -291,3 +291,20 @@ def test_the_component_runs_its_jobs_on_the_runtime_and_stops_cleanly(tmp_path, 
         assert server.loads == [1] and pub.errors == 0
     finally:
         world.close()
+
+
+def test_a_publisher_with_a_lost_state_follows_what_serving_loaded(world):
+    server = world.servers[URL_A]
+    world.run.save(10, world.a)
+    world.publisher().publish_cycle()
+    world.cfg = dataclasses.replace(world.cfg, state_dir=str(world.tmp / "new-state"))
+    world.inputs.assign(*range(N_VIDEOS - 4, N_VIDEOS))
+    fresh = world.publisher()
+    assert fresh.ledger.target() is None and fresh.served_version() == 1  # the repository's
+    fresh.delta_cycle()  # nothing acknowledged yet: no deltas
+    assert server.seq == N_VIDEOS - 4
+    fresh.reconcile()  # status: it runs version 1; nothing pushed, its deltas follow it
+    assert server.loads == [1] and server.seq == N_VIDEOS
+    world.run.save(20, world.b)
+    report = fresh.publish_cycle()  # gated against the repository's newest version
+    assert report.gate["served"] == "version 1" and report.reason == "recall_regressed"
