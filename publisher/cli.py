@@ -29,6 +29,16 @@ from publisher.config import PublisherConfig, load_publisher_config
 
 log = logging.getLogger(__name__)
 
+# Per-run INFO lines of libraries the publisher drives many times a minute: apscheduler's
+# "Running job" / "executed successfully" each cycle, httpx's line per request. Our own
+# log says what a cycle did. (A candidate for plum.cli.QUIET_LOGGERS.)
+CHATTY_LOGGERS = ("apscheduler.executors", "apscheduler.scheduler", "httpx")
+
+
+def _quiet() -> None:
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -72,6 +82,7 @@ def run(argv: list[str]) -> int:
     from publisher.schedule import Publisher, publisher_runtime
 
     args = _parser("plum publish run", run.__doc__ or "").parse_args(argv)
+    _quiet()
     publisher = Publisher(_config(args))
     result = publisher_runtime(publisher).run()
     log.info("publisher stopped (%s) after %d cycles", result.reason, result.done)
@@ -83,14 +94,13 @@ def once(argv: list[str]) -> int:
     from publisher.schedule import Publisher
 
     args = _parser("plum publish once", once.__doc__ or "").parse_args(argv)
+    _quiet()
     publisher = Publisher(_config(args))
     try:
         publisher.delta_cycle()
         report = publisher.publish_cycle()
         deltas = publisher.delta_cycle()
-        endpoints = [
-            e.to_json() for e in publisher.ledger.endpoints() if e.endpoint in publisher.clients
-        ]
+        endpoints = publisher.endpoint_states()
         target = publisher.ledger.target()
     finally:
         publisher.close()
@@ -107,6 +117,7 @@ def rollback(argv: list[str]) -> int:
     parser = _parser("plum publish rollback", rollback.__doc__ or "")
     parser.add_argument("--to", type=int, metavar="VERSION", help="the version to serve")
     args = parser.parse_args(argv)
+    _quiet()
     publisher = Publisher(_config(args))
     try:
         result = publisher.rollback(args.to)

@@ -271,7 +271,7 @@ class Publisher:
             report = self._decide()
             self.reconcile()
             report.target = self.ledger.target()
-            report.endpoints = [e.to_json() for e in self.ledger.endpoints()]
+            report.endpoints = self.endpoint_states()
             self.last_report = report
             return report
 
@@ -421,10 +421,14 @@ class Publisher:
                 "target": version,
                 "previous_target": before,
                 "rolled_back": rolled,
-                "endpoints": [e.to_json() for e in self.ledger.endpoints()],
+                "endpoints": self.endpoint_states(),
             }
 
     # ------------------------------------------------------------------ pushes
+    def endpoint_states(self) -> list[dict[str, Any]]:
+        """What each configured endpoint acknowledged (the ledger's rows), as JSON."""
+        return [self.ledger.endpoint(url).to_json() for url in self.clients]
+
     def reconcile(self) -> None:
         """Every endpoint: read its /v1/status; push the target where it differs (then
         confirm); record what it runs; bring its index up to date."""

@@ -242,7 +242,10 @@ def test_one_endpoint_down_does_not_hold_back_the_other(tmp_path, models):
         world.run.save(10, world.a)
         pub = world.publisher()
         report = pub.publish_cycle()
-        assert [e["endpoint"] for e in report.endpoints] == [URL_A]
+        assert [(e["endpoint"], e["model_version"]) for e in report.endpoints] == [
+            (URL_A, 1),
+            (URL_B, None),
+        ]
         world.inputs.assign(*range(N_VIDEOS - 4, N_VIDEOS))
         pub.delta_cycle()
         assert world.servers[URL_A].seq == N_VIDEOS
