@@ -29,15 +29,17 @@ from publisher.config import PublisherConfig, load_publisher_config
 
 log = logging.getLogger(__name__)
 
-# Per-run INFO lines of libraries the publisher drives many times a minute: apscheduler's
-# "Running job" / "executed successfully" each cycle, httpx's line per request. Our own
-# log says what a cycle did. (A candidate for plum.cli.QUIET_LOGGERS.)
-CHATTY_LOGGERS = ("apscheduler.executors", "apscheduler.scheduler", "httpx")
+# Lines of libraries the publisher drives many times a minute: apscheduler's "Running job"
+# / "executed successfully" (INFO) each cycle and its "skipped: maximum number of running
+# instances" (WARNING) each interval a gate outlasts, which is max_instances=1 doing its
+# job; httpx's line per request. Our own log says what each cycle did. (Candidates for
+# plum.cli.QUIET_LOGGERS.)
+CHATTY_LOGGERS = {"apscheduler": logging.ERROR, "httpx": logging.WARNING}
 
 
 def _quiet() -> None:
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name, level in CHATTY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
