@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from plum.checkpoints import VOCAB, CheckpointStore, has_checkpoint
 from serving.artifact import ArtifactError, IndexSnapshot, Manifest, ModelRepository
 from trainer.config import ModelConfig
@@ -39,7 +41,7 @@ class TrainerCheckpoint:
 
     run_dir: Path
     step: int
-    params: Any  # nested dict of arrays
+    params: Any  # nested dict of numpy arrays (no optimizer state)
     meta: Mapping[str, Any]
 
     @property
@@ -103,7 +105,18 @@ def read_checkpoint(run_dir: Path, step: int) -> TrainerCheckpoint:
             f"{run_dir} step {step} is not a trainer SFT checkpoint (meta lacks {missing} "
             f"or the state has no params)"
         )
-    return TrainerCheckpoint(Path(run_dir), int(step), state["params"], dict(meta))
+    return TrainerCheckpoint(Path(run_dir), int(step), _to_numpy(state["params"]), dict(meta))
+
+
+def _to_numpy(tree: Any) -> Any:
+    """Host numpy arrays, like the served artifact's: orbax restores committed device
+    arrays, and jit would compile the gate's search once more for those than for the
+    served model's numpy parameters."""
+    if isinstance(tree, Mapping):
+        return {k: _to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to_numpy(v) for v in tree)
+    return np.asarray(tree)
 
 
 def find_exported(repo: ModelRepository, checkpoint: TrainerCheckpoint) -> Manifest | None:
