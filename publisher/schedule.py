@@ -59,7 +59,7 @@ from publisher.gate import (
     held_out_examples,
 )
 from publisher.ledger import DEFERRED, PUBLISHED, REJECTED, Ledger
-from publisher.push import PushError, ServingClient, push_deltas, push_model
+from publisher.push import PushError, ServingClient, ServingStatus, push_deltas, push_model
 from serving.artifact import ArtifactError, Manifest, ModelRepository
 from streams.contracts.schema import SftExample
 from streams.contracts.topics import TopicNames
@@ -441,35 +441,39 @@ class Publisher:
                 log.error("target version %d is not in the model repository: %s", target, err)
         for url, client in self.clients.items():
             with self._push_locks[url]:
-                try:
-                    status = client.status()
-                    if manifest is not None and status.model_version != manifest.version:
-                        started = time.monotonic()
-                        log.info(
-                            "publishing version %d to %s (it runs %s)",
-                            manifest.version,
-                            url,
-                            status.model_version,
-                        )
-                        status = push_model(client, manifest.version, manifest.sid_version)
-                        self.metrics.histogram("plum_publisher_push_seconds").labels(
-                            kind="model"
-                        ).observe(time.monotonic() - started)
-                        log.info("%s: version %d confirmed", url, manifest.version)
-                    self.ledger.acknowledge(
-                        url,
-                        model_version=status.model_version,
-                        sid_version=status.index_sid_version,
-                        delta_seq=status.index_seq,
-                    )
-                except PushError as err:
-                    self.metrics.counter("plum_publisher_push_failures_total").labels(
-                        kind="model"
-                    ).inc()
-                    log.warning("%s", err)
-                    continue
-                self._push_deltas(url, client)
+                if self._reconcile_model(url, client, manifest):
+                    self._push_deltas(url, client)
         self._update_gauges()
+
+    def _reconcile_model(self, url: str, client: ServingClient, target: Manifest | None) -> bool:
+        """Read the endpoint's /v1/status and push `target` if it runs another version;
+        False when it cannot be reached. What it runs is acknowledged before and after a
+        push, so after a failed push the ledger still says what it serves (and its deltas
+        go on)."""
+        reached = False
+        try:
+            status = client.status()
+            reached = True
+            self._acknowledge(url, status)
+            if target is None or status.model_version == target.version:
+                return True
+            started = time.monotonic()
+            log.info(
+                "publishing version %d to %s (it runs %s)",
+                target.version,
+                url,
+                status.model_version,
+            )
+            status = push_model(client, target.version, target.sid_version)
+            self.metrics.histogram("plum_publisher_push_seconds").labels(kind="model").observe(
+                time.monotonic() - started
+            )
+            log.info("%s: version %d confirmed", url, target.version)
+            self._acknowledge(url, status)
+        except PushError as err:
+            self.metrics.counter("plum_publisher_push_failures_total").labels(kind="model").inc()
+            log.warning("%s", err)
+        return reached
 
     def delta_cycle(self) -> dict[str, int]:
         """Catch the delta log up from Kafka and push new assignments to every endpoint
@@ -499,22 +503,26 @@ class Publisher:
                 return False
         return True
 
+    def _acknowledge(self, url: str, status: ServingStatus) -> None:
+        self.ledger.acknowledge(
+            url,
+            model_version=status.model_version,
+            sid_version=status.index_sid_version,
+            delta_seq=status.index_seq,
+        )
+
     def _push_deltas(self, url: str, client: ServingClient) -> None:
-        """Deltas of the sid_version of the model the endpoint is confirmed to run, from its
-        acknowledged seq: the deltas follow its model. Nothing while it is confirmed on
-        another version than the target (its model push comes first); with no target yet
-        (this publisher decided nothing), whatever the endpoint loaded on its own."""
+        """The assignments the endpoint's index lacks, from its acknowledged seq, for the
+        sid_version its index has (= its model's: serving keeps the two together). The
+        target does not matter here: an endpoint still on an older model of the same
+        sid_version keeps getting new SIDs while its model push fails, and an index of
+        another sid_version than the target's is switched by the model push, never by a
+        delta."""
         state = self.ledger.endpoint(url)
-        target = self.ledger.target()
-        version = state.model_version
-        if version is None or (target is not None and version != target):
-            return
-        try:
-            sid_version = self._manifest(version).sid_version
-        except ArtifactError as err:
-            log.error("served version %d is not in the model repository: %s", version, err)
-            return
-        acked = state.delta_seq if state.sid_version == sid_version else 0
+        sid_version = state.sid_version
+        if state.model_version is None or sid_version is None:
+            return  # nothing confirmed yet: reconcile reads its status first
+        acked = state.delta_seq
         last = self.deltas.seq(sid_version)
         if acked >= last:
             return

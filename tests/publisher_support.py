@@ -214,6 +214,7 @@ class FakeServing:
         self.too_large = 0  # requests refused with 413
         self.down = False  # connections refused
         self.lie_about_version: int | None = None  # /v1/status reports this instead
+        self.refuse: set[int] = set()  # versions whose load fails (422, a corrupt artifact)
 
     @property
     def seq(self) -> int:
@@ -230,6 +231,8 @@ class FakeServing:
             manifest = self.repo.manifest(version)
         except ArtifactError as err:
             return _problem(404, f"version not found: {err}")
+        if version in self.refuse:
+            return _problem(422, f"version {version}: content hash mismatch (corrupt)")
         if expect is not None and manifest.sid_version != expect:
             return _problem(422, f"sid_version mismatch: {manifest.sid_version} != {expect}")
         if self.model is not None and self.model.version == version:

@@ -258,6 +258,25 @@ def test_one_endpoint_down_does_not_hold_back_the_other(tmp_path, models):
         world.close()
 
 
+def test_a_failing_model_push_does_not_hold_back_new_sids(world):
+    server = world.servers[URL_A]
+    world.run.save(10, world.a)
+    pub = world.publisher()
+    pub.publish_cycle()
+    server.refuse.add(2)  # version 2 will not load: serving keeps answering with 1
+    world.run.save(20, world.a)
+    report = pub.publish_cycle()
+    assert report.version == 2 and pub.ledger.target() == 2
+    assert value(pub, "plum_publisher_push_failures_total", kind="model") == 1
+    assert pub.ledger.endpoint(URL_A).model_version == 1  # what it really runs
+    world.inputs.assign(*range(N_VIDEOS - 4, N_VIDEOS))
+    pub.delta_cycle()
+    assert server.model.version == 1 and server.seq == N_VIDEOS
+    server.refuse.clear()
+    pub.publish_cycle()  # retried every cycle until it loads
+    assert server.model.version == 2 and server.seq == N_VIDEOS
+
+
 def test_kafka_down_still_pushes_what_the_delta_log_has(world):
     world.run.save(10, world.a)
     pub = world.publisher()
