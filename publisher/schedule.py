@@ -1,16 +1,19 @@
 """The publisher: a plum.runtime Component running two apscheduler jobs.
 
     publish job, every publish_every_s                 delta job, every deltas_every_s
-      newest trainer checkpoint after the last decided    delta log catch-up from Kafka
-      gate (finite; Recall@k vs served, same examples)    to each endpoint: the served
-      rejected / deferred -> ledger                         sid_version's assignments
-      passed -> export -> ledger (decision + target)        from its acknowledged seq
-      every endpoint: /v1/status != target -> push model,   (409 -> re-send from
-        confirm by /v1/status, then its deltas               expected_seq)
+      delta log catch-up from Kafka                       delta log catch-up from Kafka
+      newest trainer checkpoint after the last decided    to each endpoint: what its
+      gate (finite; Recall@k vs served, same examples)      index lacks, of its index's
+      rejected / deferred -> ledger                         sid_version, from its
+      passed -> export -> ledger (decision + target)        acknowledged seq (409 ->
+      every endpoint: /v1/status != target -> push model,   re-send from expected_seq)
+        confirm by /v1/status, then its deltas
 
-`served_version()` is what the gate compares against and the deltas follow: the ledger's
-target, or, before this publisher has decided anything, the newest version of the model
-repository (which is what serving loads on start).
+`served_version()` is what the gate compares against: the ledger's target, or, before
+this publisher has decided anything, the newest version of the model repository (what
+serving loads on start). The deltas follow each endpoint's own index (as /v1/status and
+the delta replies acknowledged it), so a new SID reaches an endpoint even while a model
+push to it fails, and a sid_version only changes with a model.
 
 The jobs run in the scheduler's threads (max_instances=1, coalesce=True: a cycle that
 overruns is not stacked). Pushes to one endpoint are serialised by a per-endpoint lock;
