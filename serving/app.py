@@ -221,6 +221,17 @@ class DeltaResponse(BaseModel):
 # ---------------------------------------------------------------- ASGI middleware
 
 
+class _TooBig:
+    """The 413 answer, built only when it is sent (most requests never need it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        response = problem_response(413, f"request body exceeds {self.limit} bytes")
+        await response(scope, receive, send)
+
+
 class BodyLimit:
     """413 for a body over `limit` bytes: by Content-Length before reading, and by the
     bytes read (a chunked or lying client), so no handler ever sees a larger body."""
@@ -233,7 +244,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = problem_response(413, f"request body exceeds {self.limit} bytes")
+        too_big = _TooBig(self.limit)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -490,6 +501,10 @@ def create_app(slot: ModelSlot, batcher: Batcher, cfg: ServingConfig, metrics: M
     def sid_deltas(body: SidDeltaIn) -> DeltaResponse:
         try:
             delta = SidDelta.from_json(body.model_dump())
+        except DeltaError as err:
+            metrics.counter("plum_serving_deltas_total").labels(outcome="rejected").inc()
+            raise ProblemError(422, str(err)) from err
+        try:
             index, applied = slot.apply_delta(delta)
         except NotReady as err:
             raise ProblemError(503, str(err)) from err
