@@ -25,7 +25,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitoring.metrics import Metrics
 from serving.batcher import Batcher, Overloaded, Query
@@ -52,8 +53,6 @@ PROBLEM_JSON = "application/problem+json"
 REQUEST_TIMEOUT_S = 30.0
 MAX_ID_LEN = 256  # video ids are short; a longer one is not a video of any index
 MAX_TS_MS = 2**53  # epoch ms as a JSON-safe integer (hours_since stays a finite float)
-
-ASGIApp = Callable[[Mapping[str, Any], Callable, Callable], Awaitable[None]]
 
 
 # ---------------------------------------------------------------- problem details
@@ -227,7 +226,7 @@ class _TooBig:
     def __init__(self, limit: int) -> None:
         self.limit = limit
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(413, f"request body exceeds {self.limit} bytes")
         await response(scope, receive, send)
 
@@ -240,7 +239,7 @@ class BodyLimit:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -271,7 +270,7 @@ class BodyLimit:
                 break
         replayed = False
 
-        async def replay() -> Mapping[str, Any]:
+        async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
@@ -292,14 +291,14 @@ class Observe:
         self.total = metrics.counter("plum_serving_requests_total")
         self.seconds = metrics.histogram("plum_serving_request_seconds")
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 500
 
-        async def observed_send(message) -> None:
+        async def observed_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from monitoring.metrics import Metrics
-from serving.artifact import ArtifactError, Manifest, ModelRepository
+from serving.artifact import ArtifactError, IndexSnapshot, Manifest, ModelRepository
 from serving.index import SequenceGap, ServingIndex
 from serving.sid_delta import DeltaError, SidDelta
 from streams.contracts import schema
@@ -402,7 +402,7 @@ class ModelSlot:
         )
 
     @staticmethod
-    def _index_for(snapshot, vocab: Vocab, current: Served | None) -> ServingIndex:
+    def _index_for(snapshot: IndexSnapshot, vocab: Vocab, current: Served | None) -> ServingIndex:
         """The current index when it already holds the artifact's snapshot (same
         sid_version, seq at least the snapshot's): deltas applied since are kept; else the
         artifact's snapshot."""
