@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from plum.config import ConfigError
 
 # Libraries whose INFO lines drown our own (orbax logs every save/restore through absl).
-QUIET_LOGGERS = ("absl", "jax._src.xla_bridge")
+QUIET_LOGGERS = ("absl", "jax._src.xla_bridge", "httpx")
+# apscheduler logs every skipped run of a job still running (max_instances=1 working) at
+# WARNING and every run at INFO: only its errors are worth a line.
+ERROR_ONLY_LOGGERS = ("apscheduler",)
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ERROR_ONLY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     module, _, function = command.target.partition(":")
     run = getattr(importlib.import_module(module), function)
     try:

@@ -29,18 +29,6 @@ from publisher.config import PublisherConfig, load_publisher_config
 
 log = logging.getLogger(__name__)
 
-# Lines of libraries the publisher drives many times a minute: apscheduler's "Running job"
-# / "executed successfully" (INFO) each cycle and its "skipped: maximum number of running
-# instances" (WARNING) each interval a gate outlasts, which is max_instances=1 doing its
-# job; httpx's line per request. Our own log says what each cycle did. (Candidates for
-# plum.cli.QUIET_LOGGERS.)
-CHATTY_LOGGERS = {"apscheduler": logging.ERROR, "httpx": logging.WARNING}
-
-
-def _quiet() -> None:
-    for name, level in CHATTY_LOGGERS.items():
-        logging.getLogger(name).setLevel(level)
-
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -84,7 +72,6 @@ def run(argv: list[str]) -> int:
     from publisher.schedule import Publisher, publisher_runtime
 
     args = _parser("plum publish run", run.__doc__ or "").parse_args(argv)
-    _quiet()
     publisher = Publisher(_config(args))
     result = publisher_runtime(publisher).run()
     log.info("publisher stopped (%s) after %d cycles", result.reason, result.done)
@@ -96,7 +83,6 @@ def once(argv: list[str]) -> int:
     from publisher.schedule import Publisher
 
     args = _parser("plum publish once", once.__doc__ or "").parse_args(argv)
-    _quiet()
     publisher = Publisher(_config(args))
     try:
         publisher.delta_cycle()
@@ -119,7 +105,6 @@ def rollback(argv: list[str]) -> int:
     parser = _parser("plum publish rollback", rollback.__doc__ or "")
     parser.add_argument("--to", type=int, metavar="VERSION", help="the version to serve")
     args = parser.parse_args(argv)
-    _quiet()
     publisher = Publisher(_config(args))
     try:
         result = publisher.rollback(args.to)

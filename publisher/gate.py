@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from serving.artifact import non_finite_leaves
 from streams.contracts.schema import SftExample, ValidationError, decode_sft_example
+from trainer.beam import BeamSearch
 from trainer.config import ModelConfig
 from trainer.eval import ModelRanker, candidate_ids, recall_at_k
 from trainer.prompt import SidLookup
@@ -178,31 +179,24 @@ class SearchCache:
         self._lock = threading.Lock()
 
     def ranker(self, model: GateModel, beams: int) -> ModelRanker:
-        ranker = ModelRanker(
-            model.model_config,
-            model.params,
-            model.vocab,
-            model.lookup,
-            beams=beams,
-            max_prompt_len=model.max_prompt_len,
-            batch_size=RANKER_BATCH,
-        )
-        search = ranker.search
-        key = (
-            model.model_config,
-            search.slot_offsets,
-            search.slot_sizes,
-            beams,
-            search.constrained,
-        )
+        vocab = model.vocab
+        key = (model.model_config, vocab.sid_slot_offsets, vocab.sid_slot_sizes, beams)
         with self._lock:
             if key not in self._searches:
                 while len(self._searches) >= self.max_entries:
                     self._searches.pop(next(iter(self._searches)))  # the oldest
-                self._searches[key] = search
-            # ModelRanker has no parameter for a search made elsewhere (yet): swap it in
-            ranker.search = self._searches[key]
-        return ranker
+                self._searches[key] = BeamSearch.for_vocab(model.model_config, vocab, beams)
+            search = self._searches[key]
+        return ModelRanker(
+            model.model_config,
+            model.params,
+            vocab,
+            model.lookup,
+            beams=beams,
+            max_prompt_len=model.max_prompt_len,
+            batch_size=RANKER_BATCH,
+            search=search,
+        )
 
 
 def _recall(

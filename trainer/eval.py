@@ -356,7 +356,10 @@ class ModelRanker:
         max_prompt_len: int = 64,
         batch_size: int = 32,
         constrained: bool = True,
+        search: BeamSearch | None = None,
     ) -> None:
+        """`search`: a compiled search to reuse (its jit cache is per model config, slot
+        layout and beam width, not per parameters), e.g. across the models a gate compares."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         if max_prompt_len + vocab.num_sid_slots - 1 > model_config.max_len:
@@ -378,7 +381,15 @@ class ModelRanker:
             )
         _check_unique_sids(vocab, lookup, self.video_ids)
         self.trie = trie_from_sids(vocab, [lookup.sids[v] for v in self.video_ids])
-        self.search = BeamSearch.for_vocab(model_config, vocab, beams, constrained)
+        if search is None:
+            search = BeamSearch.for_vocab(model_config, vocab, beams, constrained)
+        elif (search.config, search.beams, search.constrained) != (
+            model_config,
+            beams,
+            constrained,
+        ) or search.slot_sizes != tuple(vocab.sid_slot_sizes):
+            raise ValueError("the given search was built for another model, width or SID layout")
+        self.search = search
 
     def prompts(self, examples: Sequence[SftExample]) -> tuple[np.ndarray, np.ndarray]:
         """Left-padded prompts [len(examples), max_prompt_len] and their masks."""

@@ -230,6 +230,7 @@ class ContinuousTrainer:
         self.store: CheckpointStore | None = None
         self._bootstrap, self._topic, self._lookup_source = bootstrap, topic, lookup_source
         self._step0 = 0  # the step restored at start
+        self.last_loss: float | None = None  # of the newest step (the publisher's gate reads it)
         self._last_ckpt = time.monotonic()
 
     # ---- the component
@@ -310,6 +311,7 @@ class ContinuousTrainer:
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {int(self.state.step)}")
         self.observer.step(time.monotonic() - t0, loss)
+        self.last_loss = loss
         return tokens
 
     def _account(self, mb: MixedBatch, tokens: int) -> None:
@@ -383,6 +385,7 @@ class ContinuousTrainer:
             "kind": "sft",
             "position": self.position.to_dict() if self.position else None,
             "counters": self.counters.to_dict(),
+            "loss": self.last_loss,
             "sid_version": self.sid_version,
             "model_config": self.model_cfg.to_dict(),
             "trainer_config": dataclasses.asdict(self.cfg),
