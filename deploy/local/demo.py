@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -42,7 +43,14 @@ class DemoConfig:
     rate: float = 500.0  # simulated events per wall-clock second
     bad_fraction: float = 0.01
     seed: int = 7
-    components: tuple[str, ...] = ("simulator", "flink", "sid_service", "trainer")
+    components: tuple[str, ...] = (
+        "simulator",
+        "flink",
+        "sid_service",
+        "trainer",
+        "serving",
+        "publisher",
+    )
     tokenizer_steps: int = 800
     # The trainer joins once Kafka holds uploads with SIDs and watches: CPT on what is
     # there after this many seconds (skipped when STATE/trainer/cpt holds a checkpoint),
@@ -98,7 +106,7 @@ class Child:
             return ""
 
 
-COMPONENTS = ("simulator", "flink", "sid_service", "trainer")
+COMPONENTS = ("simulator", "flink", "sid_service", "trainer", "serving", "publisher")
 
 
 def component_command(
@@ -170,7 +178,38 @@ def component_command(
             "--metrics-port",
             str(config.trainer_metrics_port),
         ]
+    if name == "serving":  # host, port, model repository and token from [serving] / env
+        return plum + ["serve"] + (["--config", config_path] if config_path else [])
+    if name == "publisher":
+        return plum + [
+            "publish",
+            "run",
+            *common,
+            "--run-dir",
+            str(state_dir() / "trainer" / "run"),
+        ]
     raise ValueError(f"unknown demo component {name!r}")
+
+
+def admin_env(env: dict[str, str]) -> dict[str, str]:
+    """The children's environment with serving's admin token: the operator's
+    PLUM_SERVING__ADMIN_TOKEN if set, else a fresh random one for this run (serving and
+    the publisher read it from [serving].admin_token; it is never written to a file)."""
+    if env.get("PLUM_SERVING__ADMIN_TOKEN"):
+        return env
+    return dict(env, PLUM_SERVING__ADMIN_TOKEN=secrets.token_urlsafe(24))
+
+
+def sample_request(config_path: str | None) -> str:
+    """A /v1/retrieve call the user can paste (simulator video ids are v + 7 digits)."""
+    from serving.config import load_serving_config
+
+    serving = load_serving_config(config_path)
+    body = '{"history": [{"video_id": "v0000001"}, {"video_id": "v0000002"}], "k": 10}'
+    return (
+        f"curl -s -X POST http://{serving.host}:{serving.port}/v1/retrieve "
+        f"-H 'content-type: application/json' -d '{body}'"
+    )
 
 
 def demo_index() -> Path:
@@ -306,7 +345,7 @@ def _supervise(
             len(created),
             len(topic_set()) - len(created),
         )
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = admin_env(dict(os.environ, PYTHONUNBUFFERED="1"))
         log_dir = state_dir() / "demo" / "logs"
         if "sid_service" in config.components:
             train_demo_tokenizer(config, args.config, log_dir, env)
@@ -323,6 +362,11 @@ def _supervise(
                     log_dir,
                     env,
                 )
+            )
+        if "serving" in config.components:
+            log.info(
+                "serving answers once the publisher has pushed a model (GET /readyz); try:\n  %s",
+                sample_request(args.config),
             )
         started = time.monotonic()
         last_report = 0.0
