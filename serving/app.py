@@ -315,6 +315,13 @@ class Observe:
 # ---------------------------------------------------------------- the app
 
 
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client goes away (the body is already read, so the next ASGI
+    message is http.disconnect: on a dropped connection, or once the answer is sent)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def _validation_problem(_request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [
         {
@@ -402,7 +409,7 @@ def create_app(slot: ModelSlot, batcher: Batcher, cfg: ServingConfig, metrics: M
         responses=_problems(400, 413, 422, 503),
         summary="top-k videos for a watch history",
     )
-    async def retrieve(body: RetrieveRequest) -> RetrieveResponse:  # type: ignore[valid-type]
+    async def retrieve(body: RetrieveRequest, request: Request) -> RetrieveResponse:  # type: ignore[valid-type]
         beam = max(body.beam, body.k)
         width = cfg.width_for(beam)
         if width is None:
@@ -422,16 +429,27 @@ def create_app(slot: ModelSlot, batcher: Batcher, cfg: ServingConfig, metrics: M
             k=body.k,
             width=width,
         )
+        answer = asyncio.wrap_future(batcher.submit(query))
+        gone = asyncio.ensure_future(_disconnected(request.receive))
         try:
-            result = await asyncio.wait_for(
-                asyncio.wrap_future(batcher.submit(query)), REQUEST_TIMEOUT_S
+            done, _ = await asyncio.wait(
+                {answer, gone}, timeout=REQUEST_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
             )
+        finally:
+            gone.cancel()
+        if answer not in done:
+            # Still queued: cancelling drops it before its search (a client that timed out
+            # or went away costs no compute); already searching: it finishes unheard.
+            answer.cancel()
+            if gone in done:
+                raise ProblemError(503, "the client disconnected before the answer")
+            raise ProblemError(503, f"no answer within {REQUEST_TIMEOUT_S:.0f} s")
+        try:
+            result = answer.result()
         except NotReady as err:
             raise ProblemError(503, str(err)) from err
         except Overloaded as err:
             raise ProblemError(503, f"overloaded: {err}", {"Retry-After": "1"}) from err
-        except TimeoutError as err:
-            raise ProblemError(503, f"no answer within {REQUEST_TIMEOUT_S:.0f} s") from err
         return RetrieveResponse(
             model_version=result.model_version,
             sid_version=result.sid_version,

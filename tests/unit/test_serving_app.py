@@ -2,11 +2,15 @@
 retrieval, health, status, the admin routes and their token, problem details for every
 bad input (never a 500), hot swap through the API, SID deltas through the API."""
 
+import asyncio
 import json
 import threading
 
 import pytest
 
+from serving.app import create_app
+from serving.batcher import Batcher, Query
+from serving.model_slot import HistoryEntry
 from tests.serving_support import (
     ADMIN,
     corrupt_version,
@@ -342,3 +346,59 @@ def test_deltas_via_admin_are_idempotent_and_gaps_are_409(stack, client):
     assert_problem(post({"sid_version": "v1", "from_seq": "19"}), 422)
     assert client.get("/v1/status").json()["index"] == {"sid_version": "v1", "seq": 19, "items": 19}
     assert stack.metrics.value("plum_serving_deltas_total", outcome="gap") == 2
+
+
+def test_a_request_whose_client_is_gone_is_dropped_before_its_search(stack):
+    """Raw ASGI: the client disconnects right after sending its body while the worker is
+    busy; the queued request is cancelled and never searched."""
+    entered, release = threading.Event(), threading.Event()
+
+    def busy_source():
+        entered.set()
+        release.wait(30)
+        return stack.slot.served
+
+    batcher = Batcher(busy_source, (1,), 0.0, stack.metrics).start()
+    submitted = []
+    real_submit = batcher.submit
+    batcher.submit = lambda q: submitted.append(real_submit(q)) or submitted[-1]
+    try:
+        plug = batcher.submit(Query((HistoryEntry("v1"),), None, 10, 10))
+        assert entered.wait(30)  # the worker is held inside a batch
+        app = create_app(stack.slot, batcher, stack.cfg, stack.metrics)
+        payload = json.dumps(body()).encode()
+        messages = iter([{"type": "http.request", "body": payload, "more_body": False}])
+        sent = []
+
+        async def receive():
+            return next(messages, {"type": "http.disconnect"})
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/retrieve",
+            "raw_path": b"/v1/retrieve",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        asyncio.run(app(scope, receive, send))
+        assert sent[0]["status"] == 503
+        assert submitted[-1].cancelled()
+        release.set()
+        assert plug.result(30).items
+    finally:
+        release.set()
+        batcher.close()
+    assert batcher.answered == 1  # the plug only
