@@ -53,6 +53,7 @@ from publisher.export import (
 from publisher.gate import (
     DEFER,
     PASS,
+    REJECTIONS,
     GateModel,
     GateResult,
     GateSettings,
@@ -181,6 +182,18 @@ class Publisher:
         self._cycles_reported = 0
         self.last_report: PublishReport | None = None
         self.errors = 0  # cycles that raised (logged; the next cycle retries)
+        self._declare_labels()
+
+    def _declare_labels(self) -> None:
+        """Every known label value at 0, so a scrape (and a rate() over it) sees the
+        series before their first event: a rejection reason that never happened reads 0,
+        not absent."""
+        m = self.metrics
+        for reason in REJECTIONS:
+            m.counter("plum_publisher_rejections_total").labels(reason=reason)
+        for kind in ("model", "delta"):
+            m.counter("plum_publisher_push_failures_total").labels(kind=kind)
+            m.histogram("plum_publisher_push_seconds").labels(kind=kind)
 
     # ------------------------------------------------------------------ the component
     def start(self) -> None:

@@ -225,6 +225,11 @@ class ModelSlot:
         self._last_error: LastError | None = None
         self._lock = threading.Lock()  # one change at a time; readers never take it
         self._gauges()
+        # every outcome's series at 0 from the start: a failure that never happened reads 0
+        for outcome in ("loaded", "failed"):
+            metrics.counter("plum_serving_model_loads_total").labels(outcome=outcome)
+        for outcome in ("applied", "duplicate", "gap", "rejected"):
+            metrics.counter("plum_serving_deltas_total").labels(outcome=outcome)
 
     # ------------------------------------------------------------ reading
 

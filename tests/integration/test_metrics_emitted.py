@@ -62,6 +62,12 @@ ELSEWHERE: dict[str, str] = {
     # `plum trainer run --metrics-port P` and scrapes every trainer metric of the catalogue
     "trainer": "tests/integration/test_trainer_run.py::"
     "test_sigterm_checkpoints_and_exits_zero_and_the_checkpoint_evaluates",
+    # need trainer checkpoints, SIDs from the SID service and each other: that module
+    # runs the whole loop and scrapes both at its end
+    "serving": "tests/integration/test_publish_and_serve.py::"
+    "test_serving_and_the_publisher_emit_every_catalogue_metric",
+    "publisher": "tests/integration/test_publish_and_serve.py::"
+    "test_serving_and_the_publisher_emit_every_catalogue_metric",
 }
 
 

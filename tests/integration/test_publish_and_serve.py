@@ -36,6 +36,7 @@ from streams.kafka.admin import ensure_topics
 from streams.kafka.clients import make_producer
 from streams.kafka.reader import read_to_end
 from tests.flink_support import JobProcess
+from tests.metrics_support import catalogue_names, logged_metrics_port, scrape_until_complete
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
 from trainer.prompt import SidLookup
@@ -95,7 +96,7 @@ port = 0
 beam_widths = [10, 32]
 batch_sizes = [1, 4]
 max_wait_ms = 2.0
-metrics_port = -1
+metrics_port = 0
 log_every_s = 2.0
 
 [publisher]
@@ -556,3 +557,39 @@ def test_rollback_returns_serving_to_the_earlier_version_and_it_stays(stack):
     assert stack.status()["model"]["version"] == 1
     ids = {it["video_id"] for it in stack.retrieve(["v01"], k=10).json()["items"]}
     assert ids <= _served_ids(stack)
+
+
+def test_serving_and_the_publisher_emit_every_catalogue_metric(stack):
+    """The last test: a new checkpoint is gated (against the rolled-back-to version 1),
+    published and pushed by a `plum publish run` with /metrics, while serving's own
+    /metrics has seen every kind of request, load and delta above."""
+    stack.produce_examples(24)
+    stack.train(max_steps=12)
+    stack.produce_examples(24)
+    log_path = stack.tmp / "publisher-4.log"
+    publisher = JobProcess(
+        _plum("publish", "run", *stack.publisher_args(), "--metrics-port", "0"),
+        log_path,
+        stack.env,
+    )
+    try:
+        _poll(
+            "version 3 served",
+            lambda: stack.status()["model"]["version"] == 3,
+            240,
+            interval_s=0.5,
+            proc=publisher,
+        )
+        assert stack.status()["model"]["step"] == 12
+        assert stack.retrieve(["never-uploaded", "v01"], k=5).json()["unknown_history"] == 1
+        scrape_until_complete(logged_metrics_port(log_path), catalogue_names("publisher"))
+        samples = dict(
+            scrape_until_complete(
+                logged_metrics_port(stack.serving.log_path), catalogue_names("serving")
+            )
+        )
+    finally:
+        assert publisher.stop() == 0
+    assert samples["plum_serving_model_version"] == 3
+    assert samples["plum_serving_unknown_history_total"] >= 1
+    assert samples["plum_serving_upload_to_servable_seconds_count"] >= 1

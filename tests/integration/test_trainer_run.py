@@ -15,19 +15,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.metrics import CATALOGUE
 from plum.checkpoints import CheckpointStore
 from streams.contracts import schema
 from streams.kafka.broker import free_port
 from streams.kafka.clients import make_producer
+from tests.metrics_support import catalogue_names, scrape_until_complete
 from tokenizer.index import SidIndex
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
@@ -170,23 +168,7 @@ def _wait_for_checkpoint(run_dir: Path, min_step: int, proc, timeout_s: float = 
     raise AssertionError(f"no checkpoint >= {min_step} under {ckpts} after {timeout_s} s")
 
 
-TRAINER_METRICS = {m.name for m in CATALOGUE if m.component == "trainer"}
-
-
-def _scrape_until_complete(port: int, names: set[str], timeout_s: float = 60) -> list:
-    """(name, value) samples of http://127.0.0.1:port/metrics once every name is there."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        families = [fam for fam in text_string_to_metric_families(text) if fam.samples]
-        present = {fam.name for fam in families}  # a counter's family name has no _total
-        missing = {n for n in names if n not in present and n.removesuffix("_total") not in present}
-        if not missing:
-            return [(s.name, s.value) for fam in families for s in fam.samples]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"/metrics lacks {sorted(missing)} after {timeout_s} s")
-        time.sleep(0.2)
+TRAINER_METRICS = catalogue_names("trainer")
 
 
 def test_kill_9_and_restart_trains_every_example_exactly_once(
@@ -260,7 +242,7 @@ def test_sigterm_checkpoints_and_exits_zero_and_the_checkpoint_evaluates(
     )
     try:
         _wait_for_checkpoint(tmp_path / "run", 3, proc)
-        scraped = _scrape_until_complete(port, TRAINER_METRICS)
+        scraped = scrape_until_complete(port, TRAINER_METRICS)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
