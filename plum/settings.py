@@ -136,7 +136,8 @@ def same(left: tuple[type, str, str], right: tuple[type, str, str], why: str = "
 
 
 def distinct_ports(*ports: tuple[type, str, str]) -> tuple[Check, ...]:
-    """Pairwise checks that the listed (class, section, field) ports differ; 0 = off."""
+    """Pairwise checks that the listed (class, section, field) ports differ; a port <= 0
+    takes no fixed port (0 = a free one, -1 = no listener) and conflicts with none."""
     checks = []
     for i, (lcls, lsec, lfield) in enumerate(ports):
         for rcls, rsec, rfield in ports[i + 1 :]:
@@ -150,7 +151,7 @@ def distinct_ports(*ports: tuple[type, str, str]) -> tuple[Check, ...]:
                         getattr(s.section(b[0], b[1]), b[2]),
                     ),
                     "two processes of one stack cannot listen on one port",
-                    applies=lambda a, b: bool(a) and bool(b),
+                    applies=lambda a, b: a > 0 and b > 0,
                 )
             )
     return tuple(checks)

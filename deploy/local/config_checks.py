@@ -13,6 +13,10 @@ from pathlib import Path
 
 from plum.config import ConfigError
 from plum.settings import Check, Settings, distinct_ports
+from publisher.config import SECTION as PUBLISHER_SECTION
+from publisher.config import PublisherConfig
+from serving.config import SECTION as SERVING_SECTION
+from serving.config import ServingConfig
 from streams.contracts.sid import SECTION as SID_SECTION
 from streams.contracts.sid import SidConfig
 from streams.datasets.movielens import MovieLensConfig
@@ -52,6 +56,8 @@ SECTIONS: dict[str, type] = {
     DATA_SECTION: DataConfig,
     CPT_SECTION: CptConfig,
     TRAINER_SECTION: TrainerConfig,
+    SERVING_SECTION: ServingConfig,
+    PUBLISHER_SECTION: PublisherConfig,
 }
 
 
@@ -64,6 +70,9 @@ def stack_checks(demo_config: type) -> tuple[Check, ...]:
         (FlinkConfig, "flink", "metrics_port"),
         (SidServiceConfig, "sid_service", "metrics_port"),
         (demo_config, DEMO_SECTION, "trainer_metrics_port"),
+        (ServingConfig, SERVING_SECTION, "port"),
+        (ServingConfig, SERVING_SECTION, "metrics_port"),
+        (PublisherConfig, PUBLISHER_SECTION, "metrics_port"),
     )
     return FLINK_CHECKS + SID_SERVICE_CHECKS + TRAINER_CHECKS + ports
 
