@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -56,6 +57,12 @@ def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
         for s in fam.samples:
             out.setdefault(s.name, []).append((dict(s.labels), s.value))
     return out
+
+
+def _value(samples: dict, name: str) -> float | None:
+    """The first sample of `name`; None when absent or NaN (a gauge of nothing served)."""
+    got = next(iter(samples.get(name, [])), (None, None))[1]
+    return None if got is None or math.isnan(got) else got
 
 
 def upload_buckets(samples: dict) -> list[tuple[float, float]]:
@@ -116,10 +123,8 @@ def cli(argv: list[str]) -> int:
                         metrics = scrape(ports["metrics"])
                     except httpx.HTTPError:
                         continue
-                    version = next(iter(metrics.get("plum_serving_model_version", [])), (None, 0))[
-                        1
-                    ]
-                    lag = next(iter(metrics.get(EVENT_LAG, [])), (None, None))[1]
+                    version = _value(metrics, "plum_serving_model_version") or 0
+                    lag = _value(metrics, EVENT_LAG)
                     row = {
                         "t_s": round(time.monotonic() - started, 1),
                         "model_version": int(version or 0),
