@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from monitoring.metrics import Metrics
+from plum.config import state_dir
 from plum.runtime import Runtime, RuntimeConfig, Step
 from serving.artifact import ModelRepository
 from serving.batcher import Batcher
@@ -176,6 +177,16 @@ def serving_runtime(component: ServingComponent, stop: threading.Event | None = 
     )
 
 
+def use_compilation_cache(directory: Path) -> None:
+    """JAX's persistent compilation cache: a restarted (or second) replica loads its beam
+    searches compiled instead of compiling them again (minutes on 2 loaded cores)."""
+    import jax
+
+    directory.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    log.info("JAX compilation cache: %s", directory)
+
+
 def serve(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="plum serve",
@@ -196,6 +207,7 @@ def serve(argv: list[str]) -> int:
         model_repo=args.model_repo,
         metrics_port=args.metrics_port,
     )
+    use_compilation_cache(state_dir() / "cache" / "jax")
     component = ServingComponent(cfg)
     result = serving_runtime(component).run()
     log.info("serving stopped (%s) after %d requests", result.reason, component.batcher.answered)

@@ -180,17 +180,29 @@ class Served:
 
     def warm_up(self, batch_sizes: Sequence[int]) -> None:
         """Run every compiled width x batch size once (compiling what is not yet), and
-        refuse a model whose outputs are NaN: the last check before anything is served."""
-        for width in sorted(self.searches):
-            for batch in batch_sizes:
-                tokens, mask = self.pad([], batch)
-                _, scores = self.search(width, tokens, mask)
-                if np.isnan(scores).any():
-                    raise ModelLoadError(
-                        f"version {self.version}: the warm-up search at beam {width}, batch "
-                        f"{batch} gives NaN scores",
-                        self.version,
-                    )
+        refuse a model whose outputs are NaN: the last check before anything is served.
+        Each shape is logged with its time: a first load compiles them all (minutes on
+        2 loaded cores), a later one of the same architecture only runs them."""
+        shapes = [(w, b) for w in sorted(self.searches) for b in batch_sizes]
+        for n, (width, batch) in enumerate(shapes, 1):
+            started = time.monotonic()
+            tokens, mask = self.pad([], batch)
+            _, scores = self.search(width, tokens, mask)
+            if np.isnan(scores).any():
+                raise ModelLoadError(
+                    f"version {self.version}: the warm-up search at beam {width}, batch "
+                    f"{batch} gives NaN scores",
+                    self.version,
+                )
+            log.info(
+                "version %s: warm-up %d/%d (beam %d, batch %d) in %.1f s",
+                self.version,
+                n,
+                len(shapes),
+                width,
+                batch,
+                time.monotonic() - started,
+            )
 
 
 def _all_finite(params: Any) -> bool:
