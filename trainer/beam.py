@@ -23,8 +23,11 @@ unconstrained (only the slot ranges; used to measure the hallucination rate = sh
 generated SIDs that are not in the index). Both walk the trie, so `item` is -1 for a
 generated SID outside the index.
 
-Decoding uses the model's KV cache: one prefill over the (left-padded) prompt for the
-batch, then the cache is repeated per beam and reordered by a gather after every slot.
+Decoding: one prefill over the (left-padded) prompts computes their keys/values once per
+request (trainer.model.prefill; logits only for the last position), and every decode step
+attends to that shared prompt cache plus a small per-beam cache of the <= num_slots - 1
+generated tokens (trainer.model.decode_beams). Only the per-beam cache is reordered (a
+gather) after every slot; the prompt's cache is never copied per beam.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer.config import ModelConfig
-from trainer.model import KVCache, Transformer, init_cache
+from trainer.model import Transformer, decode_beams, empty_beam_cache, prefill
 from trainer.vocab import Vocab
 
 
@@ -116,24 +119,17 @@ def trie_from_sids(vocab: Vocab, sids: Iterable[Sequence[int]]) -> SidTrie:
     return build_trie(slots, vocab.sid_slot_sizes)
 
 
-def _gather_rows(cache: KVCache, rows: jax.Array) -> KVCache:
-    take = functools.partial(jnp.take, indices=rows, axis=0)
-    return KVCache(
-        tuple(map(take, cache.keys)), tuple(map(take, cache.values)), take(cache.mask), cache.index
-    )
-
-
 def _search(
-    params, prompt, prompt_mask, tables, *, model, slot_offsets, slot_sizes, beams, constrained
+    params, prompt, prompt_mask, tables, *, config, slot_offsets, slot_sizes, beams, constrained
 ):
-    b, p = prompt.shape
+    b, _ = prompt.shape
     k = beams
     num_slots = len(slot_sizes)
-    cache = init_cache(model.config, b, p + num_slots - 1)
-    out = model.apply({"params": params}, prompt, attention_mask=prompt_mask, cache=cache)
-    logp = jax.nn.log_softmax(out.logits[:, -1], axis=-1)  # [b, vocab]
+    # the prompt's keys/values once per request, shared by its beams (see decode_beams)
+    last_logits, prefix = prefill(config, params, prompt, prompt_mask)
+    logp = jax.nn.log_softmax(last_logits, axis=-1)  # [b, vocab]
     logp = jnp.repeat(logp[:, None], k, axis=1)  # [b, k, vocab]
-    cache = _gather_rows(out.cache, jnp.repeat(jnp.arange(b), k))  # rows b * k + beam
+    cache = empty_beam_cache(config, b, k)  # each beam's generated tokens only
     # one live beam at the start; the others are -inf copies so every slot has k*C candidates
     scores = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf)[None].repeat(b, axis=0)  # [b, k]
     nodes = jnp.zeros((b, k), jnp.int32)  # trie node of each beam's prefix, -1 = off the trie
@@ -150,12 +146,10 @@ def _search(
         nodes = jnp.take_along_axis(child.reshape(b, k * size), idx, axis=1)
         chosen = jnp.take_along_axis(chosen, parent[..., None], axis=1).at[:, :, level].set(code)
         if level + 1 < num_slots:
-            rows = (jnp.arange(b)[:, None] * k + parent).reshape(-1)
-            cache = _gather_rows(cache, rows)
-            token = (code + start).reshape(b * k, 1)
-            out = model.apply({"params": params}, token, cache=cache)
-            cache = out.cache
-            logp = jax.nn.log_softmax(out.logits[:, 0], axis=-1).reshape(b, k, -1)
+            logits, cache = decode_beams(
+                config, params, code + start, prefix, cache.reorder(parent)
+            )
+            logp = jax.nn.log_softmax(logits, axis=-1)  # [b, k, vocab]
     item = jnp.where(jnp.isfinite(scores), nodes, -1)
     tokens = chosen + jnp.asarray(slot_offsets, jnp.int32)
     return BeamResult(chosen, tokens, scores, item)
@@ -195,7 +189,7 @@ class BeamSearch:
         self._fn = jax.jit(
             functools.partial(
                 _search,
-                model=Transformer(config),
+                config=config,
                 slot_offsets=self.slot_offsets,
                 slot_sizes=self.slot_sizes,
                 beams=beams,

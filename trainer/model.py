@@ -292,3 +292,204 @@ def init_params(config: ModelConfig, rng: jax.Array, seq_len: int = 8) -> dict:
     """Freshly initialised parameters for `config` (vocab_size must be set)."""
     tokens = jnp.zeros((1, min(seq_len, config.max_len)), jnp.int32)
     return Transformer(config).init(rng, tokens)["params"]
+
+
+# --- Shared-prefix decoding (beam search) ---------------------------------------------
+#
+# Beam search continues one prompt with many beams. Instead of copying the prompt's KV
+# cache into every beam (and re-gathering it whenever beams are reordered), the prompt's
+# keys/values are kept once per request (PrefixCache) and each beam keeps only its own
+# generated tokens (BeamCache). A decode token attends to softmax(prompt keys of its
+# request ∪ its beam's generated keys) -- the same attention as the full-cache path of
+# Transformer.__call__, by the same parameters; training does not use this code.
+
+
+class PrefixCache(NamedTuple):
+    keys: tuple[jax.Array, ...]  # per layer [batch, prompt, n_kv_heads, head_dim]
+    values: tuple[jax.Array, ...]  # per layer [batch, prompt, n_kv_heads, head_dim]
+    mask: jax.Array  # [batch, prompt] bool: a real (non-padding) prompt token
+    length: jax.Array  # [batch] int32: real prompt tokens (rotary position of the next one)
+
+
+class BeamCache(NamedTuple):
+    keys: tuple[jax.Array, ...]  # per layer [batch, beams, generated, n_kv_heads, head_dim]
+    values: tuple[jax.Array, ...]  # per layer [batch, beams, generated, n_kv_heads, head_dim]
+
+    @property
+    def generated(self) -> int:
+        return int(self.keys[0].shape[2])
+
+    def reorder(self, parent: jax.Array) -> BeamCache:
+        """Beam q of each request continues beam parent[b, q] ([batch, beams] int)."""
+        take = lambda a: jnp.take_along_axis(a, parent[:, :, None, None, None], axis=1)  # noqa: E731
+        return BeamCache(tuple(map(take, self.keys)), tuple(map(take, self.values)))
+
+
+def empty_beam_cache(config: ModelConfig, batch: int, beams: int) -> BeamCache:
+    shape = (batch, beams, 0, config.n_kv_heads, config.head_dim)
+    empty = tuple(jnp.zeros(shape, jnp.dtype(config.dtype)) for _ in range(config.n_layers))
+    return BeamCache(empty, empty)
+
+
+def _logits(config: ModelConfig, params, x: jax.Array) -> jax.Array:
+    """Final norm + vocabulary projection of hidden states x [..., d] (float32 logits)."""
+    x = RMSNorm(config.norm_eps).apply({"params": params["norm"]}, x).astype(jnp.float32)
+    if config.tie_embeddings:
+        return x @ params["embed_tokens"]["embedding"].astype(jnp.float32).T
+    lm_head = _dense(config.vocab_size, "lm_head", jnp.float32)
+    return lm_head.apply({"params": params["lm_head"]}, x)
+
+
+def _embed(config: ModelConfig, params, tokens: jax.Array) -> jax.Array:
+    embed = nn.Embed(config.vocab_size, config.d_model, dtype=jnp.dtype(config.dtype))
+    return embed.apply({"params": params["embed_tokens"]}, tokens)
+
+
+def prefill(config: ModelConfig, params, tokens, attention_mask) -> tuple[jax.Array, PrefixCache]:
+    """Run prompts tokens [batch, time] (attention_mask [batch, time], 1 = real) through the
+    model: (logits of the LAST position [batch, vocab], the prompts' PrefixCache).
+
+    Same numbers as Transformer.__call__ without a cache (it runs the same layers), but the
+    vocabulary projection is done for the last position only.
+    """
+    c = config
+    b, t = tokens.shape
+    if t > c.max_len:
+        raise ValueError(f"sequence length {t} exceeds max_len={c.max_len}")
+    attention_mask = jnp.asarray(attention_mask).astype(bool)
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+    slots = jnp.arange(t)
+    mask = attention_mask[:, None, :] & (slots[None, :] <= slots[:, None])[None]  # [b, t, s]
+    x = _embed(c, params, tokens)
+    cos, sin = rope_angles(positions, c.head_dim, c.rope_theta)
+    keys, values = [], []
+    for i in range(c.n_layers - 1):
+        x, _, (k, v) = DecoderLayer(c).apply(
+            {"params": params[f"layers_{i}"]}, x, cos, sin, mask, attention_mask
+        )
+        keys.append(k)
+        values.append(v)
+    x, (k, v) = _last_position_layer(
+        c, params[f"layers_{c.n_layers - 1}"], x, cos, sin, attention_mask
+    )
+    keys.append(k)
+    values.append(v)
+    length = jnp.sum(attention_mask, axis=-1, dtype=jnp.int32)
+    prefix = PrefixCache(tuple(keys), tuple(values), attention_mask, length)
+    return _logits(c, params, x), prefix
+
+
+def _feed_forward(c: ModelConfig, p, x: jax.Array) -> jax.Array:
+    """The second half of a DecoderLayer: x + FFN(RMSNorm(x)) (aux loss dropped)."""
+    h = RMSNorm(c.norm_eps).apply({"params": p["post_attention_layernorm"]}, x)
+    if c.is_moe:
+        token_mask = jnp.ones(x.shape[:-1], bool)
+        ff, _ = MoEFeedForward(c).apply({"params": p["mlp"]}, h, token_mask)
+    else:
+        ff = SwiGLU(c).apply({"params": p["mlp"]}, h)
+    return x + ff
+
+
+def _last_position_layer(c: ModelConfig, p, x, cos, sin, attention_mask):
+    """A DecoderLayer whose output is needed at the last position only (the last layer of
+    the prefill): keys/values for every position (the cache), the query, attention, output
+    projection and FFN for the last position. Returns (x [batch, d], (keys, values))."""
+    dtype = jnp.dtype(c.dtype)
+    b, t, _ = x.shape
+    hd, n_kv = c.head_dim, c.n_kv_heads
+    groups = c.n_heads // n_kv
+    h = RMSNorm(c.norm_eps).apply({"params": p["input_layernorm"]}, x)
+    a = p["self_attn"]
+
+    def proj(heads, name, inputs):
+        return _dense(heads * hd, name, dtype).apply({"params": a[name]}, inputs)
+
+    k = apply_rope(proj(n_kv, "k_proj", h).reshape(b, t, n_kv, hd), cos, sin)
+    v = proj(n_kv, "v_proj", h).reshape(b, t, n_kv, hd)
+    q = proj(c.n_heads, "q_proj", h[:, -1:]).reshape(b, 1, c.n_heads, hd)
+    q = apply_rope(q, cos[:, -1:], sin[:, -1:]).reshape(b, 1, n_kv, groups, hd)
+    f32 = jnp.float32
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=f32) / jnp.sqrt(
+        f32(hd)
+    )  # the last slot may attend to every real slot
+    scores = jnp.where(attention_mask[:, None, None, None, :], scores, jnp.finfo(f32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dtype)).reshape(b, 1, c.n_heads * hd)
+    x = x[:, -1:] + _dense(c.d_model, "o_proj", dtype).apply({"params": a["o_proj"]}, out)
+    return _feed_forward(c, p, x)[:, 0], (k, v)
+
+
+def _shared_prefix_attention(c: ModelConfig, p, x, cos, sin, prefix_kv, prefix_mask, beam_kv):
+    """Self-attention of one new token per beam. x [batch, beams, d]; prefix_kv: the
+    request's prompt keys/values [batch, prompt, n_kv, hd]; beam_kv: each beam's generated
+    keys/values [batch, beams, generated, n_kv, hd]. Returns (out [batch, beams, d], the
+    beam keys/values with this token appended)."""
+    dtype = jnp.dtype(c.dtype)
+    b, q_n, _ = x.shape
+    hd, n_kv = c.head_dim, c.n_kv_heads
+    groups = c.n_heads // n_kv
+    flat = x.reshape(b * q_n, 1, -1)  # rows as [batch, time = 1] for the projections/rope
+
+    def proj(heads, name):
+        return _dense(heads * hd, name, dtype).apply({"params": p[name]}, flat)
+
+    q = proj(c.n_heads, "q_proj").reshape(b * q_n, 1, c.n_heads, hd)
+    k = proj(n_kv, "k_proj").reshape(b * q_n, 1, n_kv, hd)
+    v = proj(n_kv, "v_proj").reshape(b * q_n, 1, n_kv, hd)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    prefix_k, prefix_v = prefix_kv
+    beam_k, beam_v = beam_kv
+    beam_k = jnp.concatenate([beam_k, k.astype(beam_k.dtype).reshape(b, q_n, 1, n_kv, hd)], 2)
+    beam_v = jnp.concatenate([beam_v, v.astype(beam_v.dtype).reshape(b, q_n, 1, n_kv, hd)], 2)
+    # query head h uses kv head h // groups (HF repeat_kv order); q indexes the beams
+    q = q.reshape(b, q_n, n_kv, groups, hd)
+    f32 = jnp.float32
+    s_prefix = jnp.einsum("bqngd,bsnd->bnqgs", q, prefix_k, preferred_element_type=f32)
+    s_beam = jnp.einsum("bqngd,bqjnd->bnqgj", q, beam_k, preferred_element_type=f32)
+    scale = jnp.sqrt(f32(hd))
+    s_prefix = jnp.where(prefix_mask[:, None, None, None, :], s_prefix / scale, jnp.finfo(f32).min)
+    scores = jnp.concatenate([s_prefix, s_beam / scale], axis=-1)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    p_prefix, p_beam = probs[..., : prefix_k.shape[1]], probs[..., prefix_k.shape[1] :]
+    out = jnp.einsum("bnqgs,bsnd->bqngd", p_prefix, prefix_v.astype(dtype)) + jnp.einsum(
+        "bnqgj,bqjnd->bqngd", p_beam, beam_v.astype(dtype)
+    )
+    out = _dense(c.d_model, "o_proj", dtype).apply(
+        {"params": p["o_proj"]}, out.reshape(b, q_n, c.n_heads * hd)
+    )
+    return out, (beam_k, beam_v)
+
+
+def decode_beams(
+    config: ModelConfig, params, tokens, prefix: PrefixCache, cache: BeamCache
+) -> tuple[jax.Array, BeamCache]:
+    """One decode step for every beam: tokens [batch, beams] continue the prompt of their
+    request (prefix) and their beam's generated tokens (cache). Returns (logits [batch,
+    beams, vocab] float32, the cache with these tokens appended).
+
+    Equal (up to float rounding) to Transformer.__call__ on a KV cache holding that prompt
+    followed by that beam's tokens: rotary position = real prompt tokens + tokens so far.
+    """
+    c = config
+    b, q_n = tokens.shape
+    positions = jnp.broadcast_to(prefix.length[:, None] + cache.generated, (b, q_n))
+    cos, sin = rope_angles(positions.reshape(b * q_n, 1), c.head_dim, c.rope_theta)
+    x = _embed(c, params, tokens)  # [b, beams, d]
+    new_keys, new_values = [], []
+    for i in range(c.n_layers):
+        p = params[f"layers_{i}"]
+        h = RMSNorm(c.norm_eps).apply({"params": p["input_layernorm"]}, x)
+        attn, (k, v) = _shared_prefix_attention(
+            c,
+            p["self_attn"],
+            h,
+            cos,
+            sin,
+            (prefix.keys[i], prefix.values[i]),
+            prefix.mask,
+            (cache.keys[i], cache.values[i]),
+        )
+        x = _feed_forward(c, p, x + attn)
+        new_keys.append(k)
+        new_values.append(v)
+    return _logits(c, params, x), BeamCache(tuple(new_keys), tuple(new_values))
