@@ -210,7 +210,9 @@ class ModelRepository:
         try:
             return Manifest.from_json(json.loads(path.read_text()))
         except FileNotFoundError:
-            raise ArtifactError(f"version {version} does not exist under {self.base_path}") from None
+            raise ArtifactError(
+                f"version {version} does not exist under {self.base_path}"
+            ) from None
         except (ValueError, TypeError) as err:
             raise ArtifactError(f"version {version}: unreadable manifest ({err})") from err
 
