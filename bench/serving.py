@@ -275,6 +275,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--duration", type=int, default=20, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--single-duration", type=int, default=10, help="seconds, one client")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--bodies", type=int, default=500)
     parser.add_argument("--probes", type=int, default=24)
@@ -332,6 +333,10 @@ def cli(argv: list[str]) -> int:
                     got = run_wrk(url, path, args.duration, args.connections, args.threads)
                     log.info("%s beam %d: %s", mode, beam, got)
                     results[mode][f"beam_{beam}"] = got
+                    # one client: the latency of a request that waits for no other
+                    alone = run_wrk(url, path, args.single_duration, 1, 1)
+                    log.info("%s beam %d, one client: %s", mode, beam, alone)
+                    results[mode][f"beam_{beam}_one_client"] = alone
             finally:
                 code = server.stop()
                 if code not in (0, None):
@@ -357,6 +362,10 @@ def cli(argv: list[str]) -> int:
     b20 = results["batched"].get("beam_20")
     targets = {
         "p99_ms_at_beam_20_k_10_50_clients": {"target": 50.0, "measured": b20 and b20["p99_ms"]},
+        "p99_ms_at_beam_20_k_10_one_client": {
+            "target": 50.0,
+            "measured": results["batched"].get("beam_20_one_client", {}).get("p99_ms"),
+        },
         "batched_over_unbatched_qps": {
             "target": 2.0,
             "measured": ratio.get("batched_qps_over_unbatched_beam_20"),
