@@ -65,7 +65,7 @@ def open_data(vocab, bootstrap, topic, archive_dir, start=None, **kw) -> Trainin
     return TrainingData(config(**kw), vocab, lambda: lookup(), bootstrap, topic, archive_dir, start)
 
 
-def read_until(data: TrainingData, done, timeout_s: float = 15.0) -> list[MixedBatch]:
+def read_until(data: TrainingData, done, timeout_s: float = 60.0) -> list[MixedBatch]:
     """Batches until done(batches) holds; fails with what was seen after timeout_s."""
     batches: list[MixedBatch] = []
     deadline = time.monotonic() + timeout_s
@@ -180,7 +180,7 @@ def open_transaction(bootstrap: str, topic: str, examples):
     return producer
 
 
-def read_to(source: TopicSource, ends: dict[int, int], timeout_s: float = 15.0) -> list:
+def read_to(source: TopicSource, ends: dict[int, int], timeout_s: float = 60.0) -> list:
     got = []
     deadline = time.monotonic() + timeout_s
     while source.position() != ends:
