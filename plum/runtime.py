@@ -231,7 +231,8 @@ class Component(Protocol):
 class RuntimeConfig:
     name: str
     unit: str = "records"
-    metrics_port: int | None = None  # None: no /metrics server; 0: a free port
+    # None or negative (configs write -1): no /metrics server; 0: a free port
+    metrics_port: int | None = None
     progress_every_s: float = 10.0
     idle_exit_s: float = 0.0  # 0: never stop for lack of input (the production setting)
     total: int | None = None  # a bounded run: the progress line gets an ETA
@@ -280,7 +281,8 @@ class Runtime:
         steps = 0
         with stop_on_signals(self.stop, cfg.name):
             try:
-                if cfg.metrics_port is not None and self.registry is not None:
+                serve = cfg.metrics_port is not None and cfg.metrics_port >= 0
+                if serve and self.registry is not None:
                     self.metrics_server = MetricsServer(self.registry, cfg.metrics_port)
                     log.info(
                         "%s: metrics on http://127.0.0.1:%d/metrics",

@@ -595,7 +595,7 @@ def publisher_runtime(publisher: Publisher, stop: threading.Event | None = None)
         RuntimeConfig(
             name="publisher",
             unit="cycles",
-            metrics_port=None if cfg.metrics_port < 0 else cfg.metrics_port,
+            metrics_port=cfg.metrics_port,
             progress_every_s=cfg.log_every_s,
         ),
         registry=publisher.metrics.registry,

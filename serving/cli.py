@@ -169,7 +169,7 @@ def serving_runtime(component: ServingComponent, stop: threading.Event | None = 
         RuntimeConfig(
             name="serving",
             unit="requests",
-            metrics_port=None if cfg.metrics_port < 0 else cfg.metrics_port,
+            metrics_port=cfg.metrics_port,
             progress_every_s=cfg.log_every_s,
         ),
         registry=component.metrics.registry,

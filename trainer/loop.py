@@ -417,7 +417,7 @@ def trainer_runtime(trainer: ContinuousTrainer, stop: threading.Event | None = N
         RuntimeConfig(
             name="trainer",
             unit="examples",
-            metrics_port=None if cfg.metrics_port < 0 else cfg.metrics_port,
+            metrics_port=cfg.metrics_port,
             progress_every_s=cfg.log_every_s,
             idle_exit_s=cfg.idle_exit_s,
         ),

@@ -108,6 +108,17 @@ def test_metrics_are_served_while_the_component_runs_and_not_after():
         urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_server.port}/metrics", timeout=5)
 
 
+@pytest.mark.parametrize("port", [None, -1])
+def test_no_metrics_port_or_a_negative_one_serves_no_metrics(port):
+    runtime = Runtime(
+        Scripted(lambda _stop: Step(finished=True)),
+        RuntimeConfig("test", metrics_port=port),
+        registry=CollectorRegistry(),
+    )
+    assert runtime.run().reason == "finished"
+    assert runtime.metrics_server is None
+
+
 def test_an_error_closes_the_component_without_a_checkpoint():
     def broken(_stop):
         raise ValueError("bad step")
