@@ -33,10 +33,17 @@ from serving.sid_delta import SidDelta
 from streams.contracts import schema
 from streams.contracts.topics import TopicNames, topic_set
 from streams.kafka.admin import ensure_topics
-from streams.kafka.clients import make_producer
 from streams.kafka.reader import read_to_end
 from tests.flink_support import JobProcess
 from tests.metrics_support import catalogue_names, logged_metrics_port, scrape_until_complete
+from tests.trainer_run_support import (
+    LEVELS,
+    TINY_TRAINER_CONFIG,
+    VIDEOS,
+    produce,
+    sft_examples,
+    tokenizer_checkpoint,
+)
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
 from trainer.prompt import SidLookup
@@ -45,23 +52,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token-" + uuid.uuid4().hex
-VIDEOS = [f"v{i:02d}" for i in range(24)]
-LEVELS = (8, 4, 2)
 DIM = 8
 
-CONFIG = """
-[trainer_model]
-d_model = 32
-n_layers = 2
-n_heads = 4
-n_kv_heads = 2
-d_ff = 64
-max_len = 64
-
-[trainer_vocab]
-text_vocab_size = 300
-min_frequency = 1
-
+CONFIG = (
+    TINY_TRAINER_CONFIG
+    + """
 [sid]
 disambiguation_size = 16
 
@@ -74,22 +69,6 @@ metrics_port = 0
 steps = 2
 batch_size = 4
 seq_len = 48
-
-[trainer]
-checkpoint_every_steps = 3
-checkpoint_every_s = 3600.0
-learning_rate = 0.001
-warmup_steps = 0
-log_every_s = 1.0
-
-[trainer_data]
-batch_size = 4
-seq_len = 48
-max_prompt_len = 40
-fresh_fraction = 1.0
-fresh_wait_ms = 100
-prefetch_batches = 2
-sid_refresh_s = 0.5
 
 [serving]
 port = 0
@@ -108,6 +87,7 @@ gate_margin = 1.0
 metrics_port = -1
 log_every_s = 2.0
 """
+)
 
 
 def _plum(*args: str) -> list[str]:
@@ -130,12 +110,10 @@ def _poll(what: str, check, timeout_s: float, interval_s: float = 0.2, proc=None
         time.sleep(interval_s)
 
 
-def _produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
-    producer = make_producer(bootstrap)
-    for key, value in items:
-        producer.send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
+def _produce_uploads(bootstrap: str, topic: str, videos: list[str], rng) -> None:
+    """Uploads of `videos` (random DIM-d text embeddings), keyed by video id."""
+    values = [schema.encode(_upload(v, rng)) for v in videos]
+    produce(bootstrap, topic, values, keys=[v.encode() for v in videos])
 
 
 def _upload(video: str, rng: np.random.Generator) -> schema.UploadEvent:
@@ -143,39 +121,6 @@ def _upload(video: str, rng: np.random.Generator) -> schema.UploadEvent:
     return schema.UploadEvent(
         video, 1_700_000_000_000, f"title {video}", "", "c", ("t",), 60.0, {"text": emb}
     )
-
-
-def _examples(start: int, n: int) -> list[schema.SftExample]:
-    rng = np.random.default_rng(start)
-    out = []
-    for i in range(start, start + n):
-        hist = tuple(
-            schema.HistoryItem(VIDEOS[int(v)], 0.5, 30.0, float(k))
-            for k, v in enumerate(rng.integers(0, len(VIDEOS), 3))
-        )
-        out.append(
-            schema.SftExample(
-                f"ev{i:05d}", f"u{i % 7}", hist, VIDEOS[(i + 1) % 24], VIDEOS[i % 24], 1.0,
-                1_700_000_000_000 + i,
-            )
-        )  # fmt: skip
-    return out
-
-
-def _tokenizer_checkpoint(directory: Path) -> Path:
-    """A real (tiny, barely trained) tokenizer with SID levels LEVELS on DIM-d text."""
-    from tokenizer.checkpoint import save_tokenizer
-    from tokenizer.config import load_tokenizer_config
-    from tokenizer.train import train_tokenizer
-
-    emb = {"text": np.random.default_rng(0).normal(size=(64, DIM)).astype(np.float32)}
-    config = load_tokenizer_config(
-        ROOT / "configs" / "test.toml", env={}, steps=3, codebook_base=8, num_levels=3
-    )
-    tok = train_tokenizer(emb, None, config)
-    assert tok.level_sizes == LEVELS
-    save_tokenizer(tok, directory)
-    return directory
 
 
 @dataclass
@@ -221,13 +166,9 @@ class Stack:
         return json.loads(lines[-1])
 
     def produce_examples(self, n: int) -> None:
-        examples = _examples(self.produced_examples, n)
+        examples = sft_examples(self.produced_examples, n)
         self.produced_examples += n
-        _produce(
-            self.bootstrap,
-            self.topics.sft_examples,
-            [(e.user_id.encode(), schema.encode(e)) for e in examples],
-        )
+        produce(self.bootstrap, self.topics.sft_examples, [schema.encode(e) for e in examples])
 
     def train(self, max_steps: int) -> None:
         """`plum trainer run` until max_steps (a checkpoint at that step), as a real process."""
@@ -240,11 +181,7 @@ class Stack:
         assert done.returncode == 0, done.stderr[-4000:]
 
     def upload(self, videos: list[str]) -> None:
-        _produce(
-            self.bootstrap,
-            self.topics.uploads,
-            [(v.encode(), schema.encode(_upload(v, self.uploads_rng))) for v in videos],
-        )
+        _produce_uploads(self.bootstrap, self.topics.uploads, videos, self.uploads_rng)
 
     def assignments(self) -> dict[str, schema.SidAssignment]:
         recs = read_to_end(self.bootstrap, self.topics.sid_assignments)
@@ -283,7 +220,7 @@ def stack(tmp_path_factory, kafka_bootstrap):
         PLUM_SERVING__MODEL_REPO=str(tmp / "models"),
         PLUM_SERVING__PORT_FILE=str(tmp / "serving.port"),
     )
-    tok = _tokenizer_checkpoint(tmp / "tok")
+    tok = tokenizer_checkpoint(tmp / "tok", items=64, dim=DIM)
     index_path = tmp / "sid-index.sqlite"
     common = ["--config", str(config), "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix]
     sid_service = JobProcess(
@@ -295,11 +232,7 @@ def stack(tmp_path_factory, kafka_bootstrap):
     procs = [sid_service, serving]
     try:
         rng = np.random.default_rng(1)
-        _produce(
-            kafka_bootstrap,
-            topics.uploads,
-            [(v.encode(), schema.encode(_upload(v, rng))) for v in VIDEOS],
-        )
+        _produce_uploads(kafka_bootstrap, topics.uploads, VIDEOS, rng)
         port_file = tmp / "serving.port"
         port = _poll(
             "serving's port file",
@@ -339,7 +272,7 @@ def test_before_a_publish_serving_is_alive_but_not_ready(stack):
     ready = httpx.get(f"{stack.url}/readyz", timeout=10)
     assert ready.status_code == 503
     assert ready.headers["content-type"].startswith("application/problem+json")
-    assert stack.retrieve(["v01"], k=5).status_code == 503
+    assert stack.retrieve(["v1"], k=5).status_code == 503
 
 
 def test_publish_once_puts_the_newest_checkpoint_in_serving(stack):
@@ -350,7 +283,7 @@ def test_publish_once_puts_the_newest_checkpoint_in_serving(stack):
     assert status["model"]["version"] == 1
     assert status["model"]["step"] == 6
     assert status["index"]["items"] == 24
-    resp = stack.retrieve(["v01", "v02", "v03"], k=10)
+    resp = stack.retrieve(["v1", "v2", "v3"], k=10)
     assert resp.status_code == 200, resp.text
     items = resp.json()["items"]
     assert 0 < len(items) <= 10
@@ -446,7 +379,7 @@ def test_a_corrupt_artifact_fails_to_load_and_the_old_version_keeps_answering(st
     def hammer() -> None:
         with httpx.Client(timeout=30) as client:
             while not stop.is_set():
-                r = client.post(f"{stack.url}/v1/retrieve", json={"history": [{"video_id": "v03"}]})
+                r = client.post(f"{stack.url}/v1/retrieve", json={"history": [{"video_id": "v3"}]})
                 answers.append(r.status_code)
 
     worker = threading.Thread(target=hammer)
@@ -524,13 +457,13 @@ def test_a_new_upload_is_servable_before_any_retrain(stack):
         n = status["index"]["items"]
         everything = min(32, n + 1)  # k = beam >= the index: every servable video comes back
         assert "fresh-video" not in {
-            it["video_id"] for it in stack.retrieve(["v01"], k=everything, beam=32).json()["items"]
+            it["video_id"] for it in stack.retrieve(["v1"], k=everything, beam=32).json()["items"]
         }
         uploaded = time.monotonic()
         stack.upload(["fresh-video"])
 
         def returned() -> bool:
-            r = stack.retrieve(["v01", "v02"], k=everything, beam=32)
+            r = stack.retrieve(["v1", "v2"], k=everything, beam=32)
             return r.status_code == 200 and "fresh-video" in {
                 it["video_id"] for it in r.json()["items"]
             }
@@ -555,7 +488,7 @@ def test_rollback_returns_serving_to_the_earlier_version_and_it_stays(stack):
     decision = stack.publish_once()  # nothing new: version 2 is not pushed again
     assert decision["publish"]["outcome"] != "published"
     assert stack.status()["model"]["version"] == 1
-    ids = {it["video_id"] for it in stack.retrieve(["v01"], k=10).json()["items"]}
+    ids = {it["video_id"] for it in stack.retrieve(["v1"], k=10).json()["items"]}
     assert ids <= _served_ids(stack)
 
 
@@ -581,7 +514,7 @@ def test_serving_and_the_publisher_emit_every_catalogue_metric(stack):
             proc=publisher,
         )
         assert stack.status()["model"]["step"] == 12
-        assert stack.retrieve(["never-uploaded", "v01"], k=5).json()["unknown_history"] == 1
+        assert stack.retrieve(["never-uploaded", "v1"], k=5).json()["unknown_history"] == 1
         scrape_until_complete(logged_metrics_port(log_path), catalogue_names("publisher"))
         samples = dict(
             scrape_until_complete(

@@ -17,15 +17,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from plum.checkpoints import CheckpointStore
 from streams.contracts import schema
 from streams.kafka.broker import free_port
-from streams.kafka.clients import make_producer
 from tests.metrics_support import catalogue_names, scrape_until_complete
+from tests.trainer_run_support import (
+    LEVELS,
+    TINY_TRAINER_CONFIG,
+    VIDEOS,
+    produce,
+    sft_examples,
+    tokenizer_checkpoint,
+)
 from tokenizer.index import SidIndex
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
@@ -42,27 +48,15 @@ from trainer.prompt import SidLookup
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-VIDEOS = [f"v{i}" for i in range(24)]
-LEVELS = (8, 4, 2)  # what a tokenizer with codebook_base 8 and 3 levels has
 
 
 def _sid(i: int) -> tuple[int, ...]:
     return (i % 8, i // 8, i % 2, i // 16)  # unique for the 24 videos
 
 
-CONFIG = """
-[trainer_model]
-d_model = 32
-n_layers = 2
-n_heads = 4
-n_kv_heads = 2
-d_ff = 64
-max_len = 64
-
-[trainer_vocab]
-text_vocab_size = 300
-min_frequency = 1
-
+CONFIG = (
+    TINY_TRAINER_CONFIG
+    + """
 [sid]
 disambiguation_size = 3
 
@@ -71,54 +65,8 @@ steps = 4
 batch_size = 4
 seq_len = 48
 log_every_s = 1.0
-
-[trainer]
-checkpoint_every_steps = 3
-checkpoint_every_s = 3600.0
-learning_rate = 0.001
-warmup_steps = 0
-log_every_s = 1.0
-
-[trainer_data]
-batch_size = 4
-seq_len = 48
-max_prompt_len = 40
-fresh_fraction = 1.0
-fresh_wait_ms = 100
-prefetch_batches = 2
-sid_refresh_s = 0.5
 """
-
-
-def _examples(start: int, n: int, unknown_every: int = 0) -> list[schema.SftExample]:
-    rng = np.random.default_rng(start)
-    out = []
-    for i in range(start, start + n):
-        hist = tuple(
-            schema.HistoryItem(VIDEOS[int(v)], 0.5, 30.0, float(k))
-            for k, v in enumerate(rng.integers(0, len(VIDEOS), 3))
-        )
-        target = "unknown-video" if unknown_every and i % unknown_every == 0 else VIDEOS[i % 24]
-        out.append(
-            schema.SftExample(
-                f"ev{i:05d}",
-                f"u{i % 7}",
-                hist,
-                VIDEOS[(i + 1) % 24],
-                target,
-                1.0,
-                1_700_000_000_000 + i,
-            )
-        )
-    return out
-
-
-def _produce(bootstrap: str, topic: str, records: list[bytes]) -> None:
-    producer = make_producer(bootstrap)
-    for i, value in enumerate(records):
-        producer.send(topic, key=f"u{i % 7}".encode(), value=value)
-    producer.flush()
-    producer.close()
+)
 
 
 def _config_and_index(tmp_path: Path) -> tuple[Path, Path]:
@@ -175,10 +123,10 @@ def test_kill_9_and_restart_trains_every_example_exactly_once(
     run_setup, topics, topic_prefix, kafka_bootstrap
 ):
     config, index_path, tmp_path = run_setup
-    first = _examples(0, 120, unknown_every=25)
-    second = _examples(120, 80, unknown_every=25)
+    first = sft_examples(0, 120, unknown_every=25)
+    second = sft_examples(120, 80, unknown_every=25)
     malformed = [b"{not json", b'{"schema": 1, "event_id": 5}']
-    _produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in first] + malformed)
+    produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in first] + malformed)
 
     cmd = _run_cmd(config, kafka_bootstrap, topic_prefix, index_path, tmp_path)
     log1 = (tmp_path / "run1.log").open("w")
@@ -190,7 +138,7 @@ def test_kill_9_and_restart_trains_every_example_exactly_once(
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
 
-    _produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in second])
+    produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in second])
     proc2 = subprocess.run(
         [*cmd, "--idle-exit", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
@@ -232,7 +180,7 @@ def test_sigterm_checkpoints_and_exits_zero_and_the_checkpoint_evaluates(
     run_setup, topics, topic_prefix, kafka_bootstrap
 ):
     config, index_path, tmp_path = run_setup
-    _produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in _examples(0, 40)])
+    produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in sft_examples(0, 40)])
     port = free_port()
     cmd = _run_cmd(
         config, kafka_bootstrap, topic_prefix, index_path, tmp_path, "--metrics-port", str(port)
@@ -282,7 +230,7 @@ def test_max_steps_ends_the_run_with_a_checkpoint_at_that_step(run_setup, topics
     """In process, on the runtime: the run is "finished" at max_steps and the runtime's
     final checkpoint (not the every-3-steps one) holds step 2; a restart trains no more."""
     config, index_path, tmp_path = run_setup
-    _produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in _examples(0, 40)])
+    produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in sft_examples(0, 40)])
     cfg = load_trainer_config(config, env={}, bootstrap=kafka_bootstrap, max_steps=2)
     paths = RunPaths(tmp_path / "run", tmp_path / "cpt")
 
@@ -313,7 +261,7 @@ def test_cpt_cli_reads_uploads_and_watches_from_kafka(
     tmp_path, topics, topic_prefix, kafka_bootstrap
 ):
     config, index_path = _config_and_index(tmp_path)
-    tok_dir = _tokenizer_checkpoint(tmp_path / "tok")
+    tok_dir = tokenizer_checkpoint(tmp_path / "tok")
     uploads = [
         schema.UploadEvent(
             v, 1_700_000_000_000, f"title {v}", "", "c", ("t",), 60.0, {"text": (0.1, 0.2)}
@@ -333,8 +281,8 @@ def test_cpt_cli_reads_uploads_and_watches_from_kafka(
         )
         for i in range(60)
     ]
-    _produce(kafka_bootstrap, topics.uploads, [schema.encode(u) for u in uploads])
-    _produce(kafka_bootstrap, topics.watches_replay, [schema.encode(w) for w in watches] + [b"bad"])
+    produce(kafka_bootstrap, topics.uploads, [schema.encode(u) for u in uploads])
+    produce(kafka_bootstrap, topics.watches_replay, [schema.encode(w) for w in watches] + [b"bad"])
     proc = subprocess.run(
         [sys.executable, "-m", "plum.cli", "trainer", "cpt", "--config", str(config),
          "--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix, "--index", str(index_path),
@@ -350,19 +298,3 @@ def test_cpt_cli_reads_uploads_and_watches_from_kafka(
     assert meta["corpus"]["metadata_sequences"] == 48
     # 5 users x 12 watches x 7 tokens (4 SID + 3 features) do not fit 49 tokens: 2 chunks each
     assert meta["corpus"]["behaviour_sequences"] == 10
-
-
-def _tokenizer_checkpoint(directory: Path) -> Path:
-    """A real (tiny, barely trained) tokenizer checkpoint with SID levels LEVELS."""
-    from tokenizer.checkpoint import save_tokenizer
-    from tokenizer.config import load_tokenizer_config
-    from tokenizer.train import train_tokenizer
-
-    emb = {"text": np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)}
-    config = load_tokenizer_config(
-        ROOT / "configs" / "test.toml", env={}, steps=3, codebook_base=8, num_levels=3
-    )
-    tok = train_tokenizer(emb, None, config)
-    assert tok.level_sizes == LEVELS
-    save_tokenizer(tok, directory)
-    return directory
