@@ -61,6 +61,23 @@ def end_offsets(bootstrap: str, topic: str, **kw) -> dict[int, int]:
         consumer.close()
 
 
+def settled_end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+    """The read_committed end offsets once every transaction marker is in the log.
+
+    `commit_transaction` returns when the coordinator has logged the commit; it writes the
+    markers into the partitions afterwards, and until then a partition's last stable
+    offset still stops before the transaction. With no transaction open, the marker is
+    in once the read_committed end equals the log end."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        committed = end_offsets(bootstrap, topic)
+        if committed == end_offsets(bootstrap, topic, isolation_level="read_uncommitted"):
+            return committed
+        if time.monotonic() > deadline:
+            pytest.fail(f"transaction markers of {topic} not written in {timeout_s} s")
+        time.sleep(0.1)
+
+
 def open_data(vocab, bootstrap, topic, archive_dir, start=None, **kw) -> TrainingData:
     return TrainingData(config(**kw), vocab, lambda: lookup(), bootstrap, topic, archive_dir, start)
 
@@ -93,7 +110,7 @@ def test_all_fresh_batches_consume_the_topic_exactly_once_and_resume_exactly(
 ):
     examples = [example(i) for i in range(N)]
     produce(kafka_bootstrap, topics.sft_examples, examples)
-    ends = end_offsets(kafka_bootstrap, topics.sft_examples)
+    ends = settled_end_offsets(kafka_bootstrap, topics.sft_examples)
     with open_data(vocab, kafka_bootstrap, topics.sft_examples, tmp_path) as data:
         batches = read_until(data, at_end(ends))
     ids = ids_of(batches)
@@ -115,7 +132,7 @@ def test_records_of_an_aborted_transaction_are_never_read(vocab, kafka_bootstrap
     committed = [example(i) for i in range(40)]
     aborted = [example(1000 + i) for i in range(25)]
     produce(kafka_bootstrap, topics.sft_examples, committed, abort=aborted)
-    ends = end_offsets(kafka_bootstrap, topics.sft_examples)
+    ends = settled_end_offsets(kafka_bootstrap, topics.sft_examples)
     with open_data(vocab, kafka_bootstrap, topics.sft_examples, tmp_path) as data:
         batches = read_until(data, at_end(ends))
     # the position passes over the aborted records and the markers, yet none is trained on
@@ -150,14 +167,14 @@ def test_latest_start_skips_what_was_there_before(vocab, kafka_bootstrap, topics
         vocab, kafka_bootstrap, topics.sft_examples, tmp_path, start_from="latest"
     ) as data:
         produce(kafka_bootstrap, topics.sft_examples, [example(100 + i) for i in range(5)])
-        ends = end_offsets(kafka_bootstrap, topics.sft_examples)
+        ends = settled_end_offsets(kafka_bootstrap, topics.sft_examples)
         batches = read_until(data, at_end(ends))
     assert sorted(ids_of(batches)) == [f"e{100 + i}" for i in range(5)]
 
 
 def test_a_saved_position_wins_over_start_from(vocab, kafka_bootstrap, topics, tmp_path):
     produce(kafka_bootstrap, topics.sft_examples, [example(i) for i in range(12)])
-    ends = end_offsets(kafka_bootstrap, topics.sft_examples)
+    ends = settled_end_offsets(kafka_bootstrap, topics.sft_examples)
     start = DataPosition({p: 0 for p in ends})
     with open_data(
         vocab, kafka_bootstrap, topics.sft_examples, tmp_path, start, start_from="latest"
@@ -198,7 +215,7 @@ def test_a_topic_that_ends_in_an_aborted_transaction_is_read_to_its_end(kafka_bo
     producer = open_transaction(kafka_bootstrap, topic, [example(100 + i) for i in range(20)])
     producer.abort_transaction()
     producer.close()
-    ends = end_offsets(kafka_bootstrap, topic)
+    ends = settled_end_offsets(kafka_bootstrap, topic)
     source = TopicSource(kafka_bootstrap, topic)
     try:
         records = read_to(source, ends)
@@ -216,7 +233,7 @@ def test_positions_are_exact_for_what_was_handed_out(kafka_bootstrap, topics):
     source's position continues with exactly the records the first did not hand out."""
     topic = topics.sft_examples
     produce(kafka_bootstrap, topic, [example(i) for i in range(60)], abort=[example(900)])
-    ends = end_offsets(kafka_bootstrap, topic)
+    ends = settled_end_offsets(kafka_bootstrap, topic)
     first = TopicSource(kafka_bootstrap, topic)
     try:
         taken: list = []
@@ -242,6 +259,7 @@ def test_topic_ends_are_the_last_stable_offsets(kafka_bootstrap, topics):
     while a transaction is open (its records are not counted as lag yet)."""
     topic = topics.sft_examples
     produce(kafka_bootstrap, topic, [example(i) for i in range(20)])
+    settled_end_offsets(kafka_bootstrap, topic)  # the first transaction's markers are in
     producer = open_transaction(kafka_bootstrap, topic, [example(100 + i) for i in range(10)])
     ends = TopicEnds(kafka_bootstrap, topic)
     try:
@@ -250,7 +268,7 @@ def test_topic_ends_are_the_last_stable_offsets(kafka_bootstrap, topics):
         log_ends = end_offsets(kafka_bootstrap, topic, isolation_level="read_uncommitted")
         assert sum(log_ends.values()) >= sum(open_ends.values()) + 10  # the open records
         producer.commit_transaction()
-        committed = end_offsets(kafka_bootstrap, topic)
+        committed = settled_end_offsets(kafka_bootstrap, topic)
         assert ends(sorted(committed)) == committed
         assert sum(committed.values()) > sum(log_ends.values())  # + the commit markers
     finally:
