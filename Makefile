@@ -8,15 +8,30 @@ STAMP_PY := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sh
 STAMP_JVM := $(JVM_DIR)/.resolved-$(shell sha1sum deploy/jvm/pom.xml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit lint lock bench bench-tools clean-state check-tools
+.PHONY: setup system-packages demo test test-unit lint lock bench bench-tools clean-state check-tools
 
-setup: $(STAMP_PY) $(STAMP_JVM)
+setup: $(STAMP_PY) $(STAMP_JVM) system-packages
 
 check-tools:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11 (python3, python3-venv)"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { echo "error: Python 3.11 is required (apache-flink 2.3 wheels); found $$($(PYTHON) --version)"; exit 1; }
 	@command -v java >/dev/null || { echo "error: java not found: install a JDK 17 (apt-get install openjdk-17-jdk-headless)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "error: mvn not found: install Maven (apt-get install maven)"; exit 1; }
+
+# Debian packages the stack and its tests run: Prometheus (with promtool) for monitoring,
+# Chromium and ChromeDriver for the dashboard's browser test. Installed only when missing;
+# apt needs root (CI runs as root), otherwise one line says what to install.
+SYSTEM_TOOLS := prometheus:prometheus promtool:prometheus chromium:chromium chromedriver:chromium-driver
+system-packages:
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t##*:}; done | sort -u | tr '\n' ' '); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "warning: missing $$missing: run 'sudo apt-get install $$missing' (monitoring and dashboard tests need them)"; \
+	  fi; \
+	fi
 
 $(STAMP_PY): requirements.lock pyproject.toml | check-tools
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)

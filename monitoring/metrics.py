@@ -161,6 +161,34 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "newest event time seen minus the current watermark",
         "ms",
     ),
+    # --- the Flink job as Flink itself reports it (its REST API, polled by `plum flink run`)
+    MetricDef(
+        "plum_flink_job_running",
+        "gauge",
+        "flink_job",
+        "1 while the Flink job's state is RUNNING",
+    ),
+    MetricDef(
+        "plum_flink_job_last_checkpoint_ts",
+        "gauge",
+        "flink_job",
+        "wall time the newest completed checkpoint was triggered",
+        "ms",
+    ),
+    MetricDef(
+        "plum_flink_job_checkpoint_duration_seconds",
+        "gauge",
+        "flink_job",
+        "end-to-end duration of the newest completed checkpoint",
+        "seconds",
+    ),
+    MetricDef(
+        "plum_flink_job_checkpoints",
+        "gauge",
+        "flink_job",
+        "checkpoints of the job so far, by status (completed, failed)",
+        labels=("status",),
+    ),
     # --- SID assignment service (tokenizer/service.py)
     MetricDef(
         "plum_sid_uploads_consumed_total", "counter", "sid_service", "upload records consumed"
@@ -354,6 +382,14 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "serving",
         "SID deltas received, by outcome (applied, duplicate, gap, rejected)",
         labels=("outcome",),
+    ),
+    MetricDef(
+        "plum_serving_sid_to_servable_seconds",
+        "histogram",
+        "serving",
+        "SID assigned (its assignment record's Kafka timestamp) -> applied in serving's index",
+        "seconds",
+        buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0),
     ),
     MetricDef(
         "plum_serving_upload_to_servable_seconds",
