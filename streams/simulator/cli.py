@@ -80,7 +80,7 @@ class SimulatorProducer:
     """The simulator as a runtime component: sends the seeded stream to Kafka.
 
     A step sends records until `STEP_RECORDS` or `STEP_S`, waiting before each record
-    as the rate requires; it checks `stop` before drawing a record, so a stop never
+    as the rate (and in real time, the record's simulated time) requires; it checks `stop` before drawing a record, so a stop never
     leaves one drawn but unsent and the ground truth's count is exactly what was
     produced. `checkpoint` flushes the producer and writes the ground truth.
     """
@@ -92,7 +92,10 @@ class SimulatorProducer:
         metrics: Metrics,
         producer: Any = None,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
     ) -> None:
+        if cfg.real_time:
+            cfg = cfg.replace(start_epoch_ms=int(wall_clock() * 1000))
         self.cfg, self.bootstrap, self.metrics = cfg, bootstrap, metrics
         self.sim = Simulator(cfg)
         self.truth_file = truth_path(cfg)
@@ -127,6 +130,10 @@ class SimulatorProducer:
             if rec is None:
                 finished = True
                 break
+            if self.cfg.real_time:  # a stop while waiting still sends the record drawn
+                due = self._t0 + (rec.now_ms - self.cfg.start_epoch_ms) / 1000 - self._clock()
+                if due > 0.001:
+                    stop.wait(due)
             self.producer.send(rec.topic, key=rec.key, value=rec.value).add_errback(
                 self.errors.append
             )
@@ -245,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rate", type=float, help="records per wall-clock second (0: as fast as possible)"
     )
+    p.add_argument(
+        "--real-time",
+        action="store_true",
+        default=None,
+        help="event time = wall time: the clock starts now and runs at wall speed",
+    )
     p.add_argument("--bad-fraction", type=float, help="P(a malformed record follows a valid one)")
     p.add_argument("--out-of-order-fraction", type=float, help="P(a watch is produced late)")
     p.add_argument("--truth", type=Path, help="where to write the ground-truth JSON")
@@ -265,6 +278,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         "truth_path": args.truth,
         "topic_prefix": args.topic_prefix,
         "replay": args.replay,
+        "real_time": args.real_time,
     }
     # One duration flag replaces both limits of the config, so they cannot disagree.
     if args.events is not None:

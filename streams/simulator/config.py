@@ -56,6 +56,11 @@ class SimulatorConfig:
     events: int = 100_000  # records to produce in all (uploads, watches, bad); 0 = no limit
     seconds: float = 0.0  # simulated seconds to run; 0 = no limit
     rate: float = 0.0  # records per wall-clock second; 0 = as fast as possible
+    # Event time follows the wall clock, as in production: the simulated clock starts at
+    # the wall time of the start (start_epoch_ms is replaced) and each record is sent
+    # when the wall clock reaches its simulated time (`rate` then only caps the pace).
+    # The freshness metrics (event -> model) then read in real seconds.
+    real_time: bool = False
 
     # --- faults
     bad_fraction: float = 0.0  # P(a malformed record follows a valid one)

@@ -11,7 +11,13 @@ import pytest
 from monitoring.metrics import Metrics
 from plum.config import REPO_ROOT, ConfigError
 from streams.contracts import schema, topics
-from streams.simulator.cli import build_parser, config_from_args, load_config, run
+from streams.simulator.cli import (
+    SimulatorProducer,
+    build_parser,
+    config_from_args,
+    load_config,
+    run,
+)
 from streams.simulator.config import SimulatorConfig
 from streams.simulator.faults import BAD_KINDS
 from streams.simulator.stream import (
@@ -341,3 +347,61 @@ def test_run_stops_cleanly_when_asked(tmp_path):
     assert run(cfg, "unused:9092", producer=producer, stop=stop) == 0
     assert len(producer.sent) == 250 and producer.flushed
     assert load_ground_truth(cfg.truth_path)["records"] == 250
+
+
+class _ManualClock:
+    """A monotonic clock that moves only when the producer waits on `stop`."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _ClockStop(threading.Event):
+    def __init__(self, clock: _ManualClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.clock.now += timeout or 0.0
+        return False
+
+
+class _Future:
+    def add_errback(self, _fn) -> None:
+        pass
+
+
+class _ListProducer:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, topic, key=None, value=None) -> _Future:
+        self.sent.append(value)
+        return _Future()
+
+
+def test_real_time_starts_the_clock_now_and_sends_each_record_at_its_simulated_time(tmp_path):
+    clock = _ManualClock()
+    cfg = SMALL.replace(
+        real_time=True, events=200, watches_per_sim_second=50.0, truth_path=tmp_path / "t.json"
+    )
+    producer = SimulatorProducer(
+        cfg,
+        "unused:9092",
+        Metrics.for_component("simulator"),
+        _ListProducer(),
+        clock,
+        wall_clock=lambda: 1_800_000_000.0,
+    )
+    assert producer.cfg.start_epoch_ms == 1_800_000_000_000  # event time = wall time
+    producer.start()
+    stop = _ClockStop(clock)
+    while not producer.step(stop).finished:
+        pass
+    simulated_s = (producer.sim.now_ms - producer.cfg.start_epoch_ms) / 1000
+    assert producer.sent == 200 and simulated_s > 1.0  # ~200 records at 50 watches/s + uploads
+    # the wall clock advanced with the simulated one: each record waited for its time
+    assert clock.now - 100.0 == pytest.approx(simulated_s, abs=0.05)
