@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from monitoring.prometheus.config import ALERTS_SECTION, AlertThresholds, PrometheusConfig
+from monitoring.prometheus.config import SECTION as PROMETHEUS_SECTION
 from plum.config import ConfigError
 from plum.settings import Check, Settings, distinct_ports
 from publisher.config import SECTION as PUBLISHER_SECTION
@@ -58,6 +60,8 @@ SECTIONS: dict[str, type] = {
     TRAINER_SECTION: TrainerConfig,
     SERVING_SECTION: ServingConfig,
     PUBLISHER_SECTION: PublisherConfig,
+    PROMETHEUS_SECTION: PrometheusConfig,
+    ALERTS_SECTION: AlertThresholds,
 }
 
 
@@ -73,6 +77,7 @@ def stack_checks(demo_config: type) -> tuple[Check, ...]:
         (ServingConfig, SERVING_SECTION, "port"),
         (ServingConfig, SERVING_SECTION, "metrics_port"),
         (PublisherConfig, PUBLISHER_SECTION, "metrics_port"),
+        (PrometheusConfig, PROMETHEUS_SECTION, "port"),
     )
     return FLINK_CHECKS + SID_SERVICE_CHECKS + TRAINER_CHECKS + ports
 

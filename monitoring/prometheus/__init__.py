@@ -1,0 +1,2 @@
+"""Prometheus for the stack: its config (`config`), the scrape file (`scrape`) and the
+Debian `prometheus` binary run as a child process (`server`)."""
