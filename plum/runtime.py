@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from typing import Literal, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import MetricsHandler
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,12 @@ class Progress:
     """A periodic log line: count, rate since the last line and overall, and an ETA.
 
     `total` (a count) or `fraction` (a callable for progress measured otherwise, e.g.
-    simulated time) makes the run bounded and adds "x% done, ETA s"; without either the
-    line says it runs until stopped. `detail` adds component-specific text.
+    simulated time) makes the run bounded and adds "x% done, elapsed, ETA"; without
+    either the line says it runs until stopped. `detail` adds component-specific text.
+    Rates and times are formatted by tqdm (SI-scaled rates, H:MM:SS intervals), so every
+    component's line reads the same. With `total` and `live` (default: stderr is a
+    terminal) a tqdm bar on stderr shows the count instead of the periodic lines; the
+    final line is logged either way, so a log file always holds the outcome.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class Progress:
         detail: Callable[[], str] | None = None,
         clock: Clock = time.monotonic,
         logger: logging.Logger | None = None,
+        live: bool | None = None,
     ) -> None:
         self.name, self.unit, self.every_s = name, unit, every_s
         self.total, self._fraction, self._detail = total, fraction, detail
@@ -98,9 +105,16 @@ class Progress:
         self.count = 0
         self.t0 = self._last_t = clock()
         self._last_n = 0
+        if live is None:
+            live = sys.stderr.isatty()
+        self.bar: tqdm | None = None
+        if live and total:
+            self.bar = tqdm(total=total, desc=name, unit=f" {unit}", dynamic_ncols=True)
 
     def add(self, n: int = 1) -> None:
         self.count += n
+        if self.bar is not None and n:
+            self.bar.update(n)
 
     def fraction_done(self) -> float | None:
         got = [self.count / self.total] if self.total else []
@@ -118,36 +132,47 @@ class Progress:
     def line(self, final: bool = False, detail: str | None = None) -> str:
         """The progress line; `detail` replaces the component's own text for this line."""
         now = self._clock()
+        elapsed = now - self.t0
         rate = (self.count - self._last_n) / max(now - self._last_t, 1e-9)
-        overall = self.count / max(now - self.t0, 1e-9)
+        overall = self.count / max(elapsed, 1e-9)
         self._last_t, self._last_n = now, self.count
         done = self.fraction_done()
         if final:
-            tail = f"done in {now - self.t0:.1f} s"
+            tail = f"done in {tqdm.format_interval(elapsed)}"
         elif done is None:
             tail = "runs until stopped"
         else:
             eta = self.eta_s()
-            tail = f"{done:.1%} done, ETA {eta:.0f} s" if eta is not None else f"{done:.1%} done"
+            tail = f"{done:.1%} done, {tqdm.format_interval(elapsed)} elapsed"
+            if eta is not None:
+                tail += f", ETA {tqdm.format_interval(eta)}"
         if detail is None and self._detail is not None:
             detail = self._detail()
         detail = f", {detail}" if detail else ""
         return (
-            f"{self.name}: {self.count} {self.unit} ({rate:.1f}/s now, {overall:.1f}/s overall)"
-            f"{detail} | {tail}"
+            f"{self.name}: {self.count} {self.unit} ({tqdm.format_sizeof(rate)}/s now, "
+            f"{tqdm.format_sizeof(overall)}/s overall){detail} | {tail}"
         )
 
     def due(self) -> bool:
         return self._clock() - self._last_t >= self.every_s
 
     def maybe_report(self) -> bool:
-        if not self.due():
+        if self.bar is not None or not self.due():  # the live bar shows it already
             return False
         self._log.info(self.line())
         return True
 
     def report(self, final: bool = False, detail: str | None = None) -> None:
+        if final:
+            self.close()
         self._log.info(self.line(final=final, detail=detail))
+
+    def close(self) -> None:
+        """End the live bar (if any) without a line: work whose caller logs its own outcome."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class IdleClock:

@@ -225,6 +225,7 @@ def train_tokenizer(
                 f"contrastive {means['contrastive']:.4f}, {rate * config.batch_size:.0f} items/s, "
                 f"reseeded {reseeded_total}"
             )
+    progress.close()
     log.info("trained %d steps in %.1fs", config.steps, time.perf_counter() - t_start)
     return TrainedTokenizer(
         config,

@@ -420,6 +420,7 @@ class ModelRanker:
             ranked += [[self.video_ids[i] for i in row if i >= 0] for row in items]
             progress.add(len(chunk))
             progress.maybe_report()
+        progress.close()
         return Generation(ranked, generated, invalid)
 
     def rank_many(self, examples: Sequence[SftExample], k: int) -> list[list[str]]:

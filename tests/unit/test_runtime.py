@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -135,6 +137,61 @@ def test_progress_line_has_the_rate_and_an_eta_for_a_bounded_run():
     clock.now = 10.0
     progress.add(25)
     line = progress.line()
-    assert line.startswith("load: 25 videos (2.5/s now, 2.5/s overall), index 7")
-    assert line.endswith("25.0% done, ETA 30 s")
+    assert line.startswith("load: 25 videos (2.50/s now, 2.50/s overall), index 7")
+    assert line.endswith("25.0% done, 00:10 elapsed, ETA 00:30")
     assert Progress("serve", clock=clock).line().endswith("runs until stopped")
+
+
+def test_progress_rates_are_since_the_last_line_and_long_times_read_as_hours():
+    clock = FakeClock()
+    progress = Progress("import", total=50_000_000, clock=clock)
+    clock.now = 100.0
+    progress.add(1_000_000)  # 10k/s
+    progress.line()
+    clock.now = 200.0
+    progress.add(3_000_000)  # 30k/s in the last 100 s, 20k/s overall
+    line = progress.line()
+    assert "(30.0k/s now, 20.0k/s overall)" in line
+    # 8% in 200 s: 92% left at that pace is 2300 s
+    assert line.endswith("8.0% done, 03:20 elapsed, ETA 38:20")
+    clock.now = 7_400.0
+    assert progress.line(final=True).endswith("| done in 2:03:20")
+
+
+def test_a_fraction_bounds_a_run_without_a_count_total():
+    clock = FakeClock()
+    progress = Progress("simulate", fraction=lambda: 0.4, clock=clock)
+    clock.now = 20.0
+    assert progress.line().endswith("40.0% done, 00:20 elapsed, ETA 00:30")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_live_bar_counts_instead_of_periodic_lines_and_the_final_line_is_still_logged(
+    caplog, monkeypatch
+):
+    clock = FakeClock()
+    caplog.set_level("INFO", logger="plum.runtime")
+    monkeypatch.setattr(sys, "stderr", stream := Terminal())
+    progress = Progress("train", "steps", every_s=1.0, total=40, clock=clock)
+    assert progress.bar is not None
+    clock.now = 5.0
+    progress.add(10)
+    assert progress.bar.n == 10
+    assert not progress.maybe_report()  # due, but the bar shows it
+    progress.report(final=True)
+    assert progress.bar is None
+    assert "10/40" in stream.getvalue()
+    assert caplog.messages == ["train: 10 steps (2.00/s now, 2.00/s overall) | done in 00:05"]
+    # without a terminal (a log file) or a total, no bar: the periodic lines
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert Progress("train", total=40).bar is None
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert Progress("serve").bar is None
+    quiet = Progress("search", total=3)
+    quiet.add(3)
+    quiet.close()  # the caller logs its own outcome: the bar ends, no line
+    assert quiet.bar is None and len(caplog.messages) == 1
