@@ -3,7 +3,7 @@
     plum flink run [--config P] [--bootstrap H:P] [--topic-prefix P]
                    [--backfill --from T1 --to T2] [--output-suffix S]
                    [--checkpoint-dir D] [--parallelism N] [--fresh | --restore PATH]
-                   [--metrics-port PORT]
+                   [--metrics-port PORT] [--rest-port PORT] [--job-metrics-port PORT]
 
 Times T1/T2 are epoch milliseconds or ISO-8601 (`2023-11-14T22:13:20Z`). A live run
 resumes from the newest retained checkpoint under the checkpoint dir unless `--fresh`
@@ -13,6 +13,10 @@ the beginning, keeps records with T1 <= ts < T2), writes to the same output topi
 `<topic><suffix>` side by side) and exits when the bounded input is done. SIGTERM/SIGINT
 cancel the job; the retained checkpoint stays for the next start.
 
+While the job runs, this driver polls Flink's REST endpoint (`--rest-port`, 0 = a free
+one) for the job's state and checkpoints and serves them as the `flink_job` metrics on
+`--job-metrics-port` (-1: none; see streams/flink/job_metrics.py).
+
 On a Flink cluster: `flink run -py streams/flink/cli.py -pyfs plum,streams,monitoring
 --jarfile build/jvm/flink/flink-sql-connector-kafka-*.jar run --bootstrap ...`.
 """
@@ -20,6 +24,7 @@ On a Flink cluster: `flink run -py streams/flink/cli.py -pyfs plum,streams,monit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import threading
@@ -35,6 +40,8 @@ from streams.contracts import topics as topic_defs
 from streams.contracts.topics import TopicNames
 from streams.flink.config_checks import CHECKS
 from streams.flink.job import FlinkConfig, RunOptions, build, latest_checkpoint, load_flink_config
+from streams.flink.job_metrics import FlinkRest, JobPoller
+from streams.kafka.broker import free_port
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--metrics-port", type=int, default=None, help="Prometheus /metrics port (0: off)"
     )
+    r.add_argument(
+        "--rest-port", type=int, default=None, help="Flink's REST endpoint port (0: a free one)"
+    )
+    r.add_argument(
+        "--job-metrics-port",
+        type=int,
+        default=None,
+        help="/metrics of the job's state and checkpoints (-1: none, 0: a free port)",
+    )
     g = r.add_mutually_exclusive_group()
     g.add_argument("--fresh", action="store_true", help="ignore retained checkpoints")
     g.add_argument("--restore", default=None, help="resume from this checkpoint/savepoint path")
@@ -112,6 +128,8 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if opts.output_suffix:
         _ensure_suffixed_topics(cfg.bootstrap, opts.topics, opts.output_suffix)
+    if not cfg.rest_port:  # a port known here, so the poller can find the endpoint
+        cfg = dataclasses.replace(cfg, rest_port=free_port())
     env, t_env, stmts = build(cfg, opts, checkpoint_dir)
     started = time.monotonic()
     result = stmts.execute()
@@ -125,12 +143,18 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
         checkpoint_dir,
         f", restored from {opts.restore_path}" if opts.restore_path else "",
     )
+    log.info("flink REST on http://127.0.0.1:%d", cfg.rest_port)
     done, outcome = threading.Event(), JobOutcome()
     waiter = threading.Thread(target=_wait, args=(result, outcome, done), daemon=True)
     waiter.start()
+    poller = _job_poller(cfg, job_id)
     # The job ends by itself (a backfill) or by a signal: `stop` is set by either.
-    with stop_on_signals(done, "flink job") as stop:
-        stop.wait()
+    try:
+        with stop_on_signals(done, "flink job") as stop:
+            stop.wait()
+    finally:
+        if poller is not None:
+            poller.close()
     if client is not None and waiter.is_alive():
         log.info("cancelling the job (retained checkpoints stay)")
         try:
@@ -142,6 +166,14 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
         "flink job %s ended after %.1f s: %s", job_id, time.monotonic() - started, outcome.status
     )
     return 0 if outcome.ok else 1
+
+
+def _job_poller(cfg: FlinkConfig, job_id: object) -> JobPoller | None:
+    """The REST poller serving the `flink_job` metrics, when a port is configured."""
+    if cfg.job_metrics_port < 0 or job_id is None:
+        return None
+    rest = FlinkRest(f"http://127.0.0.1:{cfg.rest_port}")
+    return JobPoller(rest, str(job_id), cfg.job_metrics_interval_s, cfg.job_metrics_port)
 
 
 def _wait(result, outcome: JobOutcome, done: threading.Event) -> None:
@@ -168,6 +200,8 @@ def run(argv: list[str]) -> int:
             parallelism=args.parallelism,
             checkpoint_dir=args.checkpoint_dir,
             metrics_port=args.metrics_port,
+            rest_port=args.rest_port,
+            job_metrics_port=args.job_metrics_port,
         )
         Settings.load(args.config).check(CHECKS)  # [flink] against what it reads
     except ConfigError as exc:

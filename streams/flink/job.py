@@ -128,6 +128,13 @@ class FlinkConfig:
     sample_salt: str = ""
     # Prometheus /metrics from the Python workers; 0 = off.
     metrics_port: int = 0
+    # Flink's REST endpoint (local mode: the MiniCluster's, on 127.0.0.1); 0 = a free port
+    # picked at start. `plum flink run` polls it for the job's state and checkpoints.
+    rest_port: int = 0
+    # /metrics of that poll (streams/flink/job_metrics.py) from the driver: -1 = none,
+    # 0 = a free port; polled every job_metrics_interval_s.
+    job_metrics_port: int = -1
+    job_metrics_interval_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.python_execution_mode not in ("thread", "process"):
@@ -151,6 +158,13 @@ class FlinkConfig:
             raise ValueError("min_count, parallelism and checkpoint_interval_ms must be positive")
         if self.out_of_orderness_ms < 0 or self.idleness_ms < 0:
             raise ValueError("out_of_orderness_ms and idleness_ms must be >= 0")
+        if not 0 <= self.rest_port <= 65535:
+            raise ValueError(f"rest_port must be 0 (a free port) .. 65535, got {self.rest_port}")
+        if self.job_metrics_port < -1 or self.job_metrics_interval_s <= 0:
+            raise ValueError(
+                "job_metrics_port must be >= -1 and job_metrics_interval_s positive, got "
+                f"{self.job_metrics_port} and {self.job_metrics_interval_s}"
+            )
         if self.watermark_interval_ms <= 0:
             raise ValueError(
                 f"watermark_interval_ms must be positive, got {self.watermark_interval_ms}"
@@ -558,6 +572,11 @@ def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path)
     c.set_string("python.executable", sys.executable)
     c.set_string("python.client.executable", sys.executable)
     c.set_string("table.local-time-zone", "UTC")
+    if cfg.rest_port:  # 0: Flink's own choice (run_job picks a free port first)
+        c.set_string("rest.bind-address", "127.0.0.1")
+        c.set_string("rest.address", "127.0.0.1")
+        c.set_string("rest.bind-port", str(cfg.rest_port))
+        c.set_string("rest.port", str(cfg.rest_port))
     if run.restore_path:
         c.set_string("execution.state-recovery.path", run.restore_path)
     return c

@@ -6,7 +6,9 @@ sample of every catalogue metric of that component: a metric only declared (`# H
 without a sample) does not count.
 
 `LAUNCHERS` says how to start each component; a component added to the catalogue needs
-a launcher here, or an entry in `ELSEWHERE` naming the test that scrapes it instead.
+a launcher here (or a place in `ALSO_LAUNCHES` when one process runs it beside another:
+the Flink driver's `flink_job` beside its workers' `flink`), or an entry in `ELSEWHERE`
+naming the test that scrapes it instead.
 """
 
 from __future__ import annotations
@@ -45,9 +47,16 @@ class Env:
     tmp_path: Path
 
 
-# A launcher starts its component on `env`, yields the port of its /metrics while it runs,
-# and stops it on exit (asserting a clean stop where the component promises one).
-Launcher = Callable[[Env], AbstractContextManager[int]]
+# A launcher starts its component on `env`, yields component -> the port of its /metrics
+# while it runs, and stops it on exit (asserting a clean stop where the component promises
+# one).
+Launcher = Callable[[Env], AbstractContextManager[dict[str, int]]]
+
+# Components a launcher starts besides its own (their ports are in what it yields).
+ALSO_LAUNCHES: dict[str, tuple[str, ...]] = {
+    # `plum flink run` polls Flink's REST API for the job it runs and serves the result
+    "flink": ("flink_job",),
+}
 
 # Shared metrics a component's /metrics must show besides its own.
 ALSO_EMITS: dict[str, tuple[str, ...]] = {
@@ -142,7 +151,7 @@ def wait_for_metrics(port: int, want: set[str], timeout_s: float) -> None:
 
 
 @contextmanager
-def simulator(env: Env) -> Iterator[int]:
+def simulator(env: Env) -> Iterator[dict[str, int]]:
     proc = Process(
         plum(
             "simulate",
@@ -164,11 +173,11 @@ def simulator(env: Env) -> Iterator[int]:
         env.tmp_path / "simulator.log",
     )
     with proc.serving() as port:
-        yield port
+        yield {"simulator": port}
 
 
 @contextmanager
-def kafka_exporter(env: Env) -> Iterator[int]:
+def kafka_exporter(env: Env) -> Iterator[dict[str, int]]:
     # A group with a committed offset, so there is a lag to report.
     producer = make_producer(env.bootstrap)
     for i in range(5):
@@ -195,11 +204,11 @@ def kafka_exporter(env: Env) -> Iterator[int]:
         env.tmp_path / "exporter.log",
     )
     with proc.serving() as port:
-        yield port
+        yield {"kafka": port}
 
 
 @contextmanager
-def movielens_import(env: Env) -> Iterator[int]:
+def movielens_import(env: Env) -> Iterator[dict[str, int]]:
     """A bounded batch: run the import's writer on a few simulated events, then serve the
     registry it counted into (what `--metrics-port` serves while an import runs)."""
     from streams.datasets import movielens
@@ -222,15 +231,19 @@ def movielens_import(env: Env) -> Iterator[int]:
     write_timeline(records, env.bootstrap, env.topics, metrics)
     server = serve_metrics(metrics, 0)
     try:
-        yield server.port
+        yield {"import": server.port}
     finally:
         server.close()
 
 
 @contextmanager
-def flink_job(env: Env) -> Iterator[int]:
+def flink_job(env: Env) -> Iterator[dict[str, int]]:
+    """The Flink job with its workers' /metrics (flink) and its driver's view of the job
+    from Flink's REST API (flink_job), yielded once a checkpoint has completed."""
     fs.produce(env.bootstrap, env.topics.watches, fs.build_stream(5, 600, 2000, 10_000))
     port = free_port()  # the job's workers serve a fixed port (0 turns /metrics off)
+    job_port = free_port()
+    started_ms = time.time() * 1000
     job = fs.JobProcess(
         fs.job_command(
             env.bootstrap,
@@ -239,6 +252,8 @@ def flink_job(env: Env) -> Iterator[int]:
             "--fresh",
             "--metrics-port",
             str(port),
+            "--job-metrics-port",
+            str(job_port),
         ),
         env.tmp_path / "flink.log",
     )
@@ -253,13 +268,39 @@ def flink_job(env: Env) -> Iterator[int]:
             except OSError:
                 assert time.monotonic() < deadline, f"no /metrics in 240 s:\n{job.tail()}"
                 time.sleep(1.0)
-        yield port
+        # checkpoints every second in the test config: one completes soon after RUNNING
+        while True:
+            assert job.alive(), job.tail()
+            got = samples(job_port)
+            if got.get("plum_flink_job_checkpoints", {}).get(("completed",), 0) >= 1:
+                break
+            assert time.monotonic() < deadline, f"no checkpoint in 240 s: {got}\n{job.tail()}"
+            time.sleep(0.5)
+        assert got["plum_flink_job_running"][()] == 1
+        last_ms = got["plum_flink_job_last_checkpoint_ts"][()]
+        assert started_ms < last_ms <= time.time() * 1000, (started_ms, last_ms)
+        assert 0 <= got["plum_flink_job_checkpoint_duration_seconds"][()] < 60
+        yield {"flink": port, "flink_job": job_port}
     finally:
         job.stop()
 
 
+def samples(port: int) -> dict[str, dict[tuple[str, ...], float]]:
+    """name -> label values -> value of every sample on http://127.0.0.1:PORT/metrics
+    (empty while nothing listens there yet)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except OSError:
+        return {}
+    got: dict[str, dict[tuple[str, ...], float]] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            got.setdefault(s.name, {})[tuple(s.labels.values())] = s.value
+    return got
+
+
 @contextmanager
-def sid_service(env: Env) -> Iterator[int]:
+def sid_service(env: Env) -> Iterator[dict[str, int]]:
     """`plum tokenizer serve` with a tokenizer trained here on simulated uploads, fed valid
     and malformed uploads (the dead letters have a metric too)."""
     import numpy as np
@@ -302,7 +343,7 @@ def sid_service(env: Env) -> Iterator[int]:
         env.tmp_path / "sid_service.log",
     )
     with proc.serving(start_timeout_s=180) as port:  # JAX import and the checkpoint restore
-        yield port
+        yield {"sid_service": port}
 
 
 LAUNCHERS: dict[str, Launcher] = {
@@ -320,9 +361,8 @@ TIMEOUT_S = {"flink": 240.0, "sid_service": 120.0}
 
 def test_every_component_of_the_catalogue_has_a_launcher():
     owners = {m.component for m in CATALOGUE} - {"deadletter"}
-    assert owners <= set(LAUNCHERS) | set(ELSEWHERE), sorted(
-        owners - set(LAUNCHERS) - set(ELSEWHERE)
-    )
+    launched = set(LAUNCHERS) | {c for cs in ALSO_LAUNCHES.values() for c in cs}
+    assert owners <= launched | set(ELSEWHERE), sorted(owners - launched - set(ELSEWHERE))
     shared = {m.name for m in CATALOGUE if m.component == "deadletter"}
     assert shared <= {n for names in ALSO_EMITS.values() for n in names}
 
@@ -332,7 +372,9 @@ def test_component_emits_each_of_its_catalogue_metrics(
     component, kafka_bootstrap, topics, topic_prefix, tmp_path
 ):
     env = Env(kafka_bootstrap, topics, topic_prefix, tmp_path)
-    want = expected_metrics(component)
-    assert want, f"{component} owns no metric"
-    with LAUNCHERS[component](env) as port:
-        wait_for_metrics(port, want, TIMEOUT_S.get(component, 60.0))
+    with LAUNCHERS[component](env) as ports:
+        assert set(ports) == {component, *ALSO_LAUNCHES.get(component, ())}
+        for name, port in ports.items():
+            want = expected_metrics(name)
+            assert want, f"{name} owns no metric"
+            wait_for_metrics(port, want, TIMEOUT_S.get(component, 60.0))

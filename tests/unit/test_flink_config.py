@@ -25,6 +25,10 @@ def test_test_config_loads_and_env_overrides_apply():
         dict(window="sliding", window_size_ms=30_000, window_slide_ms=7_000),
         dict(min_count=0),
         dict(w_click=-1.0),
+        dict(rest_port=-1),
+        dict(rest_port=70_000),
+        dict(job_metrics_port=-2),
+        dict(job_metrics_interval_s=0.0),
     ],
 )
 def test_bad_settings_fail_at_start(bad):

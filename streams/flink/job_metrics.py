@@ -1,0 +1,172 @@
+"""The Flink job as Flink itself reports it: state and checkpoints from Flink's REST API.
+
+The Python workers' metrics (`flink` in the catalogue) say what the operators did; they
+cannot say whether the job is RUNNING or when its last checkpoint completed, and output
+becomes visible only at checkpoints, so a stuck checkpoint is a stuck pipeline. Flink's
+REST API knows both. In local mode (`plum flink run`, a MiniCluster in the driver's JVM)
+the REST endpoint is up on `[flink] rest_port` (checked against Flink 2.3: /jobs and
+/jobs/<id>/checkpoints answer, the web UI files are not needed). The driver polls it in a
+thread and serves the `flink_job` metrics of the catalogue on `[flink] job_metrics_port`:
+
+    plum_flink_job_running                       1 while the job's state is RUNNING
+    plum_flink_job_last_checkpoint_ts            trigger time of the newest completed one (ms)
+    plum_flink_job_checkpoint_duration_seconds   its end-to-end duration
+    plum_flink_job_checkpoints{status}           completed / failed so far
+
+Nothing completed yet reads NaN (absent), never 0: "time() - ts" of a 0 would look like
+a checkpoint 56 years old. A poll that fails (the endpoint not up yet, or gone) sets
+running to 0 and keeps the checkpoint values last read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from monitoring.metrics import Metrics, serve_metrics
+from plum.runtime import MetricsServer
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "flink_job"
+STATUSES = ("completed", "failed")
+RUNNING = "RUNNING"
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What one poll read: the job's state and its checkpoint statistics."""
+
+    state: str
+    completed: int
+    failed: int
+    last_checkpoint_ts_ms: float  # NaN: none completed yet
+    last_checkpoint_duration_s: float  # NaN: none completed yet
+
+    @property
+    def running(self) -> bool:
+        return self.state == RUNNING
+
+
+def parse_report(job: dict[str, Any], checkpoints: dict[str, Any]) -> JobReport:
+    """A JobReport from the bodies of GET /jobs/<id> and GET /jobs/<id>/checkpoints."""
+    counts = checkpoints.get("counts") or {}
+    latest = (checkpoints.get("latest") or {}).get("completed") or {}
+    ts = latest.get("trigger_timestamp")
+    duration_ms = latest.get("end_to_end_duration")
+    return JobReport(
+        state=str(job.get("state", "UNKNOWN")),
+        completed=int(counts.get("completed", 0)),
+        failed=int(counts.get("failed", 0)),
+        last_checkpoint_ts_ms=float(ts) if ts else math.nan,
+        last_checkpoint_duration_s=float(duration_ms) / 1000
+        if duration_ms is not None
+        else math.nan,
+    )
+
+
+class FlinkRest:
+    """The two GETs of Flink's REST API the poller needs (bounded in time)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def _get(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.base_url + path, timeout=self.timeout_s) as response:
+            return json.load(response)
+
+    def report(self, job_id: str) -> JobReport:
+        return parse_report(self._get(f"/jobs/{job_id}"), self._get(f"/jobs/{job_id}/checkpoints"))
+
+
+class JobMetrics:
+    """The `flink_job` gauges, set from each JobReport."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics.for_component(COMPONENT)
+        g = self.metrics.gauge
+        self.running = g("plum_flink_job_running")
+        self.last_ts = g("plum_flink_job_last_checkpoint_ts")
+        self.duration = g("plum_flink_job_checkpoint_duration_seconds")
+        self.checkpoints = g("plum_flink_job_checkpoints")
+        self.running.set(0)
+        self.last_ts.set(math.nan)
+        self.duration.set(math.nan)
+        for status in STATUSES:  # every status at 0 from the start
+            self.checkpoints.labels(status=status).set(0)
+
+    def update(self, report: JobReport) -> None:
+        self.running.set(1 if report.running else 0)
+        self.checkpoints.labels(status="completed").set(report.completed)
+        self.checkpoints.labels(status="failed").set(report.failed)
+        if not math.isnan(report.last_checkpoint_ts_ms):
+            self.last_ts.set(report.last_checkpoint_ts_ms)
+            self.duration.set(report.last_checkpoint_duration_s)
+
+    def unreachable(self) -> None:
+        self.running.set(0)
+
+
+class JobPoller:
+    """Polls one job every `interval_s` in a daemon thread until `close()`; serves the
+    gauges on `metrics_port` (0: a free one) when it is >= 0."""
+
+    def __init__(
+        self,
+        rest: FlinkRest,
+        job_id: str,
+        interval_s: float,
+        metrics_port: int,
+        metrics: JobMetrics | None = None,
+    ) -> None:
+        self.rest = rest
+        self.job_id = job_id
+        self.interval_s = interval_s
+        self.gauges = metrics or JobMetrics()
+        self.server: MetricsServer | None = None
+        if metrics_port >= 0:
+            self.server = serve_metrics(self.gauges.metrics, metrics_port)
+            log.info("flink job: metrics on http://127.0.0.1:%d/metrics", self.server.port)
+        self._stop = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="flink-job-poller", daemon=True)
+        self._thread.start()
+
+    def poll_once(self) -> JobReport | None:
+        """One poll: the report read (gauges set), or None when the endpoint did not answer."""
+        try:
+            report = self.rest.report(self.job_id)
+        except (OSError, ValueError) as exc:  # URLError/timeouts are OSErrors; bad JSON
+            self.gauges.unreachable()
+            if not self._failing:
+                log.warning("flink REST %s: %s (job state unknown)", self.rest.base_url, exc)
+            self._failing = True
+            return None
+        if self._failing:
+            log.info("flink REST %s answers again", self.rest.base_url)
+        self._failing = False
+        self.gauges.update(report)
+        return report
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll_once()
+            self._stop.wait(self.interval_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + self.rest.timeout_s * 2 + 1)
+        if self.server is not None:
+            self.server.close()
+
+    def __enter__(self) -> JobPoller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
