@@ -132,6 +132,16 @@ COMMANDS: tuple[Command, ...] = (
     Command("publish status", "publisher.cli:status", "published versions and pushes as JSON"),
     Command("bench serving", "bench.serving:cli", "retrieval latency and QPS under wrk"),
     Command("bench freshness", "bench.freshness:cli", "upload -> servable and event -> model"),
+    Command(
+        "dashboard up",
+        "monitoring.dashboards.server:cli",
+        "serve the monitoring page (alerts, components up, every panel) from Prometheus",
+    ),
+    Command(
+        "dashboard grafana",
+        "monitoring.dashboards.grafana:cli",
+        "write the Grafana dashboard JSON generated from monitoring/panels.py",
+    ),
     Command("demo", "deploy.local.demo:demo", "bring up the embedded stack on simulated traffic"),
 )
 

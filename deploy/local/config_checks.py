@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from monitoring.dashboards.config import SECTION as DASHBOARD_SECTION
+from monitoring.dashboards.config import DashboardConfig
 from monitoring.prometheus.config import ALERTS_SECTION, AlertThresholds, PrometheusConfig
 from monitoring.prometheus.config import SECTION as PROMETHEUS_SECTION
 from plum.config import ConfigError
@@ -62,6 +64,7 @@ SECTIONS: dict[str, type] = {
     PUBLISHER_SECTION: PublisherConfig,
     PROMETHEUS_SECTION: PrometheusConfig,
     ALERTS_SECTION: AlertThresholds,
+    DASHBOARD_SECTION: DashboardConfig,
 }
 
 
@@ -78,6 +81,7 @@ def stack_checks(demo_config: type) -> tuple[Check, ...]:
         (ServingConfig, SERVING_SECTION, "metrics_port"),
         (PublisherConfig, PUBLISHER_SECTION, "metrics_port"),
         (PrometheusConfig, PROMETHEUS_SECTION, "port"),
+        (DashboardConfig, DASHBOARD_SECTION, "port"),
     )
     return FLINK_CHECKS + SID_SERVICE_CHECKS + TRAINER_CHECKS + ports
 
