@@ -142,6 +142,16 @@ COMMANDS: tuple[Command, ...] = (
         "monitoring.dashboards.grafana:cli",
         "write the Grafana dashboard JSON generated from monitoring/panels.py",
     ),
+    Command(
+        "prometheus up",
+        "deploy.prometheus.cli:up",
+        "Prometheus scraping every component's /metrics, with the rules (foreground)",
+    ),
+    Command(
+        "prometheus rules",
+        "deploy.prometheus.cli:rules",
+        "write the recording/alert rules and a sample prometheus.yml (--out DIR)",
+    ),
     Command("demo", "deploy.local.demo:demo", "bring up the embedded stack on simulated traffic"),
 )
 
