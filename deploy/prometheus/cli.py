@@ -12,6 +12,7 @@ configs/demo.toml (a unit test keeps them equal), for people who run their own P
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +22,12 @@ from deploy.prometheus.targets import stack_targets
 from monitoring.prometheus.component import PrometheusComponent
 from monitoring.prometheus.config import load_alert_thresholds, load_prometheus_config
 from monitoring.prometheus.scrape import dump_yaml, scrape_config
-from monitoring.prometheus.server import PrometheusError, PrometheusNotInstalled, PrometheusServer
+from monitoring.prometheus.server import (
+    PrometheusError,
+    PrometheusNotInstalled,
+    PrometheusServer,
+    find_executable,
+)
 from monitoring.rules import rules_yaml
 from plum.config import REPO_ROOT, default_config_path, state_dir
 from plum.runtime import Runtime, RuntimeConfig
@@ -61,13 +67,20 @@ def rules(argv: list[str]) -> int:
     )
     parser.add_argument("--config", help="TOML config (default $PLUM_CONFIG or configs/demo.toml)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="directory (deploy/prometheus)")
+    parser.add_argument(
+        "--no-check", action="store_true", help="do not run `promtool check config` on them"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in generated_files(args.config).items():
         (out / name).write_text(text, encoding="utf-8")
         print(out / name)
-    return 0
+    if args.no_check:
+        return 0
+    # promtool reads prometheus.yml and the rule file it names: both checked in one run
+    promtool = find_executable(load_prometheus_config(args.config).promtool)
+    return subprocess.run([promtool, "check", "config", str(out / CONFIG_FILE)]).returncode
 
 
 def up(argv: list[str]) -> int:

@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from monitoring.prometheus.config import AlertThresholds
+from monitoring.prometheus.scrape import dump_yaml
 from monitoring.rules.alerts import alert_group
 from monitoring.rules.recording import recording_group
 
@@ -27,11 +26,7 @@ def rules_document(thresholds: AlertThresholds) -> dict[str, Any]:
 
 
 def rules_yaml(thresholds: AlertThresholds, header: str = HEADER) -> str:
-    comment = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
-    body = yaml.safe_dump(
-        rules_document(thresholds), sort_keys=False, allow_unicode=True, width=120
-    )
-    return comment + body
+    return dump_yaml(rules_document(thresholds), header)
 
 
 def write_rules(path: Path, thresholds: AlertThresholds, header: str = HEADER) -> Path:
