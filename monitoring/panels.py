@@ -282,16 +282,28 @@ PANELS: tuple[Panel, ...] = (
     ),
     Panel(
         "serving_latency",
-        "Retrieval latency (p99) and 5xx",
+        "Retrieval latency (p99)",
         "errors",
         "s",
-        "99th percentile of retrieval latency and the share of answers that were 5xx",
+        "99th percentile of the time from a retrieval request's arrival to its answer",
         (
             Query(
                 'histogram_quantile(0.99, sum by (le) (rate(plum_serving_request_seconds_bucket{route="/v1/retrieve"}[5m])))',
                 "p99",
                 "plum:serving_retrieve_seconds:p99_5m",
             ),
+        ),
+        slo=0.25,
+        slo_label="p99 target 250 ms",
+        jobs=("serving",),
+    ),
+    Panel(
+        "serving_errors",
+        "Serving 5xx share",
+        "errors",
+        "percentunit",
+        "share of serving's answers that were server errors (bad input is a 4xx, never a 5xx)",
+        (
             Query(
                 zero_while_up(
                     'sum(rate(plum_serving_requests_total{status=~"5.."}[5m]))'
@@ -302,8 +314,6 @@ PANELS: tuple[Panel, ...] = (
                 "plum:serving_5xx:ratio_5m",
             ),
         ),
-        slo=0.25,
-        slo_label="p99 target 250 ms",
         jobs=("serving",),
     ),
     Panel(
