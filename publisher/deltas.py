@@ -6,13 +6,17 @@ The numbering has to be durable, because a delta re-sent after a restart must ca
 same assignments under the same numbers or serving's idempotence means nothing. So the
 log is a SQLite file (WAL) next to the ledger:
 
-    assignments(sid_version, seq, video_id, sid "1.2.3", upload_ts)
+    assignments(sid_version, seq, video_id, sid "1.2.3", upload_ts, assigned_ts)
         PRIMARY KEY (sid_version, seq), UNIQUE (sid_version, video_id)
     offsets(topic, partition, next_offset)
 
 and a catch-up stores the rows it numbered together with the topic offsets it read to,
 in ONE transaction: a publisher killed mid-read re-reads from the stored offsets and
 numbers nothing twice (a re-read pair is already there and is skipped).
+
+`assigned_ts` is the Kafka timestamp of the assignment record (when the SID service
+produced it; 0 = the record had none); serving measures SID assigned -> servable from it.
+A log written before the column existed gets it (0 for its rows) when opened.
 
 Records that cannot be numbered are skipped, logged and counted (`skipped`): a tombstone
 or undecodable value, the same video again under another SID (the topic is compacted to
@@ -24,6 +28,7 @@ block every later one).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,8 +46,8 @@ log = logging.getLogger(__name__)
 FILENAME = "deltas.sqlite"
 DEFAULT_READ_TIMEOUT_S = 60.0
 
-# (video_id, sid codes, upload_ts) in sequence order: what IndexSnapshot / SidDelta take.
-Row = tuple[str, tuple[int, ...], int]
+# (video_id, sid codes, upload_ts, assigned_ts) in sequence order: what SidDelta takes.
+Row = tuple[str, tuple[int, ...], int, int]
 
 SKIP_UNDECODABLE = "undecodable"
 SKIP_SID_CHANGED = "sid_changed"
@@ -55,6 +60,7 @@ CREATE TABLE IF NOT EXISTS assignments (
     video_id TEXT NOT NULL,
     sid TEXT NOT NULL,
     upload_ts INTEGER NOT NULL,
+    assigned_ts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sid_version, seq),
     UNIQUE (sid_version, video_id)
 );
@@ -76,6 +82,14 @@ def sid_codes(text: str) -> tuple[int, ...]:
     return tuple(int(c) for c in text.split("."))
 
 
+def _add_assigned_ts(db: sqlite3.Connection) -> None:
+    """Give a log written before `assigned_ts` existed the column (0 = unknown for its rows),
+    so an upgraded publisher keeps its numbering instead of needing a new log."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(assignments)")}
+    if "assigned_ts" not in columns:
+        db.execute("ALTER TABLE assignments ADD COLUMN assigned_ts INTEGER NOT NULL DEFAULT 0")
+
+
 class DeltaLog:
     """The numbered assignments (see the module docstring). Thread-safe: the publisher's
     two jobs share one instance."""
@@ -85,6 +99,7 @@ class DeltaLog:
         .sqlite file itself."""
         self.path = store_path(path, FILENAME)
         self._db = open_db(self.path, _SCHEMA)
+        _add_assigned_ts(self._db)
         self._lock = threading.Lock()
         self.skipped: Counter[str] = Counter()  # reason -> records not numbered since open
 
@@ -115,7 +130,10 @@ class DeltaLog:
                 version = assignment.sid_version
                 if version not in next_seq:
                     next_seq[version] = self._seq(version) + 1
-                if self._number(assignment, next_seq[version]):
+                assigned_ts = (
+                    rec.timestamp if rec.timestamp is not None and rec.timestamp > 0 else 0
+                )
+                if self._number(assignment, next_seq[version], assigned_ts):
                     next_seq[version] += 1
                     new += 1
             for partition, offset in ends.items():
@@ -154,7 +172,7 @@ class DeltaLog:
         except schema.ValidationError as err:
             return self._skip(SKIP_UNDECODABLE, rec, str(err))
 
-    def _number(self, a: schema.SidAssignment, seq: int) -> bool:
+    def _number(self, a: schema.SidAssignment, seq: int, assigned_ts: int) -> bool:
         text = sid_text(a.sid)
         row = self._db.execute(
             "SELECT sid FROM assignments WHERE sid_version = ? AND video_id = ?",
@@ -181,9 +199,9 @@ class DeltaLog:
             )
             return False
         self._db.execute(
-            "INSERT INTO assignments (sid_version, seq, video_id, sid, upload_ts) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (a.sid_version, seq, a.video_id, text, a.upload_ts),
+            "INSERT INTO assignments (sid_version, seq, video_id, sid, upload_ts, assigned_ts) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (a.sid_version, seq, a.video_id, text, a.upload_ts, assigned_ts),
         )
         return True
 
@@ -221,14 +239,15 @@ class DeltaLog:
         return int(row[0] or 0)
 
     def rows(self, sid_version: str, after_seq: int = 0, limit: int | None = None) -> list[Row]:
-        """(video_id, sid, upload_ts) numbered after_seq + 1, after_seq + 2, ... in order."""
+        """(video_id, sid, upload_ts, assigned_ts) numbered after_seq + 1, after_seq + 2, ...
+        in order."""
         with self._lock:
             got = self._db.execute(
-                "SELECT video_id, sid, upload_ts FROM assignments "
+                "SELECT video_id, sid, upload_ts, assigned_ts FROM assignments "
                 "WHERE sid_version = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (sid_version, after_seq, -1 if limit is None else limit),
             ).fetchall()
-        return [(v, sid_codes(s), int(t)) for v, s, t in got]
+        return [(v, sid_codes(s), int(u), int(a)) for v, s, u, a in got]
 
     def snapshot(self, sid_version: str) -> IndexSnapshot:
         """Every assignment of the version, for a model artifact (a new replica serves it

@@ -199,7 +199,15 @@ class DeltaAssignmentIn(BaseModel):
 
     video_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
     sid: list[int] = Field(min_length=1, max_length=16)
-    upload_ts: int = Field(0, ge=0, le=MAX_TS_MS)
+    upload_ts: int = Field(
+        0, ge=0, le=MAX_TS_MS, description="the upload's Kafka timestamp, epoch ms; 0 = unknown"
+    )
+    assigned_ts: int = Field(
+        0,
+        ge=0,
+        le=MAX_TS_MS,
+        description="the SID assignment record's Kafka timestamp, epoch ms; 0 = unknown",
+    )
 
 
 class SidDeltaIn(BaseModel):

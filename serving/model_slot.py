@@ -470,9 +470,12 @@ class ModelSlot:
         deltas.labels(outcome="applied").inc()
         now_s = self._clock()
         upload_to_servable = self.metrics.histogram("plum_serving_upload_to_servable_seconds")
+        sid_to_servable = self.metrics.histogram("plum_serving_sid_to_servable_seconds")
         for a in new:
             if a.upload_ts > 0:
                 upload_to_servable.observe(max(0.0, now_s - a.upload_ts / 1000))
+            if a.assigned_ts > 0:
+                sid_to_servable.observe(max(0.0, now_s - a.assigned_ts / 1000))
         return index, applied
 
     # ------------------------------------------------------------ gauges

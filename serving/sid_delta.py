@@ -13,6 +13,12 @@ delta of its sid_version:
 
 A delta of another sid_version is refused (409): a version switch goes out with a model
 trained on it (the model artifact carries its index), never as a delta.
+
+Each assignment carries two times (epoch ms, 0 = unknown: a reindex, or a record written
+before the field existed) so serving can measure freshness where the SID becomes servable:
+`upload_ts` (the upload record's Kafka timestamp; upload -> servable) and `assigned_ts` (the
+Kafka timestamp of its `plum.sid-assignments.v1` record; SID assigned -> servable, which
+splits that path into the SID service's share and the publisher + serving share).
 """
 
 from __future__ import annotations
@@ -31,9 +37,15 @@ class DeltaAssignment:
     video_id: str
     sid: tuple[int, ...]
     upload_ts: int = 0  # the upload's Kafka timestamp (epoch ms); 0 = unknown
+    assigned_ts: int = 0  # its sid-assignment record's Kafka timestamp (epoch ms); 0 = unknown
 
     def to_json(self) -> dict[str, Any]:
-        return {"video_id": self.video_id, "sid": list(self.sid), "upload_ts": self.upload_ts}
+        return {
+            "video_id": self.video_id,
+            "sid": list(self.sid),
+            "upload_ts": self.upload_ts,
+            "assigned_ts": self.assigned_ts,
+        }
 
 
 @dataclass(frozen=True)
@@ -73,14 +85,16 @@ class SidDelta:
 
     @classmethod
     def of(
-        cls, sid_version: str, from_seq: int, rows: Sequence[tuple[str, Sequence[int], int]]
+        cls, sid_version: str, from_seq: int, rows: Sequence[tuple[str, Sequence[int], int, int]]
     ) -> SidDelta:
-        """A delta from (video_id, sid, upload_ts) rows numbered from_seq + 1, ..."""
+        """A delta from (video_id, sid, upload_ts, assigned_ts) rows numbered from_seq + 1, ..."""
         return cls(
             sid_version,
             from_seq,
             from_seq + len(rows),
-            tuple(DeltaAssignment(v, tuple(int(c) for c in s), int(t)) for v, s, t in rows),
+            tuple(
+                DeltaAssignment(v, tuple(int(c) for c in s), int(u), int(a)) for v, s, u, a in rows
+            ),
         )
 
     @classmethod
@@ -95,6 +109,7 @@ class SidDelta:
                         str(a["video_id"]),
                         tuple(int(c) for c in a["sid"]),
                         int(a.get("upload_ts", 0)),
+                        int(a.get("assigned_ts", 0)),
                     )
                     for a in d["assignments"]
                 ),

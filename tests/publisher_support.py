@@ -36,6 +36,7 @@ URL_B = "http://serving-b:8400"
 SID_VERSION = "v1"
 MAX_PROMPT_LEN = 40  # 3 history items of 7 tokens + 8 = 29 fit; + 4 SID slots <= max_len
 UPLOAD_TS = 1_700_000_000_000
+ASSIGNED_AFTER_MS = 250  # upload -> SID assigned in these fixtures (the record's timestamp)
 
 
 # ------------------------------------------------------------------ SID assignments
@@ -50,7 +51,11 @@ def sid_of(i: int) -> tuple[int, ...]:
 
 def assignment(i: int, version: str = SID_VERSION, sid: tuple[int, ...] | None = None):
     return schema.SidAssignment(
-        f"v{i}", sid if sid is not None else sid_of(i), version, UPLOAD_TS + i, UPLOAD_TS + i
+        f"v{i}",
+        sid if sid is not None else sid_of(i),
+        version,
+        UPLOAD_TS + i + ASSIGNED_AFTER_MS,
+        UPLOAD_TS + i,
     )
 
 
@@ -61,7 +66,7 @@ def records(
     first_offset: int = 0,
 ) -> list[Record]:
     return [
-        Record(topic, partition, first_offset + n, schema.encode(a), a.upload_ts)
+        Record(topic, partition, first_offset + n, schema.encode(a), a.ts)
         for n, a in enumerate(assignments)
     ]
 
@@ -299,6 +304,7 @@ class FakeServing:
                     "to_seq": body["to_seq"],
                     "status": response.status_code,
                     "seq_after": self.seq,
+                    "assigned_ts": [a.get("assigned_ts") for a in body.get("assignments", ())],
                 }
             )
             return response

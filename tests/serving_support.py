@@ -68,14 +68,21 @@ def sid(i: int) -> tuple[int, ...]:
     return (*codes, 0) if i < len(_CODES) else tuple(codes)
 
 
-def rows(start: int, stop: int) -> list[tuple[str, tuple[int, ...], int]]:
-    """(video_id, sid, upload_ts) of videos start .. stop - 1, as the publisher numbers them."""
-    return [(video_id(i), sid(i), BASE_TS + i * 1000) for i in range(start, stop)]
+ASSIGNED_AFTER_MS = 500  # upload -> SID assigned in these fixtures
+
+
+def rows(start: int, stop: int) -> list[tuple[str, tuple[int, ...], int, int]]:
+    """(video_id, sid, upload_ts, assigned_ts) of videos start .. stop - 1, as the
+    publisher numbers them."""
+    return [
+        (video_id(i), sid(i), BASE_TS + i * 1000, BASE_TS + i * 1000 + ASSIGNED_AFTER_MS)
+        for i in range(start, stop)
+    ]
 
 
 def snapshot(n_videos: int, sid_version: str = SID_VERSION) -> IndexSnapshot:
     """Videos v0 .. v{n-1} at seq n (item i has sequence i + 1)."""
-    return snapshot_of(sid_version, n_videos, rows(0, n_videos))
+    return snapshot_of(sid_version, n_videos, [r[:3] for r in rows(0, n_videos)])
 
 
 def delta(start: int, stop: int, sid_version: str = SID_VERSION) -> SidDelta:

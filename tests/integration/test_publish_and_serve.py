@@ -325,7 +325,7 @@ def test_the_same_delta_twice_changes_nothing_and_a_gap_gets_409(stack):
         assert resp.status_code == 200, resp.text
         assert resp.json()["applied"] == 0
     assert stack.status()["index"] == index
-    gap = SidDelta.of(index["sid_version"], index["seq"] + 5, [("gap-video", (1, 1, 1, 0), 0)])
+    gap = SidDelta.of(index["sid_version"], index["seq"] + 5, [("gap-video", (1, 1, 1, 0), 0, 0)])
     resp = stack.admin("/v1/admin/sid-deltas", gap.to_json())
     assert resp.status_code == 409, resp.text
     assert resp.json()["expected_seq"] == index["seq"]
@@ -526,3 +526,5 @@ def test_serving_and_the_publisher_emit_every_catalogue_metric(stack):
     assert samples["plum_serving_model_version"] == 3
     assert samples["plum_serving_unknown_history_total"] >= 1
     assert samples["plum_serving_upload_to_servable_seconds_count"] >= 1
+    # the SID service's records carry a Kafka timestamp: SID assigned -> servable measured
+    assert samples["plum_serving_sid_to_servable_seconds_count"] >= 1

@@ -6,7 +6,7 @@ import pytest
 from plum.batch_cycle import Record
 from publisher.deltas import SKIP_SID_CHANGED, SKIP_SID_TAKEN, SKIP_UNDECODABLE, DeltaLog
 from serving.sid_delta import SidDelta
-from tests.publisher_support import UPLOAD_TS, assignment, records, sid_of
+from tests.publisher_support import ASSIGNED_AFTER_MS, UPLOAD_TS, assignment, records, sid_of
 
 TOPIC = "p.plum.sid-assignments.v1"
 
@@ -23,10 +23,11 @@ def test_new_pairs_are_numbered_in_read_order_per_version(log):
         TOPIC,
     )
     assert log.ingest(TOPIC, batch) == 5
+    assigned = UPLOAD_TS + ASSIGNED_AFTER_MS  # each record's Kafka timestamp
     assert log.rows("v1") == [
-        ("v3", sid_of(3), UPLOAD_TS + 3),
-        ("v1", sid_of(1), UPLOAD_TS + 1),
-        ("v2", sid_of(2), UPLOAD_TS + 2),
+        ("v3", sid_of(3), UPLOAD_TS + 3, assigned + 3),
+        ("v1", sid_of(1), UPLOAD_TS + 1, assigned + 1),
+        ("v2", sid_of(2), UPLOAD_TS + 2, assigned + 2),
     ]
     assert log.seq("v1") == 3 and log.seq("v2") == 2 and log.seq("v9") == 0
     assert log.versions() == ["v1", "v2"]
@@ -63,7 +64,7 @@ def test_poison_records_are_skipped_counted_and_do_not_take_a_number(log):
         *records([assignment(2)], TOPIC, first_offset=5),
     ]
     assert log.ingest(TOPIC, batch) == 2
-    assert [(v, s) for v, s, _ in log.rows("v1")] == [("v1", sid_of(1)), ("v2", sid_of(2))]
+    assert [(v, s) for v, s, _, _ in log.rows("v1")] == [("v1", sid_of(1)), ("v2", sid_of(2))]
     assert log.skipped == {SKIP_UNDECODABLE: 2, SKIP_SID_CHANGED: 1, SKIP_SID_TAKEN: 1}
     assert log.offsets(TOPIC) == {0: 6}  # read past, never re-read
 
@@ -80,7 +81,10 @@ def test_snapshot_delta_and_lookup_slices(log):
     assert [a.video_id for a in delta.assignments] == ["v1", "v2"]
     assert log.delta("v1", 5, 10).assignments == () and log.delta("v1", 5, 10).to_seq == 5
     assert [r[0] for r in log.rows("v1", after_seq=3)] == ["v3", "v4"]
-    assert log.rows("v1", after_seq=0, limit=1) == [("v0", sid_of(0), UPLOAD_TS)]
+    assert log.rows("v1", after_seq=0, limit=1) == [
+        ("v0", sid_of(0), UPLOAD_TS, UPLOAD_TS + ASSIGNED_AFTER_MS)
+    ]
+    assert [a.assigned_ts for a in delta.assignments] == [assignment(i).ts for i in (1, 2)]
     assert log.lookup("v1").sids == {f"v{i}": sid_of(i) for i in range(5)}
     assert log.lookup("v2").version == "v2" and len(log.lookup("v2").sids) == 1
     assert log.snapshot("none").seq == 0 and log.snapshot("none").video_ids == ()
@@ -88,17 +92,43 @@ def test_snapshot_delta_and_lookup_slices(log):
         log.delta("v1", 0, 0)
 
 
+def test_a_record_without_a_timestamp_has_an_unknown_assignment_time(log):
+    (rec,) = records([assignment(0)], TOPIC)
+    log.ingest(TOPIC, [rec._replace(timestamp=None), *records([assignment(1)], TOPIC, 0, 1)])
+    assert [r[3] for r in log.rows("v1")] == [0, assignment(1).ts]
+
+
+def test_a_log_written_before_assigned_ts_keeps_its_numbering_with_times_unknown(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "deltas.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE assignments (sid_version TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "video_id TEXT NOT NULL, sid TEXT NOT NULL, upload_ts INTEGER NOT NULL, "
+        "PRIMARY KEY (sid_version, seq), UNIQUE (sid_version, video_id));"
+        "INSERT INTO assignments VALUES ('v1', 1, 'v0', '1.2.3.0', 5);"
+    )
+    old.close()
+    with DeltaLog(path) as log:
+        assert log.rows("v1") == [("v0", (1, 2, 3, 0), 5, 0)]
+        assert log.ingest(TOPIC, records([assignment(1)], TOPIC)) == 1
+        assert log.rows("v1", after_seq=1) == [("v1", sid_of(1), UPLOAD_TS + 1, assignment(1).ts)]
+    with DeltaLog(path) as log:  # a second open finds the column there
+        assert log.seq("v1") == 2
+
+
 def test_a_failed_ingest_stores_neither_rows_nor_offsets(log, monkeypatch):
     log.ingest(TOPIC, records([assignment(0)], TOPIC))
     calls = 0
     real = log._number
 
-    def fail_second(a, seq):
+    def fail_second(a, seq, assigned_ts):
         nonlocal calls
         calls += 1
         if calls == 2:
             raise OSError("disk full")
-        return real(a, seq)
+        return real(a, seq, assigned_ts)
 
     monkeypatch.setattr(log, "_number", fail_second)
     with pytest.raises(OSError):

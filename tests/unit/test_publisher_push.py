@@ -108,6 +108,14 @@ def test_deltas_go_from_the_acknowledged_seq_in_chunks(world):
     assert server.deltas == []
 
 
+def test_each_assignment_goes_out_with_its_assignment_records_timestamp(world):
+    deltas, server, client = world
+    push_model(client, 1, SID_VERSION)
+    send(deltas, client, 3, max_items=7)
+    sent = [ts for d in server.deltas for ts in d["assigned_ts"]]
+    assert sent == [assignment(i).ts for i in range(3, 10)]
+
+
 def test_a_gap_is_repaired_from_expected_seq_and_nothing_is_applied_twice(world):
     deltas, server, client = world
     push_model(client, 1, SID_VERSION)  # the index is at 3 (the artifact's snapshot)

@@ -348,6 +348,22 @@ def test_deltas_via_admin_are_idempotent_and_gaps_are_409(stack, client):
     assert stack.metrics.value("plum_serving_deltas_total", outcome="gap") == 2
 
 
+def test_a_delta_over_http_carries_each_assignments_time_to_the_freshness_histograms(stack, client):
+    post = lambda d: client.post("/v1/admin/sid-deltas", json=d, headers=ADMIN)  # noqa: E731
+    sample = stack.metrics.registry.get_sample_value
+    assert post(delta(16, 18).to_json()).status_code == 200
+    assert sample("plum_serving_sid_to_servable_seconds_count") == 2
+    # an older sender's delta has no assigned_ts: applied, its time unknown, not observed
+    older = delta(18, 19).to_json()
+    del older["assignments"][0]["assigned_ts"]
+    assert post(older).json()["applied"] == 1
+    assert sample("plum_serving_sid_to_servable_seconds_count") == 2
+    assert sample("plum_serving_upload_to_servable_seconds_count") == 3
+    negative = delta(19, 20).to_json()
+    negative["assignments"][0]["assigned_ts"] = -1
+    assert_problem(post(negative), 422)
+
+
 def test_a_request_whose_client_is_gone_is_dropped_before_its_search(stack):
     """Raw ASGI: the client disconnects right after sending its body while the worker is
     busy; the queued request is cancelled and never searched."""

@@ -74,14 +74,14 @@ def test_delta_of_another_sid_version_is_refused_as_a_gap(vocab):
 
 def test_sid_already_another_videos_is_a_delta_error(vocab):
     index = index_of(vocab, 10)
-    clash = SidDelta.of("v1", 10, [("new", sid(3), 0)])
+    clash = SidDelta.of("v1", 10, [("new", sid(3), 0, 0)])
     with pytest.raises(DeltaError, match="already video 'v3'"):
         index.apply(clash)
 
 
 def test_video_with_another_sid_is_a_delta_error(vocab):
     index = index_of(vocab, 10)
-    moved = SidDelta.of("v1", 10, [("v3", sid(20), 0)])
+    moved = SidDelta.of("v1", 10, [("v3", sid(20), 0, 0)])
     with pytest.raises(DeltaError, match="already has SID"):
         index.apply(moved)
 
@@ -89,7 +89,7 @@ def test_video_with_another_sid_is_a_delta_error(vocab):
 def test_unwritable_sid_is_sequenced_but_not_servable(vocab):
     index = index_of(vocab, 4)
     # disambiguation code 5 is beyond the tiny vocabulary's range (1 code)
-    after, applied = index.apply(SidDelta.of("v1", 4, [("odd", (0, 0, 0, 5), 0), *rows(4, 5)]))
+    after, applied = index.apply(SidDelta.of("v1", 4, [("odd", (0, 0, 0, 5), 0, 0), *rows(4, 5)]))
     assert (after.seq, applied, after.items, after.unservable) == (6, 2, 5, 1)
     assert "odd" in after and "odd" not in after.lookup.sids
     assert "odd" not in after.trie_video_ids

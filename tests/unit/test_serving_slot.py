@@ -13,6 +13,7 @@ from serving.sid_delta import DeltaError, SidDelta
 from tests.serving_support import (
     corrupt_version,
     delta,
+    rows,
     serving_stack,
     snapshot,
     write_nan_version,
@@ -150,13 +151,38 @@ def test_delta_swaps_the_index_atomically_and_observes_upload_to_servable(stack)
     assert stack.metrics.value("plum_serving_deltas_total", outcome="duplicate") == 1
 
 
+def test_delta_observes_sid_assigned_to_servable_from_each_assignments_time(stack, monkeypatch):
+    sample = stack.metrics.registry.get_sample_value
+    ahead = delta(16, 18)
+    now_s = ahead.assignments[-1].assigned_ts / 1000 + 4.0
+    monkeypatch.setattr(stack.slot, "_clock", lambda: now_s)
+    stack.slot.apply_delta(ahead)
+    ages = [now_s - a.assigned_ts / 1000 for a in ahead.assignments]  # 5.0 and 4.0
+    assert sample("plum_serving_sid_to_servable_seconds_count") == 2
+    assert sample("plum_serving_sid_to_servable_seconds_sum") == pytest.approx(sum(ages))
+    assert sample("plum_serving_sid_to_servable_seconds_bucket", {"le": "2.0"}) == 0
+    assert sample("plum_serving_sid_to_servable_seconds_bucket", {"le": "5.0"}) == 2
+    # upload -> servable is the longer path: each upload came ASSIGNED_AFTER_MS earlier
+    uploads = [now_s - a.upload_ts / 1000 for a in ahead.assignments]
+    assert sample("plum_serving_upload_to_servable_seconds_sum") == pytest.approx(sum(uploads))
+    assert sum(uploads) > sum(ages)
+
+
+def test_an_assignment_of_unknown_time_is_not_observed(stack):
+    old_sender = SidDelta.of("v1", 16, [(r[0], r[1], r[2], 0) for r in rows(16, 18)])
+    stack.slot.apply_delta(old_sender)
+    sample = stack.metrics.registry.get_sample_value
+    assert sample("plum_serving_upload_to_servable_seconds_count") == 2
+    assert sample("plum_serving_sid_to_servable_seconds_count") == 0
+
+
 def test_delta_gap_and_bad_delta_change_nothing(stack):
     served = stack.slot.served
     with pytest.raises(SequenceGap) as info:
         stack.slot.apply_delta(delta(17, 19))
     assert info.value.expected_seq == 16
     with pytest.raises(DeltaError):
-        stack.slot.apply_delta(SidDelta.of("v1", 16, [("dup", served.index.sid_of("v0"), 0)]))
+        stack.slot.apply_delta(SidDelta.of("v1", 16, [("dup", served.index.sid_of("v0"), 0, 0)]))
     assert stack.slot.served is served
     assert stack.slot.status()["last_error"]["action"] == "delta"
 
