@@ -75,6 +75,8 @@ def stack_checks(demo_config: type) -> tuple[Check, ...]:
         (KafkaConfig, "kafka", "controller_port"),
         (demo_config, DEMO_SECTION, "simulator_metrics_port"),
         (FlinkConfig, "flink", "metrics_port"),
+        (FlinkConfig, "flink", "rest_port"),
+        (FlinkConfig, "flink", "job_metrics_port"),
         (SidServiceConfig, "sid_service", "metrics_port"),
         (demo_config, DEMO_SECTION, "trainer_metrics_port"),
         (ServingConfig, SERVING_SECTION, "port"),

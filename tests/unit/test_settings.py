@@ -180,6 +180,18 @@ CONTRADICTIONS = [
         "9103 vs 9103",
     ),
     (
+        "[flink]\njob_metrics_port = 9107\n[publisher]\nmetrics_port = 9107\n",
+        "[flink].job_metrics_port",
+        "[publisher].metrics_port",
+        "9107 vs 9107",
+    ),
+    (
+        "[flink]\nrest_port = 8400\n[serving]\nport = 8400\n",
+        "[flink].rest_port",
+        "[serving].port",
+        "8400 vs 8400",
+    ),
+    (
         "[kafka]\nport = 9104\n",  # the demo's trainer metrics port
         "[kafka].port",
         "[demo].trainer_metrics_port",
