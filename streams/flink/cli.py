@@ -38,8 +38,16 @@ from plum.runtime import stop_on_signals
 from plum.settings import Settings
 from streams.contracts import topics as topic_defs
 from streams.contracts.topics import TopicNames
+from streams.flink.backfill_progress import BackfillProgress, start_backfill_progress
 from streams.flink.config_checks import CHECKS
-from streams.flink.job import FlinkConfig, RunOptions, build, latest_checkpoint, load_flink_config
+from streams.flink.job import (
+    FlinkConfig,
+    RunOptions,
+    build,
+    latest_checkpoint,
+    load_flink_config,
+    source_group,
+)
 from streams.flink.job_metrics import FlinkRest, JobPoller
 from streams.kafka.broker import free_port
 
@@ -131,6 +139,7 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     if not cfg.rest_port:  # a port known here, so the poller can find the endpoint
         cfg = dataclasses.replace(cfg, rest_port=free_port())
     env, t_env, stmts = build(cfg, opts, checkpoint_dir)
+    backfill = _backfill_progress(cfg, opts) if opts.backfill else None
     started = time.monotonic()
     result = stmts.execute()
     client = result.get_job_client()
@@ -155,6 +164,8 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     finally:
         if poller is not None:
             poller.close()
+        if backfill is not None:
+            backfill.close()
     if client is not None and waiter.is_alive():
         log.info("cancelling the job (retained checkpoints stay)")
         try:
@@ -174,6 +185,18 @@ def _job_poller(cfg: FlinkConfig, job_id: object) -> JobPoller | None:
         return None
     rest = FlinkRest(f"http://127.0.0.1:{cfg.rest_port}")
     return JobPoller(rest, str(job_id), cfg.job_metrics_interval_s, cfg.job_metrics_port)
+
+
+def _backfill_progress(cfg: FlinkConfig, opts: RunOptions) -> BackfillProgress | None:
+    """The backfill's progress line (committed input offsets), started before the job
+    commits any; without it (Kafka not answering here) the backfill still runs."""
+    try:
+        return start_backfill_progress(
+            cfg.bootstrap, opts.source_topic, source_group(cfg, opts), cfg.job_metrics_interval_s
+        )
+    except Exception as exc:
+        log.warning("backfill progress unavailable: %s", exc)
+        return None
 
 
 def _wait(result, outcome: JobOutcome, done: threading.Event) -> None:

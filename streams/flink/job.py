@@ -541,6 +541,11 @@ def keyed_by_first_field(stream, value_type):
     return KeyedStream(j_keyed, value_type, stream)
 
 
+def source_group(cfg: FlinkConfig, run: RunOptions) -> str:
+    """The consumer group the Kafka source commits its positions to at checkpoints."""
+    return cfg.group_id + ("-backfill" if run.backfill else "")
+
+
 def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     """The Flink Configuration of one run (local mini-cluster or client)."""
     from pyflink.common import Configuration
@@ -612,7 +617,7 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         "connector": "kafka",
         "topic": src_topic,
         "properties.bootstrap.servers": cfg.bootstrap,
-        "properties.group.id": cfg.group_id + ("-backfill" if run.backfill else ""),
+        "properties.group.id": source_group(cfg, run),
         "properties.isolation.level": "read_committed",
         "format": "raw",
         "scan.startup.mode": "earliest-offset"

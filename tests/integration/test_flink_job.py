@@ -9,6 +9,7 @@ read_committed, so only what a completed checkpoint committed counts.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 
@@ -17,7 +18,7 @@ import pytest
 from streams.flink.job import latest_checkpoint, load_flink_config
 from streams.flink.reference import RefParams, in_backfill_range, run_reference
 from streams.kafka.broker import free_port
-from streams.kafka.clients import read_all
+from streams.kafka.clients import end_offsets, read_all
 from tests import flink_support as fs
 
 pytestmark = pytest.mark.integration
@@ -160,6 +161,12 @@ def test_backfill_replays_a_time_range_and_exits(
     try:
         rc = job.wait(timeout=240)  # bounded: exits by itself
         assert rc == 0, job.tail()
+        # its progress: the replay topic's offsets, done as the checkpoints commit them
+        total = sum(end_offsets(kafka_bootstrap, [topics.watches_replay]).values())
+        log = job.tail(200_000)
+        assert f"backfill input {topics.watches_replay}: {total} offsets" in log, log[-3000:]
+        final = re.search(r"flink backfill: (\d+) offsets \(.*\| done in", log)
+        assert final and 0 < int(final.group(1)) <= total, log[-3000:]
         outs = fs.read_outputs(kafka_bootstrap, topics, suffix=".bf")
         fs.compare(outs, expected)
         # The live topics were not written by the backfill.
