@@ -42,6 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.common import write_result
 from monitoring.freshness import histogram_quantile
 from plum.config import REPO_ROOT
+from plum.runtime import Progress
 from streams.kafka.broker import free_port
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ def upload_buckets(samples: dict) -> list[tuple[float, float]]:
     return [
         (float(labels["le"]), value) for labels, value in samples.get(f"{UPLOAD_HIST}_bucket", [])
     ]
+
+
+def _status(row: dict[str, Any]) -> str:
+    """The progress line's detail: what the stack serves at the newest sample."""
+    return f"model {row['model_version']}, {row['uploads_servable']:.0f} uploads servable"
 
 
 def cli(argv: list[str]) -> int:
@@ -116,6 +122,14 @@ def cli(argv: list[str]) -> int:
             )
             started = time.monotonic()
             last_version = None
+            progress = Progress(
+                "bench freshness",
+                "samples",
+                every_s=60.0,
+                fraction=lambda: (time.monotonic() - started) / args.duration,
+                detail=lambda: _status(samples[-1]) if samples else "stack starting",
+                logger=log,
+            )
             try:
                 while demo.poll() is None:
                     time.sleep(args.poll)
@@ -135,17 +149,13 @@ def cli(argv: list[str]) -> int:
                         "buckets": upload_buckets(metrics),
                     }
                     samples.append(row)
+                    progress.add()
                     if version and version != last_version:
                         swaps.append({k: row[k] for k in ("t_s", "model_version", "event_lag_s")})
                         log.info("model version %d served; event lag %.0f s", version, lag or -1)
                         last_version = version
-                    if len(samples) % 12 == 0:
-                        log.info(
-                            "%.0f s: model %s, %d uploads servable",
-                            row["t_s"],
-                            row["model_version"],
-                            row["uploads_servable"],
-                        )
+                    progress.maybe_report()
+                progress.report(final=True)
             finally:
                 if demo.poll() is None:
                     demo.send_signal(signal.SIGTERM)
