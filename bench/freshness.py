@@ -105,6 +105,8 @@ def cli(argv: list[str]) -> int:
         "PLUM_DEMO__SIMULATOR_METRICS_PORT": free_port(),
         "PLUM_DEMO__TRAINER_METRICS_PORT": free_port(),
         "PLUM_FLINK__METRICS_PORT": free_port(),
+        "PLUM_FLINK__JOB_METRICS_PORT": free_port(),
+        "PLUM_FLINK__REST_PORT": 0,  # a free one, picked by `plum flink run`
         "PLUM_SID_SERVICE__METRICS_PORT": free_port(),
         "PLUM_PUBLISHER__METRICS_PORT": free_port(),
         "PLUM_TRAINER__CHECKPOINT_EVERY_S": args.checkpoint_every_s,

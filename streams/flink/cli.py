@@ -18,7 +18,8 @@ one) for the job's state and checkpoints and serves them as the `flink_job` metr
 `--job-metrics-port` (-1: none; see streams/flink/job_metrics.py).
 
 On a Flink cluster: `flink run -py streams/flink/cli.py -pyfs plum,streams,monitoring
---jarfile build/jvm/flink/flink-sql-connector-kafka-*.jar run --bootstrap ...`.
+--jarfile build/jvm/flink/flink-sql-connector-kafka-*.jar run --rest-port -1 --bootstrap ...`
+(-1: the client keeps the cluster's REST address; the cluster reports the job itself).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="Prometheus /metrics port (0: off)"
     )
     r.add_argument(
-        "--rest-port", type=int, default=None, help="Flink's REST endpoint port (0: a free one)"
+        "--rest-port",
+        type=int,
+        default=None,
+        help="Flink's REST endpoint port (0: a free one; -1: Flink's settings, a cluster)",
     )
     r.add_argument(
         "--job-metrics-port",
@@ -136,36 +141,38 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if opts.output_suffix:
         _ensure_suffixed_topics(cfg.bootstrap, opts.topics, opts.output_suffix)
-    if not cfg.rest_port:  # a port known here, so the poller can find the endpoint
+    if cfg.rest_port == 0:  # a port known here, so the poller can find the endpoint
         cfg = dataclasses.replace(cfg, rest_port=free_port())
-    env, t_env, stmts = build(cfg, opts, checkpoint_dir)
-    backfill = _backfill_progress(cfg, opts) if opts.backfill else None
-    started = time.monotonic()
-    result = stmts.execute()
-    client = result.get_job_client()
-    job_id = client.get_job_id() if client else None
-    log.info(
-        "flink job %s started (%s, source %s, checkpoints %s%s)",
-        job_id,
-        "backfill" if opts.backfill else "live",
-        opts.source_topic,
-        checkpoint_dir,
-        f", restored from {opts.restore_path}" if opts.restore_path else "",
-    )
-    log.info("flink REST on http://127.0.0.1:%d", cfg.rest_port)
-    done, outcome = threading.Event(), JobOutcome()
-    waiter = threading.Thread(target=_wait, args=(result, outcome, done), daemon=True)
-    waiter.start()
-    poller = _job_poller(cfg, job_id)
-    # The job ends by itself (a backfill) or by a signal: `stop` is set by either.
-    try:
+    with ExitStack() as cleanup:  # the poller and the backfill's progress, however it ends
+        poller = _job_poller(cfg)  # binds its /metrics first: a busy port fails here
+        if poller is not None:
+            cleanup.callback(poller.close)
+        env, t_env, stmts = build(cfg, opts, checkpoint_dir)
+        backfill = _backfill_progress(cfg, opts) if opts.backfill else None
+        if backfill is not None:
+            cleanup.callback(backfill.close)
+        started = time.monotonic()
+        result = stmts.execute()
+        client = result.get_job_client()
+        job_id = client.get_job_id() if client else None
+        log.info(
+            "flink job %s started (%s, source %s, checkpoints %s%s)",
+            job_id,
+            "backfill" if opts.backfill else "live",
+            opts.source_topic,
+            checkpoint_dir,
+            f", restored from {opts.restore_path}" if opts.restore_path else "",
+        )
+        if cfg.rest_port > 0:
+            log.info("flink REST on http://127.0.0.1:%d", cfg.rest_port)
+        done, outcome = threading.Event(), JobOutcome()
+        waiter = threading.Thread(target=_wait, args=(result, outcome, done), daemon=True)
+        waiter.start()
+        if poller is not None and job_id is not None:
+            poller.follow(str(job_id))
+        # The job ends by itself (a backfill) or by a signal: `stop` is set by either.
         with stop_on_signals(done, "flink job") as stop:
             stop.wait()
-    finally:
-        if poller is not None:
-            poller.close()
-        if backfill is not None:
-            backfill.close()
     if client is not None and waiter.is_alive():
         log.info("cancelling the job (retained checkpoints stay)")
         try:
@@ -179,12 +186,12 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     return 0 if outcome.ok else 1
 
 
-def _job_poller(cfg: FlinkConfig, job_id: object) -> JobPoller | None:
+def _job_poller(cfg: FlinkConfig) -> JobPoller | None:
     """The REST poller serving the `flink_job` metrics, when a port is configured."""
-    if cfg.job_metrics_port < 0 or job_id is None:
+    if cfg.job_metrics_port < 0:
         return None
     rest = FlinkRest(f"http://127.0.0.1:{cfg.rest_port}")
-    return JobPoller(rest, str(job_id), cfg.job_metrics_interval_s, cfg.job_metrics_port)
+    return JobPoller(rest, cfg.job_metrics_interval_s, cfg.job_metrics_port)
 
 
 def _backfill_progress(cfg: FlinkConfig, opts: RunOptions) -> BackfillProgress | None:

@@ -129,7 +129,9 @@ class FlinkConfig:
     # Prometheus /metrics from the Python workers; 0 = off.
     metrics_port: int = 0
     # Flink's REST endpoint (local mode: the MiniCluster's, on 127.0.0.1); 0 = a free port
-    # picked at start. `plum flink run` polls it for the job's state and checkpoints.
+    # picked at start; -1 = leave Flink's REST settings alone (a cluster submission: the
+    # client must reach the cluster's JobManager), no job metrics then.
+    # `plum flink run` polls it for the job's state and checkpoints.
     rest_port: int = 0
     # /metrics of that poll (streams/flink/job_metrics.py) from the driver: -1 = none,
     # 0 = a free port; polled every job_metrics_interval_s.
@@ -158,8 +160,12 @@ class FlinkConfig:
             raise ValueError("min_count, parallelism and checkpoint_interval_ms must be positive")
         if self.out_of_orderness_ms < 0 or self.idleness_ms < 0:
             raise ValueError("out_of_orderness_ms and idleness_ms must be >= 0")
-        if not 0 <= self.rest_port <= 65535:
-            raise ValueError(f"rest_port must be 0 (a free port) .. 65535, got {self.rest_port}")
+        if not -1 <= self.rest_port <= 65535:
+            raise ValueError(
+                f"rest_port must be -1, 0 (a free port) .. 65535, got {self.rest_port}"
+            )
+        if self.rest_port < 0 and self.job_metrics_port >= 0:
+            raise ValueError("job_metrics_port needs Flink's REST endpoint: rest_port >= 0")
         if self.job_metrics_port < -1 or self.job_metrics_interval_s <= 0:
             raise ValueError(
                 "job_metrics_port must be >= -1 and job_metrics_interval_s positive, got "
@@ -577,7 +583,7 @@ def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path)
     c.set_string("python.executable", sys.executable)
     c.set_string("python.client.executable", sys.executable)
     c.set_string("table.local-time-zone", "UTC")
-    if cfg.rest_port:  # 0: Flink's own choice (run_job picks a free port first)
+    if cfg.rest_port > 0:  # 0: Flink's own (run_job picks a free port first); -1: untouched
         c.set_string("rest.bind-address", "127.0.0.1")
         c.set_string("rest.address", "127.0.0.1")
         c.set_string("rest.bind-port", str(cfg.rest_port))

@@ -114,19 +114,19 @@ class JobMetrics:
 
 
 class JobPoller:
-    """Polls one job every `interval_s` in a daemon thread until `close()`; serves the
-    gauges on `metrics_port` (0: a free one) when it is >= 0."""
+    """Serves the gauges on `metrics_port` (0: a free one; -1: none) from construction, so
+    a busy port fails before any job is submitted; `follow(job_id)` then polls that job
+    every `interval_s` in a daemon thread until `close()`."""
 
     def __init__(
         self,
         rest: FlinkRest,
-        job_id: str,
         interval_s: float,
         metrics_port: int,
         metrics: JobMetrics | None = None,
     ) -> None:
         self.rest = rest
-        self.job_id = job_id
+        self.job_id: str | None = None
         self.interval_s = interval_s
         self.gauges = metrics or JobMetrics()
         self.server: MetricsServer | None = None
@@ -136,10 +136,17 @@ class JobPoller:
         self._stop = threading.Event()
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="flink-job-poller", daemon=True)
+
+    def follow(self, job_id: str) -> None:
+        """Start polling `job_id` (once)."""
+        self.job_id = job_id
         self._thread.start()
 
     def poll_once(self) -> JobReport | None:
-        """One poll: the report read (gauges set), or None when the endpoint did not answer."""
+        """One poll: the report read (gauges set), or None when the endpoint did not answer
+        (or no job is followed yet)."""
+        if self.job_id is None:
+            return None
         try:
             report = self.rest.report(self.job_id)
         except (OSError, ValueError) as exc:  # URLError/timeouts are OSErrors; bad JSON
@@ -161,7 +168,8 @@ class JobPoller:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.interval_s + self.rest.timeout_s * 2 + 1)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.rest.timeout_s * 2 + 1)
         if self.server is not None:
             self.server.close()
 

@@ -118,9 +118,13 @@ def poll_until(predicate, timeout_s: float = 10.0) -> None:
 
 def test_the_poller_serves_every_flink_job_gauge_and_follows_the_job(caplog):
     caplog.set_level("INFO", logger="streams.flink.job_metrics")
-    with fake_flink() as flink, JobPoller(FlinkRest(flink.url), JOB_ID, 0.05, 0) as poller:
+    with fake_flink() as flink, JobPoller(FlinkRest(flink.url), 0.05, 0) as poller:
         port = poller.server.port
         assert f"flink job: metrics on http://127.0.0.1:{port}/metrics" in caplog.text
+        # served before any job is followed (the port is bound before the job is submitted)
+        assert scrape(port)[("plum_flink_job_running", ())] == 0
+        assert poller.poll_once() is None and flink.requests == []
+        poller.follow(JOB_ID)
         poll_until(lambda: len(flink.requests) >= 2)
         got = scrape(port)
         assert got[("plum_flink_job_running", ())] == 1
@@ -143,7 +147,8 @@ def test_an_endpoint_that_does_not_answer_reads_as_not_running_and_keeps_the_las
     gauges = JobMetrics()
     with fake_flink() as flink:
         flink.checkpoints = CHECKPOINTS
-        poller = JobPoller(FlinkRest(flink.url, timeout_s=1.0), JOB_ID, 3600, -1, gauges)
+        poller = JobPoller(FlinkRest(flink.url, timeout_s=1.0), 3600, -1, gauges)
+        poller.follow(JOB_ID)
         try:
             assert poller.server is None  # -1: no /metrics server
             poll_until(lambda: gauges.metrics.value("plum_flink_job_running") == 1)
@@ -161,6 +166,6 @@ def test_a_rest_port_binds_flinks_endpoint_to_localhost_on_that_port(tmp_path):
     conf = flink_configuration(FlinkConfig(rest_port=18081), RunOptions(), tmp_path).to_dict()
     assert conf["rest.bind-port"] == conf["rest.port"] == "18081"
     assert conf["rest.bind-address"] == conf["rest.address"] == "127.0.0.1"
-    assert (
-        "rest.bind-port" not in flink_configuration(FlinkConfig(), RunOptions(), tmp_path).to_dict()
-    )
+    for untouched in (FlinkConfig(), FlinkConfig(rest_port=-1)):  # run_job picks; a cluster's
+        conf = flink_configuration(untouched, RunOptions(), tmp_path).to_dict()
+        assert "rest.port" not in conf and "rest.bind-port" not in conf
