@@ -123,6 +123,11 @@ COMMANDS: tuple[Command, ...] = (
         "serve", "serving.cli:serve", "the retrieval server: /v1/retrieve, hot swap, SID deltas"
     ),
     Command(
+        "probe",
+        "serving.probe:cli",
+        "ask serving for recommendations as users who just watched something (synthetic traffic)",
+    ),
+    Command(
         "publish run", "publisher.cli:run", "gate, publish and push checkpoints and SID deltas"
     ),
     Command(
