@@ -302,12 +302,13 @@ PANELS: tuple[Panel, ...] = (
         "Serving 5xx share",
         "errors",
         "percentunit",
-        "share of serving's answers that were server errors (bad input is a 4xx, never a 5xx)",
+        "share of retrieval answers that were server errors (bad input is a 4xx, never a 5xx; "
+        "/readyz's 503 before the first model is not counted)",
         (
             Query(
                 zero_while_up(
-                    'sum(rate(plum_serving_requests_total{status=~"5.."}[5m]))'
-                    " / sum(rate(plum_serving_requests_total[5m]))",
+                    'sum(rate(plum_serving_requests_total{route="/v1/retrieve",status=~"5.."}[5m]))'
+                    ' / sum(rate(plum_serving_requests_total{route="/v1/retrieve"}[5m]))',
                     "serving",
                 ),
                 "5xx share",
