@@ -74,6 +74,7 @@ def stack_checks(demo_config: type) -> tuple[Check, ...]:
         (KafkaConfig, "kafka", "port"),
         (KafkaConfig, "kafka", "controller_port"),
         (demo_config, DEMO_SECTION, "simulator_metrics_port"),
+        (demo_config, DEMO_SECTION, "exporter_metrics_port"),
         (FlinkConfig, "flink", "metrics_port"),
         (FlinkConfig, "flink", "rest_port"),
         (FlinkConfig, "flink", "job_metrics_port"),

@@ -7,7 +7,11 @@ can flush or checkpoint), then SIGKILL after a grace period, and the broker is s
 unless `--keep-kafka` is given. Nothing is left running.
 
 Components join the demo as they are built: the `[demo]` config lists which to start.
-Before the SID service starts, a SID-v2 tokenizer is trained on the simulated platform's
+Monitoring comes first (Prometheus scraping every component's /metrics, the dashboard
+page, the Kafka exporter), so the dashboard shows the stack from its first minute; their
+URLs are printed. The simulator runs in real time (event time = wall time) and `plum
+probe` asks serving for recommendations, so the freshness and serving panels read real
+seconds and real requests. Before the SID service starts, a SID-v2 tokenizer is trained on the simulated platform's
 initial catalogue (the same seed, generated offline) unless `state/demo/tokenizer` holds
 one already.
 """
@@ -44,13 +48,20 @@ class DemoConfig:
     bad_fraction: float = 0.01
     seed: int = 7
     components: tuple[str, ...] = (
+        "prometheus",
+        "dashboard",
+        "kafka_exporter",
         "simulator",
         "flink",
         "sid_service",
         "trainer",
         "serving",
         "publisher",
+        "probe",
     )
+    # Event time = wall time (the simulator's real-time mode), so the freshness panels
+    # read in real seconds; `rate` then only caps the pace.
+    real_time: bool = True
     tokenizer_steps: int = 800
     # The trainer joins once Kafka holds uploads with SIDs and watches: CPT on what is
     # there after this many seconds (skipped when STATE/trainer/cpt holds a checkpoint),
@@ -61,6 +72,9 @@ class DemoConfig:
     tokenizer_items: int = 3000
     grace_s: float = 20.0
     simulator_metrics_port: int = 9101
+    exporter_metrics_port: int = 9102  # `plum kafka exporter`: consumer lag per group
+    exporter_interval_s: float = 5.0
+    probe_rate: float = 2.0  # retrieval requests per second once serving is ready
 
 
 class Child:
@@ -106,7 +120,20 @@ class Child:
             return ""
 
 
-COMPONENTS = ("simulator", "flink", "sid_service", "trainer", "serving", "publisher")
+COMPONENTS = (
+    "prometheus",
+    "dashboard",
+    "kafka_exporter",
+    "simulator",
+    "flink",
+    "sid_service",
+    "trainer",
+    "serving",
+    "publisher",
+    "probe",
+)
+# Started before the tokenizer is trained, so the dashboard is up from the first minute.
+MONITORING = ("prometheus", "dashboard", "kafka_exporter")
 
 
 def component_command(
@@ -131,7 +158,27 @@ def component_command(
         ]
         if config.seconds:
             cmd += ["--seconds", str(config.seconds)]
+        if config.real_time:
+            cmd += ["--real-time"]
         return cmd
+    if name == "kafka_exporter":
+        return plum + [
+            "kafka",
+            "exporter",
+            *common,
+            "--metrics-port",
+            str(config.exporter_metrics_port),
+            "--interval",
+            str(config.exporter_interval_s),
+        ]
+    if name == "prometheus":  # scrapes every component's port (deploy/prometheus/targets.py)
+        return plum + ["prometheus", "up"] + (["--config", config_path] if config_path else [])
+    if name == "dashboard":
+        return (
+            plum
+            + ["dashboard", "up", "--prometheus", prometheus_url(config_path)]
+            + (["--config", config_path] if config_path else [])
+        )
     if name == "flink":
         return plum + [
             "flink",
@@ -180,6 +227,8 @@ def component_command(
         ]
     if name == "serving":  # host, port, model repository and token from [serving] / env
         return plum + ["serve"] + (["--config", config_path] if config_path else [])
+    if name == "probe":  # users asking for recommendations: traffic for the serving panels
+        return plum + ["probe", *common, "--rate", str(config.probe_rate)]
     if name == "publisher":
         return plum + [
             "publish",
@@ -210,6 +259,27 @@ def sample_request(config_path: str | None) -> str:
         f"curl -s -X POST http://{serving.host}:{serving.port}/v1/retrieve "
         f"-H 'content-type: application/json' -d '{body}'"
     )
+
+
+def prometheus_url(config_path: str | None) -> str:
+    """The demo's Prometheus, which the dashboard reads: [prometheus] host and port."""
+    from monitoring.prometheus.config import load_prometheus_config
+
+    cfg = load_prometheus_config(config_path)
+    return f"http://{cfg.host}:{cfg.port}"
+
+
+def monitoring_urls(config: DemoConfig, config_path: str | None) -> list[str]:
+    """The lines that tell a person where to look."""
+    from monitoring.dashboards.config import load_dashboard_config
+
+    lines = []
+    if "dashboard" in config.components:
+        dash = load_dashboard_config(config_path)
+        lines.append(f"dashboard   http://{dash.host}:{dash.port}/")
+    if "prometheus" in config.components:
+        lines.append(f"prometheus  {prometheus_url(config_path)}/alerts")
+    return lines
 
 
 def demo_index() -> Path:
@@ -347,6 +417,18 @@ def _supervise(
         )
         env = admin_env(dict(os.environ, PYTHONUNBUFFERED="1"))
         log_dir = state_dir() / "demo" / "logs"
+        for name in (c for c in config.components if c in MONITORING):
+            children.append(
+                Child(
+                    name,
+                    component_command(name, config, kafka.bootstrap, args.config),
+                    log_dir,
+                    env,
+                )
+            )
+        urls = monitoring_urls(config, args.config)
+        if urls:
+            log.info("watch the stack:\n  %s", "\n  ".join(urls))
         if "sid_service" in config.components:
             train_demo_tokenizer(config, args.config, log_dir, env)
         launcher = (
@@ -354,7 +436,7 @@ def _supervise(
             if "trainer" in config.components
             else None
         )
-        for name in (c for c in config.components if c != "trainer"):
+        for name in (c for c in config.components if c != "trainer" and c not in MONITORING):
             children.append(
                 Child(
                     name,

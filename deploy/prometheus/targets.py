@@ -37,6 +37,7 @@ def stack_targets(
     demo = settings.section(demo_config, DEMO_SECTION)
     flink = settings.section(FlinkConfig, "flink")
     ports: dict[str, tuple[tuple[str, int], ...]] = {
+        "kafka_exporter": (("kafka", demo.exporter_metrics_port),),
         "simulator": (("simulator", demo.simulator_metrics_port),),
         "flink": (
             ("flink", flink.metrics_port),
