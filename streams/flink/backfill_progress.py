@@ -60,7 +60,10 @@ def forget_group(bootstrap: str, group: str) -> None:
 
     admin = admin_client(bootstrap, timeout_ms=10_000)
     try:
-        for name, error in admin.delete_groups([group]):
+        result = admin.delete_groups([group])
+        # kafka-python 3 answers {group: error}; its docstring (and 2.x) a list of pairs
+        pairs = result.items() if isinstance(result, dict) else result
+        for name, error in pairs:
             if error is not None and getattr(error, "errno", 0):
                 log.debug("backfill group %s not deleted: %s", name, error)
     except KafkaError as exc:

@@ -73,10 +73,13 @@ function yAxis(unit) {
   }
 }
 
-// "{{group}} · {{topic}}" with the series' labels; the query's own legend when none match.
+// "{{group}} · {{topic}}" with the series' labels. A series without those labels (the
+// 0 a panel reads while its counter has no labelled series yet) keeps the legend's
+// words ("rejected {{reason}}" -> "rejected"), or reads "none yet" when it has none.
 function legendName(legend, metric) {
-  const name = legend.replace(/\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}/g, (_, k) => metric[k] ?? "");
-  return name.replace(/^[\s·]+|[\s·]+$/g, "") || legend || JSON.stringify(metric);
+  const label = /\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}/g;
+  const tidy = (text) => text.replace(/\s+/g, " ").replace(/^[\s·]+|[\s·]+$/g, "");
+  return tidy(legend.replace(label, (_, k) => metric[k] ?? "")) || "none yet";
 }
 
 // ------------------------------------------------------------------ fetching
