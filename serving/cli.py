@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import threading
-import time
 from pathlib import Path
 
 from monitoring.metrics import Metrics
 from plum.config import state_dir
+from plum.http_server import ThreadedServer
 from plum.runtime import Runtime, RuntimeConfig, Step
 from serving.artifact import ModelRepository
 from serving.batcher import Batcher
@@ -32,18 +31,7 @@ from serving.model_slot import ModelSlot, SearchCache
 
 log = logging.getLogger(__name__)
 
-STARTUP_TIMEOUT_S = 30.0  # uvicorn's start on a socket already bound takes milliseconds
 SHUTDOWN_TIMEOUT_S = 30.0
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _write_port_file(path: Path, port: int) -> None:
@@ -74,44 +62,22 @@ class ServingComponent:
             lambda: self.slot.served, cfg.batch_sizes, cfg.max_wait_ms, self.metrics
         )
         self.port: int | None = None
-        self._server = None
-        self._server_thread: threading.Thread | None = None
+        self._http: ThreadedServer | None = None
         self._loader: threading.Thread | None = None
         self._reported = 0
 
     def start(self) -> None:
-        import uvicorn
-
         from serving.app import create_app
 
         self.batcher.start()
-        app = create_app(self.slot, self.batcher, self.cfg, self.metrics)
-        sock = _bind(self.cfg.host, self.cfg.port)
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            loop="auto",  # uvloop when installed
-            http="auto",  # httptools when installed
-            lifespan="off",
-            log_config=None,  # leave logging to plum's setup
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT_S),
+        self._http = ThreadedServer(
+            create_app(self.slot, self.batcher, self.cfg, self.metrics),
+            self.cfg.host,
+            self.cfg.port,
+            "serving-http",
+            shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
         )
-        self._server = uvicorn.Server(config)
-        self._server_thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="serving-http", daemon=True
-        )
-        self._server_thread.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not self._server.started:
-            if not self._server_thread.is_alive():
-                raise RuntimeError(
-                    f"the HTTP server on {self.cfg.host}:{self.port} exited at start"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the HTTP server did not start within {STARTUP_TIMEOUT_S} s")
-            self._server_thread.join(0.01)  # wakes early if the thread dies
+        self.port = self._http.start()
         if self.cfg.port_file:
             _write_port_file(Path(self.cfg.port_file), self.port)
         log.info(
@@ -133,7 +99,7 @@ class ServingComponent:
 
     def step(self, stop: threading.Event) -> Step:
         stop.wait(self.cfg.log_every_s)
-        if self._server_thread is not None and not self._server_thread.is_alive():
+        if self._http is not None and not self._http.alive():
             raise RuntimeError("the HTTP server thread exited")
         answered = self.batcher.answered
         done, self._reported = answered - self._reported, answered
@@ -143,10 +109,8 @@ class ServingComponent:
         """Nothing to make durable: the model repository and the publisher own the state."""
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._server_thread is not None:
-            self._server_thread.join(SHUTDOWN_TIMEOUT_S + 5)
+        if self._http is not None:
+            self._http.stop()
         self.batcher.close()
         if self._loader is not None:
             self._loader.join(SHUTDOWN_TIMEOUT_S)

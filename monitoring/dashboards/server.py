@@ -15,31 +15,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import threading
-import time
 from types import TracebackType
 
 import httpx
 
 from monitoring.dashboards.app import create_app
 from monitoring.dashboards.config import DashboardConfig, load_dashboard_config
+from plum.http_server import ThreadedServer
 from plum.runtime import Runtime, RuntimeConfig, Step
 
 log = logging.getLogger(__name__)
 
-STARTUP_TIMEOUT_S = 30.0  # uvicorn's start on a socket already bound takes milliseconds
 SHUTDOWN_TIMEOUT_S = 10.0
 CHECK_EVERY_S = 5.0
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    return sock
 
 
 class DashboardServer:
@@ -51,8 +40,7 @@ class DashboardServer:
         self.config = config
         self._transport = transport
         self.port: int | None = None
-        self._server = None
-        self._thread: threading.Thread | None = None
+        self._http: ThreadedServer | None = None
 
     @property
     def url(self) -> str:
@@ -62,39 +50,20 @@ class DashboardServer:
         return f"http://{host}:{self.port}"
 
     def start(self) -> None:
-        import uvicorn
-
-        app = create_app(self.config, self._transport)
-        sock = _bind(self.config.host, self.config.port)
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                lifespan="on",  # the app's Prometheus client opens and closes with it
-                log_config=None,  # leave logging to plum's setup
-                access_log=False,
-                log_level="warning",
-                timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT_S),
-            )
+        self._http = ThreadedServer(
+            create_app(self.config, self._transport),
+            self.config.host,
+            self.config.port,
+            "dashboard-http",
+            lifespan="on",  # the app's Prometheus client opens and closes with it
+            shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
         )
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="dashboard-http", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError(
-                    f"the dashboard on {self.config.host}:{self.port} exited at start"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the dashboard did not start within {STARTUP_TIMEOUT_S} s")
-            self._thread.join(0.01)  # wakes early if the thread dies
+        self.port = self._http.start()
         log.info("dashboard on %s (Prometheus %s)", self.url, self.config.prometheus_url)
 
     def step(self, stop: threading.Event) -> Step:
         stop.wait(CHECK_EVERY_S)
-        if self._thread is not None and not self._thread.is_alive():
+        if self._http is not None and not self._http.alive():
             raise RuntimeError("the dashboard's HTTP server thread exited")
         return Step(done=0, active=True)
 
@@ -102,12 +71,8 @@ class DashboardServer:
         """Nothing to keep: the page holds no state."""
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(SHUTDOWN_TIMEOUT_S + 5)
-            if self._thread.is_alive():
-                log.warning("the dashboard's HTTP server did not stop within its grace period")
+        if self._http is not None:
+            self._http.stop()
 
     def describe(self) -> str:
         return f"{self.url} reading {self.config.prometheus_url}" if self.port else "starting"
