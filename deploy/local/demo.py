@@ -41,24 +41,29 @@ from streams.kafka.broker import BrokerError, KafkaConfig, LocalBroker, load_kaf
 log = logging.getLogger(__name__)
 
 
+COMPONENTS = (
+    "prometheus",
+    "dashboard",
+    "kafka_exporter",
+    "simulator",
+    "flink",
+    "sid_service",
+    "trainer",
+    "serving",
+    "publisher",
+    "probe",
+)
+# Started before the tokenizer is trained, so the dashboard is up from the first minute.
+MONITORING = ("prometheus", "dashboard", "kafka_exporter")
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     seconds: float = 0.0  # 0: run the simulator's configured duration
     rate: float = 500.0  # simulated events per wall-clock second
     bad_fraction: float = 0.01
     seed: int = 7
-    components: tuple[str, ...] = (
-        "prometheus",
-        "dashboard",
-        "kafka_exporter",
-        "simulator",
-        "flink",
-        "sid_service",
-        "trainer",
-        "serving",
-        "publisher",
-        "probe",
-    )
+    components: tuple[str, ...] = COMPONENTS  # in start order
     # Event time = wall time (the simulator's real-time mode), so the freshness panels
     # read in real seconds; `rate` then only caps the pace.
     real_time: bool = True
@@ -118,22 +123,6 @@ class Child:
             return lines[-1] if lines else ""
         except OSError:
             return ""
-
-
-COMPONENTS = (
-    "prometheus",
-    "dashboard",
-    "kafka_exporter",
-    "simulator",
-    "flink",
-    "sid_service",
-    "trainer",
-    "serving",
-    "publisher",
-    "probe",
-)
-# Started before the tokenizer is trained, so the dashboard is up from the first minute.
-MONITORING = ("prometheus", "dashboard", "kafka_exporter")
 
 
 def component_command(
