@@ -406,15 +406,13 @@ def _supervise(
         )
         env = admin_env(dict(os.environ, PYTHONUNBUFFERED="1"))
         log_dir = state_dir() / "demo" / "logs"
+
+        def start(name: str) -> None:
+            cmd = component_command(name, config, kafka.bootstrap, args.config)
+            children.append(Child(name, cmd, log_dir, env))
+
         for name in (c for c in config.components if c in MONITORING):
-            children.append(
-                Child(
-                    name,
-                    component_command(name, config, kafka.bootstrap, args.config),
-                    log_dir,
-                    env,
-                )
-            )
+            start(name)
         urls = monitoring_urls(config, args.config)
         if urls:
             log.info("watch the stack:\n  %s", "\n  ".join(urls))
@@ -426,14 +424,7 @@ def _supervise(
             else None
         )
         for name in (c for c in config.components if c != "trainer" and c not in MONITORING):
-            children.append(
-                Child(
-                    name,
-                    component_command(name, config, kafka.bootstrap, args.config),
-                    log_dir,
-                    env,
-                )
-            )
+            start(name)
         if "serving" in config.components:
             log.info(
                 "serving answers once the publisher has pushed a model (GET /readyz); try:\n  %s",
