@@ -99,6 +99,9 @@ def cli(argv: list[str]) -> int:
         "PLUM_SIMULATOR__NEW_UPLOADS_PER_SIM_MINUTE": args.uploads_per_minute,
         "PLUM_SIMULATOR__EVENTS": 0,
         "PLUM_DEMO__RATE": args.rate,
+        # the stack whose freshness is measured, as the earlier results ran it: no
+        # Prometheus, dashboard, exporter or probe (fixed demo ports, and load of their own)
+        "PLUM_DEMO__COMPONENTS": "simulator,flink,sid_service,trainer,serving,publisher",
         "PLUM_DEMO__CPT_STEPS": args.cpt_steps,
         "PLUM_DEMO__TOKENIZER_STEPS": args.tokenizer_steps,
         "PLUM_DEMO__TRAINER_AFTER_S": args.trainer_after_s,
