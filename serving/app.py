@@ -25,7 +25,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitoring.metrics import Metrics
+from plum.problems import PROBLEM_JSON, ProblemError, problem_response
 from serving.batcher import Batcher, Overloaded, Query
 from serving.config import MAX_BEAM, MAX_K, ServingConfig
 from serving.index import SequenceGap
@@ -47,7 +48,6 @@ from serving.sid_delta import DeltaError, SidDelta
 
 log = logging.getLogger(__name__)
 
-PROBLEM_JSON = "application/problem+json"
 # A retrieval waits at most this long for its batch (queue + search); then 503. Far above
 # any healthy latency: it bounds a handler when the worker is stuck, it is not a target.
 REQUEST_TIMEOUT_S = 30.0
@@ -67,33 +67,6 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
-
-
-class ProblemError(Exception):
-    """Raised by a handler to answer with a problem document."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        headers: Mapping[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = dict(headers or {})
-        self.extra = extra
-
-
-def problem_response(
-    status: int, detail: str, headers: Mapping[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
-    body |= {"detail": detail, **extra}
-    return JSONResponse(
-        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_JSON
-    )
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -23,7 +23,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,10 @@ from fastapi.staticfiles import StaticFiles
 
 from monitoring.dashboards.config import MAX_POINTS, DashboardConfig
 from monitoring.panels import PANELS, ROW_TITLES, ROWS
+from plum.problems import ProblemError, problem_response
 
 log = logging.getLogger(__name__)
 
-PROBLEM_JSON = "application/problem+json"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_RANGE_S = 7 * 86400
 
@@ -70,25 +69,6 @@ def panels_document(config: DashboardConfig) -> dict[str, Any]:
             for p in PANELS
         ],
     }
-
-
-class ProblemError(Exception):
-    """Raised by a handler to answer with a problem document."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-def problem_response(status: int, detail: str) -> JSONResponse:
-    body = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
 def _prometheus_error(response: httpx.Response) -> str:
