@@ -25,7 +25,8 @@ def bench_broker(bootstrap: str | None = None, heap_mb: int = 1024) -> Iterator[
     if bootstrap is not None:
         yield bootstrap
         return
-    from streams.kafka.broker import KafkaConfig, LocalBroker, free_port
+    from plum.ports import free_port
+    from streams.kafka.broker import KafkaConfig, LocalBroker
 
     with tempfile.TemporaryDirectory(prefix="plum-bench-kafka-") as tmp:
         broker = LocalBroker(

@@ -36,12 +36,13 @@ from pathlib import Path
 
 from bench.common import write_result
 from plum.config import REPO_ROOT
+from plum.ports import free_port
 from streams.contracts import schema
 from streams.contracts.topics import TopicNames, topic_set
 from streams.flink import timeline as ut
 from streams.flink.job import load_flink_config
 from streams.kafka.admin import ensure_topics
-from streams.kafka.broker import KafkaConfig, LocalBroker, free_port
+from streams.kafka.broker import KafkaConfig, LocalBroker
 from streams.kafka.clients import make_consumer, make_producer
 
 log = logging.getLogger(__name__)

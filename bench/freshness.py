@@ -42,8 +42,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.common import write_result
 from monitoring.freshness import histogram_quantile
 from plum.config import REPO_ROOT
+from plum.ports import free_port
 from plum.runtime import Progress
-from streams.kafka.broker import free_port
 
 log = logging.getLogger(__name__)
 UPLOAD_HIST = "plum_serving_upload_to_servable_seconds"

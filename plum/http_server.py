@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+from plum.ports import host_port
+
 log = logging.getLogger(__name__)
 
 
@@ -85,8 +87,7 @@ class ThreadedServer:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -139,7 +139,7 @@ def _resolve(
                 "unknown here): give the server's URL with --endpoint or "
                 f"[{SECTION}].endpoints"
             )
-        endpoints = (f"http://{serving.host}:{serving.port}",)
+        endpoints = (serving.base_url,)
     model_repo = cfg.model_repo or str(model_repo_path(serving, config_file.env))
     try:
         return dataclasses.replace(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from plum.config import load_section, state_dir
+from plum.ports import http_url
 
 SECTION = "serving"
 # The API's bounds (docs of /v1/retrieve): a compiled beam width above this could never
@@ -47,6 +48,11 @@ class ServingConfig:
     max_history: int = 256
     metrics_port: int = -1  # -1 = no /metrics server, 0 = a free port
     log_every_s: float = 10.0
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach this server (meaningful when port is not 0)."""
+        return http_url(self.host, self.port)
 
     def __post_init__(self) -> None:
         if not self.host:

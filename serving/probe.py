@@ -164,7 +164,7 @@ def cli(argv: list[str]) -> int:
     serving = load_serving_config(args.config)
     try:
         cfg = ProbeConfig(
-            url=args.url or f"http://{serving.host}:{serving.port}",
+            url=args.url or serving.base_url,
             bootstrap=args.bootstrap or kafka_bootstrap(args.config),
             watches_topic=TopicNames.with_prefix(args.topic_prefix).watches,
             rate_per_s=args.rate,

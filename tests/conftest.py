@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from plum.ports import free_port
 from streams.contracts.topics import TopicNames, topic_set
 from streams.kafka.admin import ensure_topics
-from streams.kafka.broker import KafkaConfig, LocalBroker, free_port
+from streams.kafka.broker import KafkaConfig, LocalBroker
 
 _counter = itertools.count()
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from deploy.local.config_checks import check_stack
 from plum.checkpoints import has_checkpoint
 from plum.config import load_section, state_dir
+from plum.ports import http_url
 from plum.runtime import stop_on_signals
 from streams.contracts.topics import topic_set
 from streams.kafka.admin import ensure_topics
@@ -245,7 +246,7 @@ def sample_request(config_path: str | None) -> str:
     serving = load_serving_config(config_path)
     body = '{"history": [{"video_id": "v0000001"}, {"video_id": "v0000002"}], "k": 10}'
     return (
-        f"curl -s -X POST http://{serving.host}:{serving.port}/v1/retrieve "
+        f"curl -s -X POST {serving.base_url}/v1/retrieve "
         f"-H 'content-type: application/json' -d '{body}'"
     )
 
@@ -255,7 +256,7 @@ def prometheus_url(config_path: str | None) -> str:
     from monitoring.prometheus.config import load_prometheus_config
 
     cfg = load_prometheus_config(config_path)
-    return f"http://{cfg.host}:{cfg.port}"
+    return http_url(cfg.host, cfg.port)
 
 
 def monitoring_urls(config: DemoConfig, config_path: str | None) -> list[str]:
@@ -265,7 +266,7 @@ def monitoring_urls(config: DemoConfig, config_path: str | None) -> list[str]:
     lines = []
     if "dashboard" in config.components:
         dash = load_dashboard_config(config_path)
-        lines.append(f"dashboard   http://{dash.host}:{dash.port}/")
+        lines.append(f"dashboard   {http_url(dash.host, dash.port)}/")
     if "prometheus" in config.components:
         lines.append(f"prometheus  {prometheus_url(config_path)}/alerts")
     return lines

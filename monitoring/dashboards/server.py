@@ -23,6 +23,7 @@ import httpx
 from monitoring.dashboards.app import create_app
 from monitoring.dashboards.config import DashboardConfig, load_dashboard_config
 from plum.http_server import ThreadedServer
+from plum.ports import http_url
 from plum.runtime import Runtime, RuntimeConfig, Step
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,7 @@ class DashboardServer:
     def url(self) -> str:
         if self.port is None:
             raise RuntimeError("the dashboard is not started")
-        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.config.host, self.port)
 
     def start(self) -> None:
         self._http = ThreadedServer(

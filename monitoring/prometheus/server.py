@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,6 +30,7 @@ from typing import Any
 from monitoring.prometheus.config import AlertThresholds, PrometheusConfig
 from monitoring.prometheus.scrape import ScrapeTarget, scrape_config, write_prometheus_yml
 from monitoring.rules import write_rules
+from plum.ports import free_port, http_url
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,6 @@ def find_executable(name: str) -> str:
     if found is None:
         raise PrometheusNotInstalled(f"{name!r} not found on PATH: {INSTALL_HINT}")
     return found
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class PrometheusServer:
@@ -97,8 +91,7 @@ class PrometheusServer:
     def url(self) -> str:
         if self.port is None:
             raise PrometheusError("the server is not started")
-        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.config.host, self.port)
 
     @property
     def running(self) -> bool:
@@ -114,7 +107,7 @@ class PrometheusServer:
         write_rules(self.rules_path, self.thresholds)
         attempts = FREE_PORT_ATTEMPTS if self.config.port == 0 else 1
         for attempt in range(1, attempts + 1):
-            port = self.config.port or _free_port(self.config.host)
+            port = self.config.port or free_port(self.config.host)
             self._launch(binary, port)
             try:
                 self._wait_ready()

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from plum.config import ConfigError
+from plum.ports import free_port
 from plum.runtime import stop_on_signals
 from plum.settings import Settings
 from streams.contracts import topics as topic_defs
@@ -51,7 +52,6 @@ from streams.flink.job import (
     source_group,
 )
 from streams.flink.job_metrics import FlinkRest, JobPoller
-from streams.kafka.broker import free_port
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ import pytest
 
 from monitoring.panels import BY_KEY, PANELS
 from plum.config import REPO_ROOT
-from streams.kafka.broker import free_port
+from plum.ports import free_port
 from tests.browser_support import chromium, page_error, save_screenshot, wait_for_panels
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -21,7 +21,7 @@ from monitoring.panels import BY_KEY, PANELS
 from monitoring.prometheus.config import AlertThresholds, PrometheusConfig
 from monitoring.prometheus.scrape import ScrapeTarget
 from monitoring.prometheus.server import PrometheusServer
-from streams.kafka.broker import free_port
+from plum.ports import free_port
 from tests.browser_support import chromium, page_error, save_screenshot, wait_for_panels
 
 log = logging.getLogger(__name__)

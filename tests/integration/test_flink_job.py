@@ -15,9 +15,9 @@ from collections import Counter
 
 import pytest
 
+from plum.ports import free_port
 from streams.flink.job import latest_checkpoint, load_flink_config
 from streams.flink.reference import RefParams, in_backfill_range, run_reference
-from streams.kafka.broker import free_port
 from streams.kafka.clients import end_offsets, read_all
 from tests import flink_support as fs
 

@@ -10,10 +10,11 @@ import sys
 
 import pytest
 
+from plum.ports import free_port
 from streams.contracts import schema
 from streams.contracts.topics import ALL_TOPICS
 from streams.kafka.admin import partition_counts, topic_configs
-from streams.kafka.broker import BrokerError, KafkaConfig, LocalBroker, free_port
+from streams.kafka.broker import BrokerError, KafkaConfig, LocalBroker
 from streams.kafka.clients import make_producer, read_all
 
 pytestmark = pytest.mark.integration

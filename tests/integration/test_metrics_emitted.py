@@ -27,9 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.metrics import BY_NAME, CATALOGUE, Metrics, serve_metrics
 from plum.config import REPO_ROOT
+from plum.ports import free_port
 from streams.contracts import schema
 from streams.contracts.topics import TopicNames
-from streams.kafka.broker import free_port
 from streams.kafka.clients import make_consumer, make_producer
 from tests import flink_support as fs
 

@@ -20,7 +20,7 @@ from monitoring.prometheus.config import load_alert_thresholds, load_prometheus_
 from monitoring.prometheus.scrape import ScrapeTarget
 from monitoring.prometheus.server import PrometheusError, PrometheusServer
 from plum.config import REPO_ROOT
-from streams.kafka.broker import free_port
+from plum.ports import free_port
 from tests.prometheus_support import tool, wait_for
 
 TEST_TOML = REPO_ROOT / "configs" / "test.toml"

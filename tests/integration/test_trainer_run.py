@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from plum.checkpoints import CheckpointStore
+from plum.ports import free_port
 from streams.contracts import schema
-from streams.kafka.broker import free_port
 from tests.metrics_support import catalogue_names, scrape_until_complete
 from tests.trainer_run_support import (
     LEVELS,

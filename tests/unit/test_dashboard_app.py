@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from monitoring.dashboards.app import STATIC_DIR, create_app, panel_queries, plotly_js_path
 from monitoring.dashboards.config import MAX_POINTS, DashboardConfig, load_dashboard_config
 from monitoring.panels import PANELS, ROWS
-from streams.kafka.broker import free_port
+from plum.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PROM = "http://prom.test:9090"

@@ -17,7 +17,7 @@ import pytest
 
 from monitoring.dashboards.config import DashboardConfig
 from monitoring.dashboards.server import DashboardServer, dashboard_runtime
-from streams.kafka.broker import free_port
+from plum.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = {"status": "success", "data": {"alerts": []}}
