@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -283,20 +284,27 @@ def parse_object(
 ) -> dict[str, Any]:
     """Bytes to a JSON object with a known schema version, or ValidationError.
 
-    `fast` parses with orjson (see `_fast_loads`): the same objects as json.loads except
-    that integers beyond 64 bits become floats, so use it only where a caller re-decodes
-    exactly whenever the fast result fails validation (as `decode_upload` does).
+    Bytes must be strict UTF-8 (no BOM, no UTF-16/32, no encoded surrogates) and no JSON
+    string may hold an unpaired surrogate, escaped (`"\\ud800"`) or not: such text cannot
+    be written back as UTF-8 (a Kafka key, an example, the reward coin's hash input), so
+    it is not_json here rather than a crash later. Otherwise Python json's grammar: NaN,
+    Infinity and 1e400 (infinity) are numbers, integers have up to MAX_INT_DIGITS digits,
+    the last of duplicate keys wins; nesting deeper than MAX_JSON_DEPTH is not_json.
+
+    `fast` parses with orjson (see `_fast_loads`): the same objects as the exact parse
+    except that integers beyond 64 bits become floats, so use it only where a caller
+    re-decodes exactly whenever the fast result fails validation (as `decode_upload` does).
     """
-    size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
+    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
     if size > limits.max_payload_bytes:
         raise ValidationError(
             OVERSIZED_PAYLOAD, f"payload is {size} bytes, limit {limits.max_payload_bytes}"
         )
     try:
-        # json.loads accepts NaN/Infinity; they are kept so validation can name them
-        # (nan_embedding, wrong_type) rather than calling the whole record not_json.
-        obj = _fast_loads(raw) if fast else json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # NaN/Infinity are kept so validation can name them (nan_embedding, wrong_type)
+        # rather than calling the whole record not_json.
+        obj = _fast_loads(raw) if fast else _exact_loads(raw)
+    except ValueError as exc:  # JSONDecodeError, UnicodeError and the limits above
         raise ValidationError(NOT_JSON, f"not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ValidationError(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
@@ -308,13 +316,77 @@ def parse_object(
     return obj
 
 
+# Nesting deeper than this is not_json (orjson alone would read up to 1024 levels, but
+# json.loads's recursion depends on the caller's stack; 512 is far from both).
+MAX_JSON_DEPTH = 512
+# Integer literals longer than this are not_json (Python's default int_max_str_digits:
+# json.loads cannot read them; written out here so the rule does not depend on the env).
+MAX_INT_DIGITS = 4300
+
+
 def _fast_loads(raw: bytes | str) -> Any:
-    """orjson (~7x faster than json here), and json.loads for what orjson rejects but json
-    reads (NaN, Infinity, 1e400, lone surrogates, UTF-16/32 or BOM-prefixed bytes)."""
+    """orjson (~7x faster than json here; it refuses everything `_exact_loads` refuses but
+    nesting from 513 to 1024 levels, checked here only when the record is long enough to
+    hold it), and `_exact_loads` for what orjson rejects but json reads (NaN, Infinity,
+    1e400, integers beyond 64 bits that are too large for a double)."""
     try:
-        return orjson.loads(raw)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return json.loads(raw)
+        return _exact_loads(raw)
+    if len(raw) > 2 * MAX_JSON_DEPTH and _too_deep(raw if isinstance(raw, str) else raw.decode()):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return obj
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _exact_loads(raw: bytes | str) -> Any:
+    """json.loads of strict UTF-8 text whose strings hold no unpaired surrogate, nested at
+    most MAX_JSON_DEPTH deep, with integers of at most MAX_INT_DIGITS digits."""
+    text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")
+    if _SURROGATE.search(text):  # raw surrogates in str input (strict bytes decoding refuses them)
+        raise UnicodeError("an unpaired surrogate")
+    if _too_deep(text):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        obj = json.loads(text, parse_int=_parse_int)
+    except RecursionError:  # only on a very deep caller stack: never crash on input
+        raise ValueError("nested too deep for this stack") from None
+    if "\\u" in text and _has_surrogate(obj):
+        raise UnicodeError("a string holds an unpaired surrogate escape")
+    return obj
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) - literal.startswith("-") > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of more than {MAX_INT_DIGITS} digits")
+    return int(literal)
+
+
+def _too_deep(text: str) -> bool:
+    """Whether (valid) JSON text nests arrays/objects more than MAX_JSON_DEPTH deep. On
+    invalid text the answer does not matter: the record is not_json either way."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for c in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if c in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(map(_has_surrogate, value))
+    return False
 
 
 def _require(obj: Mapping[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
@@ -338,6 +410,30 @@ def _typed(value: Any, name: str, kinds: tuple[type, ...], what: str) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValidationError(WRONG_TYPE, f"field {name!r} must be finite, got {value!r}")
     return value
+
+
+def _number(obj: Mapping[str, Any], name: str, what: str, *, optional: bool = False) -> Any:
+    """A required (or optional: None when absent) JSON number as a finite float.
+
+    An integer too large for a double (it would round to infinity; float() raises
+    OverflowError) is wrong_type like the infinity it stands for."""
+    value = (_optional if optional else _require)(obj, name, _NUMBER, what)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValidationError(
+            WRONG_TYPE,
+            f"field {name!r} must be finite, got an integer of {value.bit_length()} bits",
+        ) from None
+
+
+def _double(x: float | int) -> float:
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
 
 
 def _id(obj: Mapping[str, Any], name: str) -> str:
@@ -371,12 +467,12 @@ def watch_from_dict(
     user_id = _id(obj, "user_id")
     video_id = _id(obj, "video_id")
     ts = _timestamp(obj, limits)
-    watch_time = float(_require(obj, "watch_time_s", _NUMBER, "a number of seconds"))
-    duration = float(_require(obj, "video_duration_s", _NUMBER, "a number of seconds"))
+    watch_time = _number(obj, "watch_time_s", "a number of seconds")
+    duration = _number(obj, "video_duration_s", "a number of seconds")
     clicked = _require(obj, "clicked", (bool,), "true or false")
     surface = _require(obj, "surface", (str,), "a string")
     context = _optional(obj, "context_video_id", (str,), "a string")
-    satisfaction = _optional(obj, "satisfaction", _NUMBER, "a number in [0, 1]")
+    satisfaction = _number(obj, "satisfaction", "a number in [0, 1]", optional=True)
     if watch_time < 0:
         raise ValidationError(NEGATIVE_DURATION, f"watch_time_s={watch_time} is negative")
     if duration <= 0:
@@ -398,7 +494,7 @@ def watch_from_dict(
         clicked=clicked,
         surface=surface,
         context_video_id=context,
-        satisfaction=None if satisfaction is None else float(satisfaction),
+        satisfaction=satisfaction,
     )
 
 
@@ -413,7 +509,7 @@ def upload_from_dict(
     topics = _optional(obj, "topics", (list,), "a list of strings") or []
     for t in topics:
         _typed(t, "topics[]", (str,), "a string")
-    duration = float(_require(obj, "duration_s", _NUMBER, "a number of seconds"))
+    duration = _number(obj, "duration_s", "a number of seconds")
     if duration <= 0:
         raise ValidationError(NEGATIVE_DURATION, f"duration_s={duration} is not positive")
     raw_embeddings = _require(obj, "embeddings", (dict,), "an object of named float vectors")
@@ -450,12 +546,15 @@ def _embeddings(
                     raise ValidationError(
                         WRONG_TYPE, f"embedding {name!r}[{i}]={x!r} is not a number"
                     )
-        if not all(map(math.isfinite, vector)):
-            i = next(i for i, x in enumerate(vector) if not math.isfinite(x))
+        try:
+            values = tuple(map(float, vector))
+        except OverflowError:  # an integer too large for a double is as infinite as inf
+            values = tuple(map(_double, vector))
+        if not all(map(math.isfinite, values)):
+            i = next(i for i, x in enumerate(values) if not math.isfinite(x))
             raise ValidationError(
                 NAN_EMBEDDING, f"embedding {name!r}[{i}]={vector[i]!r} is not finite"
             )
-        values = tuple(map(float, vector))
         if expected is not None and len(values) != expected[name]:
             raise ValidationError(
                 WRONG_EMBEDDING_LENGTH,

@@ -352,3 +352,70 @@ def test_the_fast_sid_assignment_encoding_is_byte_identical(video_id, sid, versi
         video_id=video_id, sid=tuple(sid), sid_version=version, ts=ts, upload_ts=upload_ts
     )
     assert schema.encode_sid_assignment(a) == schema.encode(a)
+
+
+# ---- the strict text rules the JVM operator shares (tests/vectors/flink/README.md)
+
+BAD_TEXT = [
+    b"\xef\xbb\xbf" + raw(watch()),  # a UTF-8 BOM
+    json.dumps(watch()).encode("utf-16"),
+    json.dumps(watch()).encode("utf-32"),
+    json.dumps(watch()).encode("utf-16-le"),
+    raw(watch()).replace(b'"u1"', b'"u\xed\xa0\x80"'),  # an encoded surrogate (CESU)
+    raw(watch()).replace(b'"u1"', b'"u\xc0\xaf"'),  # an overlong encoding
+    raw(watch(user_id="\ud800")),  # escaped lone surrogates, high and low
+    raw(watch(surface="x\udc00")),
+    raw(watch(extra={"\udbff": 1})),  # also in a key nobody reads
+    raw(watch()).replace(b'"ts":', b'"x": ' + b"[" * 512 + b"]" * 512 + b', "ts":'),  # 513 deep
+    raw(watch()).replace(b'"ts":', b'"x": ' + b"1" * 4301 + b', "ts":'),
+]
+
+
+@pytest.mark.parametrize("data", BAD_TEXT)
+def test_text_that_is_not_strict_utf8_json_is_not_json(data):
+    assert reason_of(schema.decode_watch, data) == schema.NOT_JSON
+    assert reason_of(schema.decode_upload, data) == schema.NOT_JSON
+
+
+def test_what_strict_json_still_reads():
+    pair = raw(watch(user_id="u\U0001f600"))  # escaped as a surrogate pair: one code point
+    assert schema.decode_watch(pair, LIMITS).user_id == "u\U0001f600"
+    nested = raw(watch()).replace(b'"ts":', b'"x": ' + b"[" * 511 + b"]" * 511 + b', "ts":')
+    assert schema.decode_watch(nested, LIMITS).user_id == "u1"  # 512 levels with the object
+    digits = raw(watch()).replace(b'"ts":', b'"x": -' + b"1" * 4300 + b', "ts":')
+    assert schema.decode_watch(digits, LIMITS).user_id == "u1"
+
+
+def test_a_lone_surrogate_in_a_python_str_is_not_json_not_a_crash():
+    assert reason_of(
+        schema.decode_watch, json.dumps(watch(user_id="\ud800"), ensure_ascii=False)
+    ) == (schema.NOT_JSON)
+
+
+@pytest.mark.parametrize("depth", [600, 1024, 1025, 100_000])
+def test_deep_nesting_is_not_json_whatever_the_parser_would_do(depth):
+    data = raw(watch(schema=2)).replace(
+        b'"ts":', b'"x": ' + b"[" * depth + b"]" * depth + b', "ts":'
+    )
+    assert reason_of(schema.decode_watch, data) == schema.NOT_JSON
+
+
+# 2**1024 - 2**970 is the smallest integer that rounds to 2**1024 (infinity) as a double.
+HUGE = 2**1024 - 2**970
+
+
+@pytest.mark.parametrize("field", ["watch_time_s", "video_duration_s", "satisfaction"])
+@pytest.mark.parametrize("value", [HUGE, -HUGE, 10**400])
+def test_an_integer_too_large_for_a_double_is_wrong_type_like_infinity(field, value):
+    assert reason_of(schema.decode_watch, raw(watch(**{field: value}))) == schema.WRONG_TYPE
+
+
+def test_the_largest_integer_below_double_overflow_is_a_number():
+    w = schema.decode_watch(raw(watch(watch_time_s=HUGE - 1, video_duration_s=HUGE - 1)), LIMITS)
+    assert w.watch_time_s == w.video_duration_s == 1.7976931348623157e308
+
+
+def test_an_upload_with_integers_too_large_for_a_double():
+    assert reason_of(schema.decode_upload, raw(upload(duration_s=HUGE))) == schema.WRONG_TYPE
+    emb = {"text": [0.1, -HUGE, 0.3], "visual": [1.0, 2.0]}
+    assert reason_of(schema.decode_upload, raw(upload(embeddings=emb))) == schema.NAN_EMBEDDING
