@@ -86,6 +86,7 @@ NAME = "trainer-quality"
 SECTION = "bench_trainer_quality"
 BASELINES = ("popularity", "cooccurrence")
 MODELS = ("sft_from_cpt", "sft_from_random")
+NDCG_KS = (5, 10)
 NOTES = (
     "Settings were chosen on validation slices carved from the training data "
     "(--eval-on validation: simulator = newest 10% of the training slice; MovieLens = the "
@@ -285,6 +286,7 @@ def run_dataset(
     sft_passes: int,
     references: Callable[[frozenset[str]], dict[str, Any]] | None = None,
     sft_max_examples: int = 0,
+    interactions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """CPT, SFT from CPT, SFT from random init, baselines (and `references(candidates)`,
     rankers reported but never counted as baselines); all evaluated on `scored`."""
@@ -349,7 +351,7 @@ def run_dataset(
 
     t = time.monotonic()
     cands = candidate_ids(lookup, vocab)
-    rankers: dict[str, Any] = dict(fit_baselines(train, cands))
+    rankers: dict[str, Any] = dict(fit_baselines(train, cands, interactions=interactions))
     if references is not None:
         rankers.update(references(cands))
 
@@ -368,7 +370,7 @@ def run_dataset(
     for label, params in trained.items():
         rankers[label] = model_ranker(params)
     scored = evenly_spaced(scored, cfg.eval_max)
-    report = evaluate(rankers, scored, candidates=cands)
+    report = evaluate(rankers, scored, candidates=cands, ndcg_ks=NDCG_KS)
     hall_examples = [e for e in scored if e.target_video_id in cands][: cfg.hallucination_max]
     gen = model_ranker(trained["sft_from_cpt"], constrained=False).generate(hall_examples)
     timings["eval_s"] = round(time.monotonic() - t, 1)
@@ -466,28 +468,51 @@ def run_simulator(cfg: QualityConfig, config_path: Path | str) -> dict[str, Any]
     return report
 
 
-def run_movielens(cfg: QualityConfig, directory: Path, config_path: Path | str) -> dict[str, Any]:
-    from streams.datasets import movielens as ml
-    from trainer.movielens_examples import movielens_examples
+@dataclass(frozen=True)
+class MovieLensInputs:
+    """Everything a MovieLens run trains and scores on, built from the standard split
+    (trainer.movielens_examples.leave_last_out_split): the tokenizer's pairs, the CPT
+    watches, the SFT examples (`split.train`) and the baselines' interactions all come
+    from training interactions only; tests/unit/test_movielens_leakage.py holds every
+    one of them to that, by identity."""
 
-    t0 = time.monotonic()
+    split: Any  # trainer.movielens_examples.LeaveLastOut
+    scored: list[schema.SftExample]
+    uploads: list[schema.UploadEvent]  # the catalogue as published: content, no ratings
+    cpt_watches: list[schema.WatchEvent]  # training ratings as watches
+    tokenizer_pairs: list[tuple[str, str, str]]  # (user, a, b) from training examples
+    interactions: list[str]  # video of every training rating (popularity)
+
+
+def movielens_inputs(
+    directory: Path, config_path: Path | str, history_len: int, eval_on: str = "fresh"
+) -> MovieLensInputs:
+    from streams.datasets import movielens as ml
+    from trainer.movielens_examples import leave_last_out_split, training_pairs
+
     ml_cfg = ml.load_movielens_config(config_path)
     data = ml.load(directory)
-    examples = movielens_examples(data.ratings, ml_cfg, history_len=cfg.history_len)
-    train, scored = scoring_split(examples, "leave_last_out", cfg.eval_on)
-    held = {e.event_id for e in examples} - {e.event_id for e in train}
-    watches = [w for w in ml.watch_events(data.ratings, ml_cfg) if w.event_id not in held]
-    uploads = ml.catalogue(data, ml_cfg)  # what the pipeline publishes
-    # contrastive pairs: consecutive well-rated films in the training examples only
-    pairs = [
-        (e.context_video_id, e.target_video_id)
-        for e in train
-        if e.context_video_id is not None and e.reward >= 0.8
-    ]
+    split = leave_last_out_split(data.ratings, ml_cfg, history_len=history_len)
+    return MovieLensInputs(
+        split=split,
+        scored=split.scored(eval_on),
+        uploads=ml.catalogue(data, ml_cfg),
+        cpt_watches=list(ml.watch_events(split.train_ratings, ml_cfg)),
+        # contrastive pairs: consecutive well-rated films in the training examples only
+        tokenizer_pairs=training_pairs(split.train),
+        interactions=[ml.video_id(r.item_id, ml_cfg) for r in split.train_ratings],
+    )
+
+
+def run_movielens(cfg: QualityConfig, directory: Path, config_path: Path | str) -> dict[str, Any]:
+    t0 = time.monotonic()
+    inputs = movielens_inputs(directory, config_path, cfg.history_len, cfg.eval_on)
+    train, scored, uploads = inputs.split.train, inputs.scored, inputs.uploads
+    examples = inputs.split.examples
     lookup, level_sizes, sid_report = name_items(
         uploads,
         lambda _: True,
-        pairs,
+        [(a, b) for _, a, b in inputs.tokenizer_pairs],
         tokenizer_config(cfg, cfg.ml_tokenizer_steps, cfg.ml_codebook_base),
         cfg.disambiguation_size,
     )
@@ -495,13 +520,14 @@ def run_movielens(cfg: QualityConfig, directory: Path, config_path: Path | str) 
         "movielens",
         cfg,
         uploads,
-        watches,
+        inputs.cpt_watches,
         lookup,
         level_sizes,
         train,
         scored,
         cfg.ml_sft_passes,
         sft_max_examples=cfg.ml_sft_max_examples,
+        interactions=inputs.interactions,
     )
     report["sids"] = sid_report
     report["split"] = {
@@ -509,13 +535,14 @@ def run_movielens(cfg: QualityConfig, directory: Path, config_path: Path | str) 
         + ("validation" if cfg.eval_on == "validation" else "test"),
         "examples": len(examples),
         "train": len(train),
-        "held_out": len(held),
+        "held_out": len(inputs.split.held),
         "scored": len(scored),
+        "popularity": "all training interactions, ties to the smaller item id",
     }
     report["data"] = {
-        "ratings": len(data.ratings),
-        "movies": len(data.movies),
-        "cpt_watches": len(watches),
+        "ratings": len(inputs.split.train_ratings) + len(inputs.split.held),
+        "movies": len(uploads),
+        "cpt_watches": len(inputs.cpt_watches),
     }
     report["timings"]["sids_s"] = sid_report["seconds"]
     report["timings"]["total_s"] = round(time.monotonic() - t0, 1)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -133,13 +134,27 @@ def candidate_ids(lookup: SidLookup, vocab: Vocab) -> frozenset[str]:
     return frozenset(v for v in lookup.sids if lookup.tokens(vocab, v) is not None)
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_id_key(video_id: str) -> tuple:
+    """Video ids with their numbers compared as numbers: "ml100k-m2" < "ml100k-m10", so a
+    tie broken by this key goes to the smaller MovieLens item id, as the standard protocol
+    breaks popularity ties."""
+    parts = _DIGITS.split(video_id)
+    return tuple((0, int(p), "") if i % 2 else (1, 0, p) for i, p in enumerate(parts))
+
+
 @dataclass(frozen=True)
 class PopularityBaseline:
-    """The same list for every query: candidates by how often they were a training target.
+    """The same list for every query: candidates by how often they were a training target
+    (`fit`) or a training interaction (`fit_interactions`: every training watch, history
+    included, the standard MovieLens protocol's popularity).
 
-    Ties (including never-a-target candidates, count 0, which fill the tail so a ranking
-    is never shorter than the candidate set allows) are broken by video id, so the order
-    is a pure function of the training examples and the candidate set.
+    Ties (including never-seen candidates, count 0, which fill the tail so a ranking is
+    never shorter than the candidate set allows) are broken by video id with numbers
+    compared as numbers (`natural_id_key`: the smaller item id wins), so the order is a
+    pure function of the training data and the candidate set.
     """
 
     order: tuple[str, ...]  # every candidate, most popular first
@@ -150,10 +165,18 @@ class PopularityBaseline:
         cls, examples: Iterable[SftExample], candidates: Collection[str] | None = None
     ) -> PopularityBaseline:
         """candidates=None: every video seen as a target (no restriction)."""
-        counts = Counter(e.target_video_id for e in examples)
+        return cls.fit_interactions((e.target_video_id for e in examples), candidates)
+
+    @classmethod
+    def fit_interactions(
+        cls, videos: Iterable[str], candidates: Collection[str] | None = None
+    ) -> PopularityBaseline:
+        """Counts of `videos` (one entry per training interaction); candidates=None: every
+        video counted."""
+        counts = Counter(videos)
         pool = set(counts) if candidates is None else set(candidates)
         restricted = {v: counts.get(v, 0) for v in pool}
-        order = tuple(sorted(restricted, key=lambda v: (-restricted[v], v)))
+        order = tuple(sorted(restricted, key=lambda v: (-restricted[v], natural_id_key(v))))
         return cls(order, restricted)
 
     def rank(self, example: SftExample, k: int) -> list[str]:
@@ -221,12 +244,16 @@ class CooccurrenceBaseline:
         candidates: Collection[str] | None = None,
         decay: float = 0.5,
         context_weight: float = 1.0,
+        popularity: PopularityBaseline | None = None,
     ) -> CooccurrenceBaseline:
+        """`popularity`: the order that breaks ties and fills the tail (default: training
+        targets' popularity over `candidates`)."""
         if window < 1:
             raise ValueError(f"window={window} must be >= 1")
         if not 0.0 < decay <= 1.0 or context_weight < 0:
             raise ValueError(f"decay={decay} must be in (0, 1], context_weight >= 0")
-        popularity = PopularityBaseline.fit(examples, candidates)
+        if popularity is None:
+            popularity = PopularityBaseline.fit(examples, candidates)
         col = {v: i for i, v in enumerate(popularity.order)}
         pairs: Counter[tuple[str, str]] = Counter()
         for seq in _watch_sequences(examples).values():
@@ -324,12 +351,24 @@ class CooccurrenceBaseline:
 
 
 def fit_baselines(
-    train: Sequence[SftExample], candidates: Collection[str], window: int = 5
+    train: Sequence[SftExample],
+    candidates: Collection[str],
+    window: int = 5,
+    interactions: Iterable[str] | None = None,
 ) -> dict[str, Ranker]:
-    """The baselines every evaluation reports next to the model, fitted on `train`."""
+    """The baselines every evaluation reports next to the model, fitted on `train`.
+
+    `interactions`: the video of every training interaction (the standard MovieLens
+    protocol counts popularity over all of them, not only over example targets); both
+    baselines then share that popularity order."""
+    popularity = (
+        PopularityBaseline.fit(train, candidates)
+        if interactions is None
+        else PopularityBaseline.fit_interactions(interactions, candidates)
+    )
     return {
-        "popularity": PopularityBaseline.fit(train, candidates),
-        "cooccurrence": CooccurrenceBaseline.fit(train, window, candidates),
+        "popularity": popularity,
+        "cooccurrence": CooccurrenceBaseline.fit(train, window, candidates, popularity=popularity),
     }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from streams.contracts.schema import HistoryItem, SftExample, WatchEvent
@@ -31,6 +32,8 @@ from streams.datasets.movielens import (
     Rating,
     load,
     rating_order_key,
+    user_id,
+    video_id,
     watch_events,
     watch_ratio,
 )
@@ -91,3 +94,69 @@ def load_movielens_examples(
 ) -> list[SftExample]:
     """`movielens_examples` of a fetched MovieLens-100k directory (streams.datasets.movielens.load)."""
     return movielens_examples(load(directory).ratings, cfg, history_len, min_history)
+
+
+# ---------------------------------------------------------------------------- protocol
+
+
+@dataclass(frozen=True)
+class LeaveLastOut:
+    """The standard MovieLens-100k protocol's split of one ratings file.
+
+    Per user, in timeline order (stable on the timestamp, ties in file order): the last
+    rating is test, the second to last validation, the rest training. `train_ratings` are
+    the training interactions (the first rating of each user included, which is history
+    only, never a target); `held` names every validation and test interaction by
+    (user id, video id), the identity of a rating (nobody rates a film twice).
+    """
+
+    examples: list[SftExample]  # every rating after a user's first, timeline order
+    train: list[SftExample]
+    validation: list[SftExample]  # one per user
+    test: list[SftExample]  # one per user
+    train_ratings: list[Rating]  # timeline order
+    held: frozenset[tuple[str, str]]  # (user_id, video_id) of validation and test
+
+    def scored(self, on: str) -> list[SftExample]:
+        """The slice a run is scored on: "fresh" = test, "validation" = validation."""
+        if on not in ("fresh", "validation"):
+            raise ValueError(f"score on {on!r}: must be 'fresh' or 'validation'")
+        return self.test if on == "fresh" else self.validation
+
+
+def leave_last_out_split(
+    ratings: Iterable[Rating], cfg: MovieLensConfig = DEFAULT_CONFIG, history_len: int = 50
+) -> LeaveLastOut:
+    """The split above; every user needs at least 3 ratings (MovieLens-100k has >= 20)."""
+    from trainer.eval import leave_last_out
+
+    ordered = sorted(ratings, key=rating_order_key)
+    per_user: dict[str, list[Rating]] = defaultdict(list)
+    for r in ordered:
+        per_user[r.user_id].append(r)
+    short = [u for u, rs in per_user.items() if len(rs) < 3]
+    if short:
+        raise ValueError(f"users {short[:5]} have fewer than 3 ratings: no train/val/test")
+    held_ratings = {id(r) for rs in per_user.values() for r in rs[-2:]}
+    train_ratings = [r for r in ordered if id(r) not in held_ratings]
+    examples = movielens_examples(ordered, cfg, history_len=history_len)
+    train, validation, test = leave_last_out(examples)
+    held = frozenset(
+        (user_id(r.user_id, cfg), video_id(r.item_id, cfg))
+        for rs in per_user.values()
+        for r in rs[-2:]
+    )
+    return LeaveLastOut(examples, train, validation, test, train_ratings, held)
+
+
+def training_pairs(
+    train: Iterable[SftExample], min_reward: float = 0.8
+) -> list[tuple[str, str, str]]:
+    """(user, context video, target video) of consecutive well-rated films of training
+    examples: the tokenizer's co-occurrence pairs, with the user so each pair's two
+    interactions can be named (the leakage test does)."""
+    return [
+        (e.user_id, e.context_video_id, e.target_video_id)
+        for e in train
+        if e.context_video_id is not None and e.reward >= min_reward
+    ]

@@ -160,6 +160,16 @@ def test_import_limit_round_trips_through_kafka(
         assert rec.key == event.video_id.encode()
         assert rec.timestamp == event.ts
 
+    # Each user's watches arrive in the timeline's order, ties within a second included
+    # (u.data's order): the stream, the leave-last-out split and the evaluation agree.
+    want_per_user: dict[str, list[str]] = defaultdict(list)
+    for w in want_watches:
+        want_per_user[w.user_id].append(w.event_id)
+    got_per_user: dict[str, list[str]] = defaultdict(list)
+    for w in got_watches:
+        got_per_user[w.user_id].append(w.event_id)
+    assert got_per_user == want_per_user
+
     # Within each partition the records are in event-time order (produced in ts order).
     for records in (watch_records, upload_records):
         by_partition = defaultdict(list)

@@ -26,13 +26,14 @@ ITEMS = [
     ("11", "unkonwn", "unkonwn", "unknown"),
     ("12", "Never Rated", "1990", "Drama"),
 ]
-# user, item, rating, timestamp (seconds); deliberately not in time order, with ties.
+# user, item, rating, timestamp (seconds); deliberately not in time order, with ties in
+# an order no (user, item) sort would give: user 2 rated item 10 before item 2 in second 1000.
 RATINGS = [
     ("7", "3", "4", "1000"),
     ("2", "1", "5", "900"),
-    ("2", "2", "1", "1000"),
-    ("10", "1", "3", "1000"),
     ("2", "10", "2", "1000"),
+    ("10", "1", "3", "1000"),
+    ("2", "2", "1", "1000"),
     ("7", "1", "5", "1200"),
     ("10", "11", "3", "1300"),
 ]
@@ -74,17 +75,17 @@ def uploads_of(records) -> list[UploadEvent]:
 # ---------------------------------------------------------------------------- parsing
 
 
-def test_sample_parses_counts_and_sorts_ratings_by_time_then_numeric_ids(sample):
+def test_sample_parses_counts_and_stable_sorts_ratings_by_timestamp_alone(sample):
     assert sample.user_ids == ("2", "7", "10", "99")
     assert sample.item_ids == ("1", "2", "3", "10", "11", "12")
     got = [(r.timestamp, r.user_id, r.item_id) for r in sample.ratings]
-    # Same second: user 2 < 7 < 10 numerically, and item 2 < 10 for user 2.
+    # Same second: the file's order (the public benchmarks' convention), not ids.
     assert got == [
         (900, "2", "1"),
-        (1000, "2", "2"),
-        (1000, "2", "10"),
         (1000, "7", "3"),
+        (1000, "2", "10"),
         (1000, "10", "1"),
+        (1000, "2", "2"),
         (1200, "7", "1"),
         (1300, "10", "11"),
     ]
@@ -157,7 +158,7 @@ def test_watch_fields_follow_the_documented_mapping(sample):
         context_video_id=None,
         satisfaction=1.0,
     )
-    one_star = watches[1]  # user 2, item 2, 1 star
+    one_star = next(w for w in watches if w.event_id == "ml100k-2-2-1000")  # 1 star
     assert one_star.watch_ratio == pytest.approx(0.2)
     assert one_star.satisfaction == 0.0
     assert all(w.clicked for w in watches)
@@ -169,8 +170,8 @@ def test_context_is_the_users_previous_rated_item(sample):
         (w.user_id, w.video_id): w.context_video_id for w in ml.watch_events(sample.ratings, CFG)
     }
     assert ctx[("ml100k-u2", "ml100k-m1")] is None
-    assert ctx[("ml100k-u2", "ml100k-m2")] == "ml100k-m1"
-    assert ctx[("ml100k-u2", "ml100k-m10")] == "ml100k-m2"  # same second: item order decides
+    assert ctx[("ml100k-u2", "ml100k-m10")] == "ml100k-m1"
+    assert ctx[("ml100k-u2", "ml100k-m2")] == "ml100k-m10"  # same second: file order decides
     assert ctx[("ml100k-u7", "ml100k-m1")] == "ml100k-m3"
     assert ctx[("ml100k-u10", "ml100k-m11")] == "ml100k-m1"
 
