@@ -448,10 +448,11 @@ def _timestamp(obj: Mapping[str, Any], limits: ValidationLimits) -> int:
     if ts < 0:
         raise ValidationError(WRONG_TYPE, f"field 'ts' must be a non-negative epoch ms, got {ts}")
     if limits.now_ms is not None and ts > limits.now_ms + limits.max_future_ms:
-        ahead = (ts - limits.now_ms) / 1000.0
+        ahead_ds = (ts - limits.now_ms) // 100  # integers: ts may be too large for a float
         raise ValidationError(
             FUTURE_TIMESTAMP,
-            f"ts={ts} is {ahead:.1f} s in the future (limit {limits.max_future_ms / 1000:.0f} s)",
+            f"ts={ts} is {ahead_ds // 10}.{ahead_ds % 10} s in the future "
+            f"(limit {limits.max_future_ms / 1000:.0f} s)",
         )
     return ts
 

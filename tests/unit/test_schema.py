@@ -419,3 +419,8 @@ def test_an_upload_with_integers_too_large_for_a_double():
     assert reason_of(schema.decode_upload, raw(upload(duration_s=HUGE))) == schema.WRONG_TYPE
     emb = {"text": [0.1, -HUGE, 0.3], "visual": [1.0, 2.0]}
     assert reason_of(schema.decode_upload, raw(upload(embeddings=emb))) == schema.NAN_EMBEDDING
+
+
+@pytest.mark.parametrize("ts", [NOW + 5 * 60 * 1000 + 1, 2**63, 10**400])
+def test_a_future_timestamp_of_any_size_is_future_timestamp(ts):
+    assert reason_of(schema.decode_watch, raw(watch(ts=ts))) == schema.FUTURE_TIMESTAMP
