@@ -412,11 +412,17 @@ def _typed(value: Any, name: str, kinds: tuple[type, ...], what: str) -> Any:
     return value
 
 
+_isfinite = math.isfinite
+
+
 def _number(obj: Mapping[str, Any], name: str, what: str, *, optional: bool = False) -> Any:
     """A required (or optional: None when absent) JSON number as a finite float.
 
     An integer too large for a double (it would round to infinity; float() raises
     OverflowError) is wrong_type like the infinity it stands for."""
+    value = obj.get(name)
+    if type(value) is float and _isfinite(value):  # the common case, checked first
+        return value
     value = (_optional if optional else _require)(obj, name, _NUMBER, what)
     if value is None:
         return None
