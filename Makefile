@@ -6,11 +6,15 @@ PY := $(VENV)/bin/python
 JVM_DIR := build/jvm
 STAMP_PY := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 STAMP_JVM := $(JVM_DIR)/.resolved-$(shell sha1sum deploy/jvm/pom.xml | cut -c1-12)
+# The Flink job's JVM operator (Maven module): rebuilt when its pom or a source changes.
+PTF_DIR := streams/flink/jvm
+PTF_SRC := $(PTF_DIR)/pom.xml $(shell find $(PTF_DIR)/src -type f 2>/dev/null | sort)
+STAMP_PTF := $(JVM_DIR)/.plum-flink-$(shell cat $(PTF_SRC) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages demo test test-unit lint lock bench bench-tools clean-state check-tools
+.PHONY: setup system-packages demo test test-jvm test-unit lint lock bench bench-tools clean-state check-tools
 
-setup: $(STAMP_PY) $(STAMP_JVM) system-packages
+setup: $(STAMP_PY) $(STAMP_JVM) $(STAMP_PTF) system-packages
 
 check-tools:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11 (python3, python3-venv)"; exit 1; }
@@ -47,10 +51,21 @@ $(STAMP_JVM): deploy/jvm/pom.xml | check-tools
 	mvn -q -B -f deploy/jvm/pom.xml -Pflink dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JVM_DIR)/flink
 	@rm -f $(JVM_DIR)/.resolved-*; touch $@
 
+# Builds the jar; runs only the hand-written JUnit tests here (that also resolves what
+# `make test`'s offline `mvn -o test` needs), the conformance vectors run in `make test`.
+$(STAMP_PTF): $(PTF_SRC) | check-tools
+	@mkdir -p $(JVM_DIR)
+	mvn -q -B -f $(PTF_DIR)/pom.xml package -Dtest=HandWrittenTest -Dsurefire.failIfNoSpecifiedTests=false
+	cp $(PTF_DIR)/target/plum-flink.jar $(JVM_DIR)/plum-flink.jar
+	@rm -f $(JVM_DIR)/.plum-flink-*; touch $@
+
+test-jvm: setup
+	mvn -o -q -B -f $(PTF_DIR)/pom.xml test
+
 demo: setup
 	$(VENV)/bin/plum demo
 
-test: setup
+test: setup test-jvm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup

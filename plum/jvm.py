@@ -48,3 +48,17 @@ def flink_kafka_connector_jar() -> Path:
             f"flink-sql-connector-kafka jar missing in {JVM_DIR / 'flink'}: run `make setup`"
         )
     return jars[-1]
+
+
+# The Flink job's JVM operator (streams/flink/jvm), built by `make setup`.
+PLUM_FLINK_JAR = "plum-flink.jar"
+
+
+def plum_flink_jar() -> Path:
+    """build/jvm/plum-flink.jar: the job's Java Process Table Functions."""
+    path = JVM_DIR / PLUM_FLINK_JAR
+    if not path.is_file():
+        raise JvmSetupError(
+            f"{path} is missing: run `make setup` (builds streams/flink/jvm with mvn)"
+        )
+    return path

@@ -15,7 +15,11 @@ cancel the job; the retained checkpoint stays for the next start.
 
 While the job runs, this driver polls Flink's REST endpoint (`--rest-port`, 0 = a free
 one) for the job's state and checkpoints and serves them as the `flink_job` metrics on
-`--job-metrics-port` (-1: none; see streams/flink/job_metrics.py).
+`--job-metrics-port` (-1: none), and for the JVM operator's counters, served as the
+`flink` metrics on `--metrics-port` (0: none; see streams/flink/job_metrics.py).
+
+A checkpoint written by the earlier Python-operator job (no OPERATOR marker in its dir)
+is refused with a message naming the way on: a backfill from the replay topic, or --fresh.
 
 On a Flink cluster: `flink run -py streams/flink/cli.py -pyfs plum,streams,monitoring
 --jarfile build/jvm/flink/flink-sql-connector-kafka-*.jar run --rest-port -1 --bootstrap ...`
@@ -45,13 +49,16 @@ from streams.flink.backfill_progress import BackfillProgress, start_backfill_pro
 from streams.flink.config_checks import CHECKS
 from streams.flink.job import (
     FlinkConfig,
+    IncompatibleCheckpoint,
     RunOptions,
     build,
+    check_restorable,
     latest_checkpoint,
     load_flink_config,
+    mark_operator,
     source_group,
 )
-from streams.flink.job_metrics import FlinkRest, JobPoller
+from streams.flink.job_metrics import FlinkRest, JobPoller, OperatorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-dir", type=Path, default=None)
     r.add_argument("--parallelism", type=int, default=None)
     r.add_argument(
-        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (0: off)"
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus /metrics of the operator's counters (0: off)",
     )
     r.add_argument(
         "--rest-port",
@@ -138,13 +148,13 @@ class JobOutcome:
 def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     """Submit the job and supervise it until it ends or SIGTERM/SIGINT cancel it; 0 when it
     finished or was cancelled, 1 when it failed."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    mark_operator(checkpoint_dir)
     if opts.output_suffix:
         _ensure_suffixed_topics(cfg.bootstrap, opts.topics, opts.output_suffix)
     if cfg.rest_port == 0:  # a port known here, so the poller can find the endpoint
         cfg = dataclasses.replace(cfg, rest_port=free_port())
     with ExitStack() as cleanup:  # the poller and the backfill's progress, however it ends
-        poller = _job_poller(cfg)  # binds its /metrics first: a busy port fails here
+        poller = _job_poller(cfg, opts)  # binds its /metrics first: a busy port fails here
         if poller is not None:
             cleanup.callback(poller.close)
         env, t_env, stmts = build(cfg, opts, checkpoint_dir)
@@ -186,12 +196,22 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     return 0 if outcome.ok else 1
 
 
-def _job_poller(cfg: FlinkConfig) -> JobPoller | None:
-    """The REST poller serving the `flink_job` metrics, when a port is configured."""
-    if cfg.job_metrics_port < 0:
+def _job_poller(cfg: FlinkConfig, opts: RunOptions) -> JobPoller | None:
+    """The REST poller serving the `flink_job` metrics and the operator's `flink` metrics,
+    when a port is configured for either."""
+    if cfg.job_metrics_port < 0 and cfg.metrics_port <= 0:
         return None
     rest = FlinkRest(f"http://127.0.0.1:{cfg.rest_port}")
-    return JobPoller(rest, cfg.job_metrics_interval_s, cfg.job_metrics_port)
+    operator = None
+    if cfg.metrics_port > 0:
+        operator = OperatorMetrics(opts.source_topic, opts.out(opts.topics.sft_examples))
+    return JobPoller(
+        rest,
+        cfg.job_metrics_interval_s,
+        cfg.job_metrics_port,
+        operator=operator,
+        operator_port=cfg.metrics_port if cfg.metrics_port > 0 else -1,
+    )
 
 
 def _backfill_progress(cfg: FlinkConfig, opts: RunOptions) -> BackfillProgress | None:
@@ -253,6 +273,12 @@ def run(argv: list[str]) -> int:
     if restore is None and not args.fresh and not args.backfill:
         found = latest_checkpoint(checkpoint_dir)
         restore = str(found) if found else None
+    if restore is not None:
+        try:
+            check_restorable(restore)
+        except IncompatibleCheckpoint as exc:
+            print(f"plum flink: {exc}", file=sys.stderr)
+            return 2
     opts = RunOptions(
         backfill=args.backfill,
         from_ms=args.from_ms,

@@ -1,48 +1,48 @@
 """The PyFlink job: watches -> co-occurrence pairs, reward-sampled SFT examples, dead letters.
 
 Graph (operator uids in brackets; they are stable so checkpoints and savepoints survive
-changes to the job):
+changes to the job). PyFlink defines and launches it; every record is handled in the JVM:
 
-    Kafka source, SQL connector, JVM [src-watches]
+    Kafka source, SQL connector [src-watches]
       value as raw bytes + partition + offset metadata; event time = JSON `ts` extracted
-      in the JVM (JSON_VALUE) only to drive watermarks: bounded out-of-orderness and
-      idleness, generated per Kafka partition inside the source; the key (`user_id`)
-      extracted in the JVM too
-    -> keyBy user_id in the JVM -> validate + user timeline, Python [user-timeline]
-      the shared schema (streams.contracts.schema.decode_watch) so every component rejects the same
-      records for the same reasons; per-user state with TTL: lateness, event-time
-      ordering, sessions, history, pairs, reward + deterministic sampling
-      (streams.flink.timeline, streams.flink.reward). One output stream of tuples
-      (kind, user, value, video, others, ts), split again in SQL:
+      with JSON_VALUE only to drive watermarks: bounded out-of-orderness and idleness,
+      generated per Kafka partition inside the source; the key (`user_id`) read the same way
+    -> PARTITION BY user key -> plum_timeline, a Java Process Table Function [user-timeline-jvm]
+      (streams/flink/jvm, dev.plum.flink.UserTimelineFunction): validation of each record
+      with the reason codes of the Python schema (streams.contracts.schema.decode_watch),
+      then the per-user timeline of streams.flink.timeline: lateness, event-time ordering,
+      sessions, history, pairs, reward + deterministic sampling (streams.flink.reward).
+      ListView state (a record appends, only a release reads), one event-time timer per
+      user. One output table (kind, v, video, others, ts), split again in SQL:
          |-- kind EXAMPLE: SFT example JSON -----------------> Kafka sink, EXACTLY_ONCE
          |-- kind DEAD: dead letters (schema, `late`) -------> Kafka sink, EXACTLY_ONCE
          `-- kind EXAMPLE/RELEASED: released watch + the videos it pairs with
+              -> event time re-declared on the released watch's ts (see below)
               -> UNNEST to (LEAST, GREATEST, rt) pairs, SQL window TVF (TUMBLE or HOP on
-                 rt), COUNT(*) GROUP BY a, b, window, HAVING COUNT(*) >= min_count,
-                 JVM ------------------------------------------> Kafka sink, EXACTLY_ONCE
+                 rt), COUNT(*) GROUP BY a, b, window, HAVING COUNT(*) >= min_count
+                 ----------------------------------------------> Kafka sink, EXACTLY_ONCE
 
-Why this shape (measured with bench/flink.py and py-spy on the job's JVM, 2 cores):
-the Python operator's thread is the bottleneck, so everything that needs no Python runs
-in the JVM: Kafka I/O, the `ts` and `user_id` extraction, keying, pair expansion, window
-assignment, counting, the min_count filter and the JSON encoding of pairs. Validation
-must be the shared Python schema (one definition of "valid" for the whole system) and the
-per-user logic (ordering, sessions, history, blake2b sampling) is not expressible in SQL
-without a Java UDF, so those stay in Python, in ONE operator: PyFlink's `key_by` would
-add a second Python operator (its key selector) and a separate validation operator a
-third, each with its own per-record conversions; they would also contend for the one
-GIL the embedded interpreter has. Side outputs are avoided: in thread mode a side-output
-record is pushed through its downstream JVM operators inside the Python call, holding the
-GIL (38% of the Python thread's time when pairs and dead letters were side outputs);
-main-output tuples return to the JVM between calls. State is split so a record's cost
-does not grow with the watches its user has buffered (see UserTimeline). Python runs in
-`thread` mode (PEMJA, in the JVM; no gRPC hop): process mode measured several times
-slower (335 events/s when first measured; `plum bench flink --modes thread,process`).
+The Python code stays the reference definition of what is valid and what an example is
+(streams.contracts.schema, streams.flink.timeline, streams.flink.reward; `_encode_example`
+below is the example's JSON); the JVM operator is held to it record for record by the
+shared conformance vectors in tests/vectors/flink (JUnit in streams/flink/jvm and pytest
+read the same files). Issue 13 measured the previous Python operator (thread-mode PyFlink)
+at 0.7x a plain kafka-python loop; it was removed rather than kept selectable.
+
+Pair windows: a PTF's rows emitted from a timer carry the timer's time as their rowtime,
+and one timer releases every pending watch up to the watermark, so windowing on that
+rowtime would put pairs in other windows than the reference. The PTF's output therefore
+goes through a DataStream round trip (JVM only, no Python) that declares the event time
+anew as the released watch's `ts`, with the source's watermarks (SOURCE_WATERMARK()), and
+the window TVF counts on that: the same windows as the reference.
 
 Exactly-once: checkpoints (EXACTLY_ONCE mode, retained on cancellation, local file
 system here, any Flink file system at scale), Kafka sinks with
 `sink.delivery-guarantee = exactly-once` and one transactional-id prefix per output
 topic; downstream consumers read `read_committed`. Output becomes visible when the
-checkpoint that covers it completes, so end-to-end latency >= checkpoint interval.
+checkpoint that covers it completes, so end-to-end latency >= checkpoint interval. A
+marker file (OPERATOR_MARKER) in the checkpoint dir names the operator that wrote the
+checkpoints; `plum flink run` refuses to restore one the Python-operator job wrote.
 
 Lateness and ordering semantics are in streams.flink.timeline; in short: lateness is
 decided per user against that user's newest event time (deterministic, independent of
@@ -50,17 +50,23 @@ partition interleaving), and released watches are processed in (ts, event_id) or
 when the watermark passes them. Pair timestamps are therefore never behind the
 watermark seen by the window operator, so no pair is ever dropped there.
 
+Metrics: the PTF counts into Flink's metric groups (plum_flink_*, plum_deadletter_total
+per reason); `plum flink run` reads them from Flink's REST API and serves them under the
+catalogue's names (streams/flink/job_metrics.py).
+
 Running on a cluster: the same module runs with
 `flink run -py streams/flink/cli.py -pyfs streams,plum,monitoring --jarfile <kafka connector jar> run ...`
-(or the Flink Kubernetes Operator with a PyFlink image); the checkpoint dir then points
-at a shared file system (s3://, hdfs://) and parallelism at the number of slots.
+(plus build/jvm/plum-flink.jar on the classpath, or the Flink Kubernetes Operator with an
+image holding both); the checkpoint dir then points at a shared file system (s3://,
+hdfs://) and parallelism at the number of slots.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +86,25 @@ COMPONENT = "flink"
 # it, one bogus far-future record would move every partition's watermark past all data.
 WATERMARK_FUTURE_GUARD_MS = schema.DEFAULT_MAX_FUTURE_MS
 
+# The JVM operator (streams/flink/jvm): its class, its uid (state), the global job
+# parameter it reads its settings from, and its output kinds (UserTimelineFunction's).
+PTF_CLASS = "dev.plum.flink.UserTimelineFunction"
+PTF_UID = "user-timeline-jvm"
+PARAMS_KEY = "plum.flink.timeline"
+EXAMPLE, DEAD, RELEASED = 0, 1, 2
+# The operator's rows after the partition key k, as the round trip declares them.
+OUT_COLUMNS = (
+    ("k", "STRING"),
+    ("kind", "INT"),
+    ("v", "BYTES"),
+    ("video", "STRING"),
+    ("others", "ARRAY<STRING>"),
+    ("ts", "BIGINT"),
+)
+# Which operator wrote a checkpoint dir's checkpoints (`plum flink run` writes it).
+OPERATOR_MARKER = "OPERATOR"
+OPERATOR = "jvm-ptf-1"
+
 
 @dataclass(frozen=True)
 class FlinkConfig:
@@ -91,10 +116,6 @@ class FlinkConfig:
     starting_offsets: str = "earliest"  # earliest | latest | committed (first start only)
     job_name: str = "plum-flink"
     parallelism: int = 1
-    # Python execution: "thread" (PEMJA, in the JVM) or "process" (separate workers, gRPC).
-    python_execution_mode: str = "thread"
-    bundle_size: int = 1000
-    bundle_time_ms: int = 100
     # Checkpointing and exactly-once output.
     checkpoint_interval_ms: int = 10_000
     checkpoint_dir: Path | None = None  # None: $PLUM_STATE_DIR/flink/checkpoints
@@ -126,7 +147,9 @@ class FlinkConfig:
     ratio_cap: float = 1.0
     satisfaction_default: float = 0.5
     sample_salt: str = ""
-    # Prometheus /metrics from the Python workers; 0 = off.
+    # Prometheus /metrics of the operator's counters (component "flink": records in,
+    # accepted, dead letters by reason, ...), read from Flink's REST API by `plum flink run`
+    # and served by it on this port; 0 = off.
     metrics_port: int = 0
     # Flink's REST endpoint (local mode: the MiniCluster's, on 127.0.0.1); 0 = a free port
     # picked at start; -1 = leave Flink's REST settings alone (a cluster submission: the
@@ -139,10 +162,6 @@ class FlinkConfig:
     job_metrics_interval_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.python_execution_mode not in ("thread", "process"):
-            raise ValueError(
-                f"python_execution_mode must be thread or process, got {self.python_execution_mode!r}"
-            )
         if self.window not in ("tumbling", "sliding"):
             raise ValueError(f"window must be tumbling or sliding, got {self.window!r}")
         if self.starting_offsets not in ("earliest", "latest", "committed"):
@@ -166,6 +185,10 @@ class FlinkConfig:
             )
         if self.rest_port < 0 and self.job_metrics_port >= 0:
             raise ValueError("job_metrics_port needs Flink's REST endpoint: rest_port >= 0")
+        if self.rest_port < 0 and self.metrics_port > 0:
+            raise ValueError("metrics_port needs Flink's REST endpoint: rest_port >= 0")
+        if self.metrics_port < 0:
+            raise ValueError(f"metrics_port must be >= 0 (0 = off), got {self.metrics_port}")
         if self.job_metrics_port < -1 or self.job_metrics_interval_s <= 0:
             raise ValueError(
                 "job_metrics_port must be >= -1 and job_metrics_interval_s positive, got "
@@ -227,58 +250,9 @@ class RunOptions:
         return f"{name}{self.output_suffix}"
 
 
-# ------------------------------------------------------------------ Python operators
-# These classes run inside the Flink Python workers; they import what they need lazily
-# so pickling the job graph stays cheap.
-
-
-class _WorkerMetrics:
-    """Process-wide prometheus metrics of the Python workers (one /metrics per worker)."""
-
-    metrics = None
-    server = None
-
-    @classmethod
-    def get(cls, port: int):
-        if cls.metrics is None:
-            from monitoring.metrics import Metrics, serve_metrics
-
-            cls.metrics = Metrics.for_component(COMPONENT)
-            if port:
-                try:
-                    cls.server = serve_metrics(cls.metrics, port, host="127.0.0.1")
-                except OSError as exc:  # a second worker on one host: the first one serves
-                    log.warning("flink metrics port %s busy: %s", port, exc)
-        return cls.metrics
-
-
-# The user-timeline operator has one output (side outputs would cost more, see the module
-# docstring); SQL splits it again. A row is a tuple (kind, key, value, video, others, ts):
-#   EXAMPLE:  a released, sampled watch: key = user, value = its SFT example JSON,
-#             video + others = the videos it pairs with (others may be empty),
-#             ts = its event time
-#   RELEASED: a released watch with pairs but no example: value = b""
-#   DEAD:     a dead letter: value = the DeadLetter JSON, the rest "" / empty / 0
-# No field is ever None: Flink tuples cannot hold nulls (and PyFlink's thread-mode array
-# converter cannot pass a None array).
-EXAMPLE, DEAD, RELEASED = 0, 1, 2
-# The tuple's fields are f0..f5 in SQL.
-OUT_SQL_TYPES = ("INT", "STRING", "BYTES", "STRING", "ARRAY<STRING>", "BIGINT")
-
-
-def OUT_TYPE():
-    from pyflink.common import Types
-
-    return Types.TUPLE(
-        [
-            Types.INT(),
-            Types.STRING(),
-            Types.PRIMITIVE_ARRAY(Types.BYTE()),
-            Types.STRING(),
-            Types.BASIC_ARRAY(Types.STRING()),
-            Types.LONG(),
-        ]
-    )
+# ------------------------------------------------------------------ the Python reference
+# What the JVM operator is held to (the conformance vectors are generated from these and
+# from streams.contracts.schema / streams.flink.timeline / streams.flink.reward).
 
 
 def validate_keyed_watch(key: str, raw: bytes, now_ms: int) -> tuple:
@@ -295,171 +269,6 @@ def validate_keyed_watch(key: str, raw: bytes, now_ms: int) -> tuple:
             f"user_id {w.user_id!r} was read as {key!r} when the record was keyed",
         )
     return watch_tuple(w)
-
-
-def _dead_letter_row(topic, partition, offset, err, raw) -> tuple:
-    dl = schema.DeadLetter.of(topic, partition, offset, err, bytes(raw), int(time.time() * 1000))
-    return (DEAD, "", schema.encode(dl), "", (), 0)
-
-
-def _make_timeline_fn(
-    params: TimelineParams, ttl_ms: int, source_topic: str, sft_topic: str, metrics_port: int
-):
-    from pyflink.common import Time, Types
-    from pyflink.datastream import KeyedProcessFunction
-    from pyflink.datastream.state import (
-        ListStateDescriptor,
-        StateTtlConfig,
-        ValueStateDescriptor,
-    )
-
-    from streams.flink import timeline as ut
-
-    class UserTimeline(KeyedProcessFunction):
-        """Validation, then the per-user timeline (streams.flink.timeline), in one operator.
-
-        Input: (user key, raw, partition, offset), keyed in the JVM by the `user_id` that
-        SQL read from the JSON (validation then checks it is the same user). Validation
-        is the shared schema (streams.contracts.schema.decode_watch), so every component rejects the
-        same records for the same reasons.
-
-        State (streams.flink.timeline): `head`, a few numbers read and written per record;
-        `pending`, a ListState a record only appends to; `history`, the last `keep_len`
-        released watches, read and written only when something is released. So a
-        record's cost does not grow with how much its user has buffered (a backfill, where
-        the watermark trails the data by minutes, buffers dozens of watches per user). The
-        `timeline` state of earlier versions is converted on a user's first record.
-
-        Timers: one event-time timer per user at the earliest pending ts (re-registered
-        after each release) instead of one per watch; a firing releases everything up to
-        the current watermark. When the watermark passes several pending watches of a user
-        they are released in one call, in the same (ts, event_id) order, before any further
-        record is processed, i.e. exactly what one timer per watch released.
-        """
-
-        def open(self, runtime_context):
-            descriptors = {
-                "head": ValueStateDescriptor("head", Types.PICKLED_BYTE_ARRAY()),
-                "pending": ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()),
-                "history": ValueStateDescriptor("history", Types.PICKLED_BYTE_ARRAY()),
-                "legacy": ValueStateDescriptor("timeline", Types.PICKLED_BYTE_ARRAY()),
-            }
-            if ttl_ms > 0:
-                ttl = (
-                    StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
-                    .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-                    .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-                    .build()
-                )
-                for d in descriptors.values():
-                    d.enable_time_to_live(ttl)
-            self.head_state = runtime_context.get_state(descriptors["head"])
-            self.pending_state = runtime_context.get_list_state(descriptors["pending"])
-            self.hist_state = runtime_context.get_state(descriptors["history"])
-            self.legacy_state = runtime_context.get_state(descriptors["legacy"])
-            self.r_max = params.weights.max_reward()
-            m = _WorkerMetrics.get(metrics_port)
-            self.m_in = m.counter("plum_flink_records_in_total").labels(topic=source_topic)
-            self.m_dl = m.counter("plum_deadletter_total")
-            self.m_accepted = m.counter("plum_flink_records_accepted_total").labels(
-                topic=source_topic
-            )
-            self.m_late = m.counter("plum_deadletter_total").labels(
-                component=COMPONENT, source_topic=source_topic, reason=schema.LATE
-            )
-            self.m_out = m.counter("plum_flink_records_out_total").labels(topic=sft_topic)
-            self.m_sampled = m.counter("plum_flink_examples_sampled_total")
-            self.m_pairs = m.counter("plum_flink_pairs_total")
-            self.m_users = m.counter("plum_flink_state_users_created_total")
-            self.m_pending = m.gauge("plum_flink_pending_watches")
-            self.m_lag = m.gauge("plum_flink_watermark_lag_ms")
-            self.lag_at = None  # event time of the last watermark-lag sample
-
-        def _new_user_head(self):
-            """A user's first record here: an earlier version's state, or a new user."""
-            legacy = self.legacy_state.value()
-            if legacy is None:
-                self.m_users.inc()
-                return ut.new_head()
-            head, pending, history = ut.from_legacy(legacy, self.hist_state.value())
-            self.pending_state.update(pending)
-            self.hist_state.update(history)
-            self.legacy_state.clear()
-            return head
-
-        def process_element(self, value, ctx):
-            key, raw, partition, offset = value
-            self.m_in.inc()
-            try:
-                ev = validate_keyed_watch(key, raw, int(time.time() * 1000))
-            except schema.ValidationError as err:
-                self.m_dl.labels(
-                    component=COMPONENT, source_topic=source_topic, reason=err.reason
-                ).inc()
-                yield _dead_letter_row(source_topic, partition, offset, err, raw)
-                return
-            head = self.head_state.value()
-            if head is None:
-                head = self._new_user_head()
-            if not ut.accept(head, ev, params.allowed_lateness_ms):
-                err = schema.ValidationError(
-                    schema.LATE,
-                    f"ts={ev[ut.TS]} of user {key!r} is late: newest accepted ts {head[ut.MAX_TS]}, "
-                    f"allowed lateness {params.allowed_lateness_ms} ms, released up to {head[ut.RELEASED_MAX]}",
-                )
-                self.m_late.inc()
-                yield _dead_letter_row(source_topic, partition, offset, err, raw)
-                return
-            self.m_accepted.inc()
-            self.m_pending.inc()
-            self.pending_state.add(ev)
-            self.head_state.update(head)
-            ts = ev[ut.TS]
-            if head[ut.MIN_PENDING] == ts:  # a new earliest pending ts: its timer
-                ctx.timer_service().register_event_time_timer(ts)
-            if self.lag_at is None or ts > self.lag_at + 1000:  # sampled: one JVM call
-                self.lag_at = ts
-                wm = ctx.timer_service().current_watermark()
-                if wm is not None and wm > -(2**62):
-                    self.m_lag.set(ts - wm)
-
-        def on_timer(self, timestamp, ctx):
-            head = self.head_state.value()
-            if head is None or head[ut.MIN_PENDING] is None:  # expired by TTL / nothing left
-                return
-            upto = timestamp
-            wm = ctx.timer_service().current_watermark()
-            if wm is not None and wm > upto:
-                upto = wm
-            if head[ut.MIN_PENDING] > upto:  # a stale timer (its watches were released earlier)
-                return
-            pending = list(self.pending_state.get())
-            history = self.hist_state.value() or []
-            released, rest = ut.release_ready(head, pending, history, upto, params, self.r_max)
-            if rest:
-                self.pending_state.update(rest)
-            else:
-                self.pending_state.clear()
-            self.hist_state.update(history)
-            self.head_state.update(head)
-            self.m_pending.dec(len(released))
-            if head[ut.MIN_PENDING] is not None:
-                ctx.timer_service().register_event_time_timer(head[ut.MIN_PENDING])
-            user_id = ctx.get_current_key()
-            n_pairs = n_examples = 0
-            for ev, others, example in released:
-                if example is not None:
-                    text = _encode_example(ev, user_id, example[0], example[1])
-                    n_examples += 1
-                    yield (EXAMPLE, user_id, text, ev[VIDEO_ID], others, ev[TS])
-                elif others:
-                    yield (RELEASED, user_id, b"", ev[VIDEO_ID], others, ev[TS])
-                n_pairs += len(others)
-            self.m_pairs.inc(n_pairs)
-            self.m_sampled.inc(n_examples)
-            self.m_out.inc(n_examples)
-
-    return UserTimeline()
 
 
 def _encode_example(ev, user_id, r, hist) -> bytes:
@@ -515,36 +324,26 @@ def _with(options: dict[str, str]) -> str:
     return ",\n  ".join(f"{_sql_str(k)} = {_sql_str(v)}" for k, v in options.items())
 
 
-def export_python_path() -> None:
-    """Let thread-mode Python (PEMJA, embedded in the JVM) import the venv and this repo.
-
-    The embedded interpreter starts from the base Python's default sys.path, not the
-    venv's, so without this it cannot even import `pemja`. The JVM that local mode starts
-    inherits this process's environment, hence PYTHONPATH.
-    """
-    import os
-    import sysconfig
-
-    from plum.config import REPO_ROOT
-
-    wanted = [str(REPO_ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    have = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(wanted + have))
-
-
-def keyed_by_first_field(stream, value_type):
-    """`stream` of Row(key STRING, value) keyed in the JVM by the key, as PyFlink's `key_by`
-    keys a stream after running its Python key selector (same key type, and the keyed
-    Python operator sees the same (key, value) input), without that extra Python operator
-    per record. `value_type` is the value's type (PyFlink keeps it for reduce/filter)."""
-    from pyflink.common import Types
-    from pyflink.datastream import KeyedStream
-    from pyflink.java_gateway import get_gateway
-
-    j_keyed = stream._j_data_stream.keyBy(
-        get_gateway().jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info()
-    )
-    return KeyedStream(j_keyed, value_type, stream)
+def operator_params(cfg: FlinkConfig, run: RunOptions) -> str:
+    """The JVM operator's settings (its job parameter PARAMS_KEY): base64 of a JSON object
+    with the timeline params and the source topic (base64: Flink's map syntax for
+    pipeline.global-job-parameters reserves ',' and ':')."""
+    p = cfg.timeline_params()
+    w = p.weights
+    params = {
+        "allowed_lateness_ms": p.allowed_lateness_ms,
+        "session_gap_ms": p.session_gap_ms,
+        "history_len": p.history_len,
+        "pair_prev_k": p.pair_prev_k,
+        "w_click": w.click,
+        "w_ratio": w.ratio,
+        "w_satisfaction": w.satisfaction,
+        "ratio_cap": w.ratio_cap,
+        "satisfaction_default": w.satisfaction_default,
+        "sample_salt": p.sample_salt,
+        "source_topic": run.source_topic,
+    }
+    return base64.b64encode(json.dumps(params).encode("utf-8")).decode("ascii")
 
 
 def source_group(cfg: FlinkConfig, run: RunOptions) -> str:
@@ -556,10 +355,14 @@ def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path)
     """The Flink Configuration of one run (local mini-cluster or client)."""
     from pyflink.common import Configuration
 
-    from plum.jvm import flink_kafka_connector_jar
+    from plum.jvm import flink_kafka_connector_jar, plum_flink_jar
 
     c = Configuration()
-    c.set_string("pipeline.jars", flink_kafka_connector_jar().as_uri())
+    c.set_string(
+        "pipeline.jars",
+        ";".join(j.as_uri() for j in (flink_kafka_connector_jar(), plum_flink_jar())),
+    )
+    c.set_string("pipeline.global-job-parameters", f"{PARAMS_KEY}:{operator_params(cfg, run)}")
     c.set_string("pipeline.name", cfg.job_name + ("-backfill" if run.backfill else ""))
     c.set_string("parallelism.default", str(cfg.parallelism))
     c.set_string("execution.runtime-mode", "STREAMING")
@@ -577,11 +380,9 @@ def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path)
     c.set_string("restart-strategy.type", "fixed-delay")
     c.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
     c.set_string("restart-strategy.fixed-delay.delay", "1 s")
-    c.set_string("python.execution-mode", cfg.python_execution_mode)
-    c.set_string("python.fn-execution.bundle.size", str(cfg.bundle_size))
-    c.set_string("python.fn-execution.bundle.time", str(cfg.bundle_time_ms))
-    c.set_string("python.executable", sys.executable)
     c.set_string("python.client.executable", sys.executable)
+    # Operator metrics reach the REST API through this fetcher (default every 10 s).
+    c.set_string("metrics.fetcher.update-interval", "1000")
     c.set_string("table.local-time-zone", "UTC")
     if cfg.rest_port > 0:  # 0: Flink's own (run_job picks a free port first); -1: untouched
         c.set_string("rest.bind-address", "127.0.0.1")
@@ -594,12 +395,11 @@ def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path)
 
 
 def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
-    """Build the job graph; returns (env, statement_set). `statement_set.execute()` runs it."""
-    from pyflink.common import Types
+    """Build the job graph; returns (env, t_env, statement_set). `statement_set.execute()`
+    runs it."""
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import Schema, StreamTableEnvironment
 
-    export_python_path()
     env = StreamExecutionEnvironment.get_execution_environment(
         flink_configuration(cfg, run, checkpoint_dir)
     )
@@ -607,6 +407,9 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")
     t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.idleness_ms} ms")
+    # The PTF's per-user state (head, pending, history) expires like the old operator's.
+    if cfg.state_ttl_ms > 0:
+        t_env.get_config().set("table.exec.state.ttl", f"{cfg.state_ttl_ms} ms")
 
     topics = run.topics
     src_topic = run.source_topic
@@ -655,33 +458,24 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         # A backfill re-runs the records whose event time is in [from, to); records with
         # no readable ts were dead-lettered by the live run and are not re-sent.
         where = f"WHERE ts_raw >= {int(run.from_ms)} AND ts_raw < {int(run.to_ms)}"
-    # The key (user_id) is read in the JVM so the keyBy needs no Python operator; records
+    # The key (user_id) is read by SQL so records can be partitioned by user; records
     # without a readable user_id share the key '' and are dead-lettered by validation, as
-    # is a record with no value at all (read as empty bytes: tuples hold no nulls).
+    # is a record with no value at all (read as empty bytes). The operator checks that its
+    # own reading of user_id is the key (ambiguous_user_id otherwise).
     user_key = "COALESCE(JSON_VALUE(CAST(`raw` AS STRING), '$.user_id'), '')"
-    keyed_table = t_env.sql_query(f"""
-        SELECT {user_key} AS k,
-               ROW({user_key}, COALESCE(`raw`, X''), `partition`, `offset`) AS v
-        FROM watches_src {where}""")
+    t_env.create_temporary_view(
+        "keyed_watches",
+        t_env.sql_query(f"""
+            SELECT {user_key} AS k, COALESCE(`raw`, X'') AS `raw`, `partition`, `offset`, rt
+            FROM watches_src {where}"""),
+    )
 
-    # ---- Python: validation + per-user timeline, one operator.
-    value_type = Types.TUPLE(
-        [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG()]
-    )
-    timeline = (
-        keyed_by_first_field(
-            t_env.to_append_stream(keyed_table, Types.ROW([Types.STRING(), value_type])),
-            value_type,
-        )
-        .process(
-            _make_timeline_fn(
-                cfg.timeline_params(), cfg.state_ttl_ms, src_topic, sft_topic, cfg.metrics_port
-            ),
-            output_type=OUT_TYPE(),
-        )
-        .name("user-timeline")
-        .uid("user-timeline")
-    )
+    # ---- JVM: validation + per-user timeline, one Process Table Function.
+    t_env.execute_sql(f"CREATE TEMPORARY FUNCTION plum_timeline AS '{PTF_CLASS}' LANGUAGE JAVA")
+    timeline = t_env.sql_query(f"""
+        SELECT k, kind, v, video, others, ts
+        FROM plum_timeline(input => TABLE keyed_watches PARTITION BY k,
+                           on_time => DESCRIPTOR(rt), uid => '{PTF_UID}')""")
 
     # ---- sinks (JVM): one exactly-once Kafka sink per output topic.
     def kafka_sink(
@@ -710,14 +504,16 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         "json",
     )
 
+    # Event time of the operator's rows = the released watch's ts (not the timer's time the
+    # PTF gives them), with the source's watermarks: a DataStream round trip, JVM only.
     out_schema = Schema.new_builder()
-    for i, sql_type in enumerate(OUT_SQL_TYPES):
-        out_schema.column(f"f{i}", sql_type)
+    for name, sql_type in OUT_COLUMNS:
+        out_schema.column(name, sql_type)
     t_env.create_temporary_view(
         "timeline_out",
         t_env.from_data_stream(
-            timeline,
-            out_schema.column_by_expression("rt", "TO_TIMESTAMP_LTZ(f5, 3)")
+            t_env.to_data_stream(timeline),
+            out_schema.column_by_expression("rt", "TO_TIMESTAMP_LTZ(ts, 3)")
             .watermark("rt", "SOURCE_WATERMARK()")
             .build(),
         ),
@@ -728,9 +524,9 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     t_env.create_temporary_view(
         "pairs",
         t_env.sql_query(f"""
-            SELECT LEAST(f3, o) AS a, GREATEST(f3, o) AS b, rt
-            FROM timeline_out CROSS JOIN UNNEST(f4) AS t (o)
-            WHERE f0 IN ({EXAMPLE}, {RELEASED})"""),
+            SELECT LEAST(video, o) AS a, GREATEST(video, o) AS b, rt
+            FROM timeline_out CROSS JOIN UNNEST(others) AS t (o)
+            WHERE kind IN ({EXAMPLE}, {RELEASED})"""),
     )
     if cfg.window == "tumbling":
         window = f"TUMBLE(TABLE pairs, DESCRIPTOR(rt), {sql_interval(cfg.window_size_ms)})"
@@ -742,10 +538,10 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
 
     stmts = t_env.create_statement_set()
     stmts.add_insert_sql(
-        f"INSERT INTO sft_sink SELECT f1, f2 FROM timeline_out WHERE f0 = {EXAMPLE}"
+        f"INSERT INTO sft_sink SELECT k, v FROM timeline_out WHERE kind = {EXAMPLE}"
     )
     stmts.add_insert_sql(
-        f"INSERT INTO dl_sink SELECT CAST(NULL AS STRING), f2 FROM timeline_out WHERE f0 = {DEAD}"
+        f"INSERT INTO dl_sink SELECT CAST(NULL AS STRING), v FROM timeline_out WHERE kind = {DEAD}"
     )
     stmts.add_insert_sql(f"""
         INSERT INTO cooc_sink
@@ -768,3 +564,40 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     if not done:
         return None
     return max(done, key=lambda p: (p.stat().st_mtime, int(p.name.split("-")[1])))
+
+
+class IncompatibleCheckpoint(RuntimeError):
+    """A checkpoint this job version cannot restore; the message names what to do."""
+
+
+def mark_operator(checkpoint_dir: Path) -> None:
+    """Record in `checkpoint_dir` which operator writes its checkpoints."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir / OPERATOR_MARKER).write_text(OPERATOR + "\n")
+
+
+def check_restorable(restore_path: str) -> None:
+    """Refuse a checkpoint that this job's operator did not write (the Python-operator job
+    of earlier versions kept other state under another uid: restoring it would silently
+    drop every user's buffered watches and history).
+
+    The marker is looked for in the checkpoint's directory and the two above it
+    (<dir>/<job id>/chk-N); a savepoint or checkpoint elsewhere without one is refused
+    too. Raises IncompatibleCheckpoint naming the fix."""
+    path = Path(restore_path.removeprefix("file://"))
+    for parent in (path, *list(path.parents)[:2]):
+        marker = parent / OPERATOR_MARKER
+        if marker.is_file():
+            found = marker.read_text().strip()
+            if found == OPERATOR:
+                return
+            break
+    else:
+        found = "the Python operator (no marker)"
+    raise IncompatibleCheckpoint(
+        f"checkpoint {restore_path} was written by {found}, not by this job's JVM operator "
+        f"({OPERATOR}); its state cannot be restored. Either rebuild the outputs with a "
+        "backfill from the replay topic (plum flink run --backfill --from T1 --to T2) and "
+        "start the live job with --fresh (starting_offsets = committed resumes where the "
+        "old job's group stopped), or start it with --fresh from the topic's start."
+    )

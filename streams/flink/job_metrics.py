@@ -16,6 +16,15 @@ thread and serves the `flink_job` metrics of the catalogue on `[flink] job_metri
 Nothing completed yet reads NaN (absent), never 0: "time() - ts" of a 0 would look like
 a checkpoint 56 years old. A poll that fails (the endpoint not up yet, or gone) sets
 running to 0 and keeps the checkpoint values last read.
+
+The operator's own counters (the `flink` component of the catalogue: records in and
+accepted, dead letters by reason, examples, pairs, users, pending watches, watermark lag)
+are counted by the JVM operator (streams/flink/jvm, UserTimelineFunction) in Flink's
+metric groups. The same poll reads them (GET /jobs/<id>/vertices/<v>/subtasks/metrics,
+summed over subtasks) and `OperatorMetrics` serves them under the catalogue's names and
+labels on `[flink] metrics_port`, so dashboards and alerts read what they always read.
+Counters stay counters: each poll adds what the operator counted since the last one (a
+restarted job's counters start again from 0 and are added from there).
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ import json
 import logging
 import math
 import threading
+import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from monitoring.metrics import Metrics, serve_metrics
@@ -70,8 +81,62 @@ def parse_report(job: dict[str, Any], checkpoints: dict[str, Any]) -> JobReport:
     )
 
 
+# The operator's metrics as UserTimelineFunction registers them (name = the catalogue's).
+OPERATOR_COMPONENT = "flink"
+DEADLETTER = "plum_deadletter_total"
+IN, ACCEPTED, OUT = (
+    "plum_flink_records_in_total",
+    "plum_flink_records_accepted_total",
+    "plum_flink_records_out_total",
+)
+OPERATOR_COUNTERS = (
+    IN,
+    ACCEPTED,
+    OUT,
+    "plum_flink_examples_sampled_total",
+    "plum_flink_pairs_total",
+    "plum_flink_state_users_created_total",
+)
+OPERATOR_GAUGES = ("plum_flink_pending_watches", "plum_flink_watermark_lag_ms")
+REASON_GROUP = "reason"
+
+
+@dataclass(frozen=True)
+class OperatorSample:
+    """One poll of the operator's metrics: name -> value, dead letters by reason."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    dead_by_reason: dict[str, float] = field(default_factory=dict)
+
+
+def operator_metric_ids(ids: Iterable[str]) -> list[str]:
+    """The ids among a vertex's metric ids that are the operator's (Flink writes them as
+    `<operator name>.<metric>`, or `<operator>.reason.<reason>.<metric>` for a group)."""
+    wanted = {*OPERATOR_COUNTERS, *OPERATOR_GAUGES, DEADLETTER}
+    return [i for i in ids if i.rpartition(".")[2] in wanted]
+
+
+def parse_operator_metrics(rows: Iterable[dict[str, Any]]) -> OperatorSample:
+    """An OperatorSample from the body of GET .../subtasks/metrics?get=...&agg=sum,max:
+    counters and pending summed over subtasks, the watermark lag as the largest."""
+    values: dict[str, float] = {}
+    dead: dict[str, float] = {}
+    for row in rows:
+        parts = str(row.get("id", "")).split(".")
+        name = parts[-1]
+        agg = "max" if name == "plum_flink_watermark_lag_ms" else "sum"
+        if agg not in row:
+            continue
+        value = float(row[agg])
+        if name == DEADLETTER and len(parts) >= 3 and parts[-3] == REASON_GROUP:
+            dead[parts[-2]] = dead.get(parts[-2], 0.0) + value
+        elif name in OPERATOR_COUNTERS or name in OPERATOR_GAUGES:
+            values[name] = values.get(name, 0.0) + value
+    return OperatorSample(values, dead)
+
+
 class FlinkRest:
-    """The two GETs of Flink's REST API the poller needs (bounded in time)."""
+    """The GETs of Flink's REST API the poller needs (bounded in time)."""
 
     def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -83,6 +148,22 @@ class FlinkRest:
 
     def report(self, job_id: str) -> JobReport:
         return parse_report(self._get(f"/jobs/{job_id}"), self._get(f"/jobs/{job_id}/checkpoints"))
+
+    def operator_sample(self, job_id: str, known: dict[str, list[str]]) -> OperatorSample:
+        """The operator's metrics; `known` (vertex id -> metric ids) caches where they were
+        found, looked up again while empty (the operator registers them when it opens)."""
+        if not known:
+            for vertex in self._get(f"/jobs/{job_id}").get("vertices", []):
+                vid = vertex["id"]
+                listed = self._get(f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics")
+                ids = operator_metric_ids(str(m.get("id", "")) for m in listed)
+                if ids:
+                    known[vid] = ids
+        rows: list[dict[str, Any]] = []
+        for vid, ids in known.items():
+            query = urllib.parse.urlencode({"get": ",".join(ids), "agg": "sum,max"})
+            rows.extend(self._get(f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics?{query}"))
+        return parse_operator_metrics(rows)
 
 
 class JobMetrics:
@@ -113,6 +194,54 @@ class JobMetrics:
         self.running.set(0)
 
 
+class OperatorMetrics:
+    """The `flink` component's metrics (the operator's counters), set from each sample."""
+
+    def __init__(self, source_topic: str, sft_topic: str, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics.for_component(OPERATOR_COMPONENT)
+        self.source_topic = source_topic
+        self.sft_topic = sft_topic
+        self._last: dict[tuple[str, str], float] = {}
+        for name in OPERATOR_COUNTERS:  # every series present (at 0) from the start
+            self._counter(name)
+        for name in OPERATOR_GAUGES:
+            self.metrics.gauge(name).set(0)
+
+    def _counter(self, name: str, reason: str | None = None):
+        c = self.metrics.counter(name)
+        if reason is not None:
+            return c.labels(
+                component=OPERATOR_COMPONENT, source_topic=self.source_topic, reason=reason
+            )
+        if name in (IN, ACCEPTED):
+            return c.labels(topic=self.source_topic)
+        if name == OUT:
+            return c.labels(topic=self.sft_topic)
+        return c
+
+    def _add(self, name: str, value: float, reason: str | None = None) -> None:
+        key = (name, reason or "")
+        last = self._last.get(key, 0.0)
+        # what was counted since the last poll; less than before: the job restarted and
+        # its counters began again at 0
+        delta = value - last if value >= last else value
+        self._last[key] = value
+        if delta > 0:
+            self._counter(name, reason).inc(delta)
+        else:
+            self._counter(name, reason)  # the series exists from its first sight
+
+    def update(self, sample: OperatorSample) -> None:
+        for name in OPERATOR_COUNTERS:
+            if name in sample.values:
+                self._add(name, sample.values[name])
+        for reason, value in sample.dead_by_reason.items():
+            self._add(DEADLETTER, value, reason)
+        for name in OPERATOR_GAUGES:
+            if name in sample.values:
+                self.metrics.gauge(name).set(sample.values[name])
+
+
 class JobPoller:
     """Serves the gauges on `metrics_port` (0: a free one; -1: none) from construction, so
     a busy port fails before any job is submitted; `follow(job_id)` then polls that job
@@ -124,15 +253,26 @@ class JobPoller:
         interval_s: float,
         metrics_port: int,
         metrics: JobMetrics | None = None,
+        operator: OperatorMetrics | None = None,
+        operator_port: int = -1,
     ) -> None:
         self.rest = rest
         self.job_id: str | None = None
         self.interval_s = interval_s
         self.gauges = metrics or JobMetrics()
+        self.operator = operator
+        self._operator_ids: dict[str, list[str]] = {}
         self.server: MetricsServer | None = None
+        self.operator_server: MetricsServer | None = None
         if metrics_port >= 0:
             self.server = serve_metrics(self.gauges.metrics, metrics_port)
             log.info("flink job: metrics on http://127.0.0.1:%d/metrics", self.server.port)
+        if operator is not None and operator_port >= 0:
+            self.operator_server = serve_metrics(operator.metrics, operator_port)
+            log.info(
+                "flink operator: metrics on http://127.0.0.1:%d/metrics",
+                self.operator_server.port,
+            )
         self._stop = threading.Event()
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="flink-job-poller", daemon=True)
@@ -159,6 +299,11 @@ class JobPoller:
             log.info("flink REST %s answers again", self.rest.base_url)
         self._failing = False
         self.gauges.update(report)
+        if self.operator is not None and report.running:
+            try:
+                self.operator.update(self.rest.operator_sample(self.job_id, self._operator_ids))
+            except (OSError, ValueError, KeyError) as exc:
+                log.debug("flink operator metrics: %s", exc)
         return report
 
     def _run(self) -> None:
@@ -172,6 +317,8 @@ class JobPoller:
             self._thread.join(timeout=self.rest.timeout_s * 2 + 1)
         if self.server is not None:
             self.server.close()
+        if self.operator_server is not None:
+            self.operator_server.close()
 
     def __enter__(self) -> JobPoller:
         return self

@@ -7,13 +7,20 @@ import pytest
 from plum.config import ConfigError
 from streams.flink.cli import parse_time_ms
 from streams.flink.cli import run as flink_run
-from streams.flink.job import FlinkConfig, latest_checkpoint, load_flink_config, sql_interval
+from streams.flink.job import (
+    OPERATOR_MARKER,
+    FlinkConfig,
+    latest_checkpoint,
+    load_flink_config,
+    mark_operator,
+    sql_interval,
+)
 from tests.flink_support import TEST_CONFIG
 
 
 def test_test_config_loads_and_env_overrides_apply():
-    cfg = load_flink_config(TEST_CONFIG, env={"PLUM_FLINK__PYTHON_EXECUTION_MODE": "process"})
-    assert cfg.python_execution_mode == "process" and cfg.checkpoint_interval_ms == 1000
+    cfg = load_flink_config(TEST_CONFIG, env={"PLUM_FLINK__MIN_COUNT": "3"})
+    assert cfg.min_count == 3 and cfg.checkpoint_interval_ms == 1000
 
 
 @pytest.mark.parametrize(
@@ -21,7 +28,8 @@ def test_test_config_loads_and_env_overrides_apply():
     [
         dict(window="session"),
         dict(window_size_ms=1500),
-        dict(python_execution_mode="x"),
+        dict(metrics_port=-1),
+        dict(rest_port=-1, metrics_port=9108),
         dict(window="sliding", window_size_ms=30_000, window_slide_ms=7_000),
         dict(min_count=0),
         dict(w_click=-1.0),
@@ -76,3 +84,34 @@ def test_sql_interval_takes_durations_longer_than_99_seconds(ms, literal):
 def test_sql_interval_rejects_negative_durations():
     with pytest.raises(ValueError, match="interval"):
         sql_interval(-1)
+
+
+def _checkpoint(root, job="1e42", n=3):
+    chk = root / job / f"chk-{n}"
+    chk.mkdir(parents=True)
+    (chk / "_metadata").write_bytes(b"x")
+    return chk
+
+
+def test_a_checkpoint_of_the_python_operator_job_is_refused_naming_the_fix(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    _checkpoint(ck)  # written before the JVM operator: no marker
+    rc = flink_run(["--config", str(TEST_CONFIG), "--checkpoint-dir", str(ck)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Python operator" in err and "--backfill" in err and "--fresh" in err
+    # an explicit --restore of it likewise
+    rc = flink_run(["--config", str(TEST_CONFIG), "--restore", str(ck / "1e42" / "chk-3")])
+    assert rc == 2 and "--backfill" in capsys.readouterr().err
+
+
+def test_a_checkpoint_dir_the_jvm_operator_marked_is_restorable(tmp_path):
+    from streams.flink.job import IncompatibleCheckpoint, check_restorable
+
+    ck = tmp_path / "ck"
+    chk = _checkpoint(ck)
+    mark_operator(ck)
+    assert (ck / OPERATOR_MARKER).is_file()
+    check_restorable(str(chk))  # no error
+    (ck / OPERATOR_MARKER).write_text("something-else\n")
+    with pytest.raises(IncompatibleCheckpoint, match="something-else"):
+        check_restorable(str(chk))

@@ -1,0 +1,210 @@
+package dev.plum.flink;
+
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.Base64;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import org.apache.flink.metrics.Counter;
+import org.apache.flink.metrics.MetricGroup;
+import org.apache.flink.table.annotation.ArgumentHint;
+import org.apache.flink.table.annotation.ArgumentTrait;
+import org.apache.flink.table.annotation.DataTypeHint;
+import org.apache.flink.table.annotation.FunctionHint;
+import org.apache.flink.table.annotation.StateHint;
+import org.apache.flink.table.api.dataview.ListView;
+import org.apache.flink.table.functions.FunctionContext;
+import org.apache.flink.table.functions.ProcessTableFunction;
+import org.apache.flink.types.Row;
+
+/**
+ * The job's per-user operator (streams/flink/job.py calls it from SQL): validation of each
+ * watch record ({@link WatchValidator}), then the per-user timeline ({@link Timeline}): late
+ * watches are dead-lettered, accepted ones buffered until the watermark passes them and then
+ * released in (ts, event_id) order as pairs and sampled examples.
+ *
+ * <p>Input (partitioned by the user key SQL read from the JSON): {@code k, raw, partition,
+ * offset, rt}. Output rows after the partition key: {@code kind, v, video, others, ts}:
+ * kind 0 = a sampled example (v = its JSON, video + others = its pairs, ts = the watch's event
+ * time), 2 = a released watch with pairs but no example (v empty), 1 = a dead letter (v = its
+ * JSON).
+ *
+ * <p>State per user: {@code head} (a few numbers, read and written per record), {@code pending}
+ * (a list a record only appends to) and {@code history} (the last keep_len released watches,
+ * read and written only on release), so a record's cost does not grow with what its user has
+ * buffered. One event-time timer per user at its earliest pending ts; a firing releases every
+ * pending watch up to max(timer, watermark).
+ *
+ * <p>Settings come from the global job parameter {@value #PARAMS_KEY}: base64 of a JSON object
+ * with the timeline params (TimelineParams) and {@code source_topic}.
+ */
+@FunctionHint(output = @DataTypeHint("ROW<kind INT, v BYTES, video STRING, others ARRAY<STRING>, ts BIGINT>"))
+public class UserTimelineFunction extends ProcessTableFunction<Row> {
+  public static final String PARAMS_KEY = "plum.flink.timeline";
+  public static final int EXAMPLE = 0;
+  public static final int DEAD = 1;
+  public static final int RELEASED = 2;
+  private static final byte[] EMPTY = new byte[0];
+  private static final String[] NONE = new String[0];
+
+  private transient TimelineParams params;
+  private transient String sourceTopic;
+  private transient double rMax;
+  private transient WatchValidator validator;
+  private transient Counter mIn;
+  private transient Counter mAccepted;
+  private transient Counter mOut;
+  private transient Counter mSampled;
+  private transient Counter mPairs;
+  private transient Counter mUsers;
+  private transient Map<String, Counter> mDead;
+  private transient long pendingNow;
+  private transient long lagMs;
+  private transient long lagAt;
+
+  @Override
+  @SuppressWarnings("unchecked")
+  public void open(FunctionContext context) throws Exception {
+    String b64 = context.getJobParameter(PARAMS_KEY, null);
+    if (b64 == null) {
+      throw new IllegalStateException("job parameter " + PARAMS_KEY + " is not set (streams/flink/job.py sets it)");
+    }
+    Map<String, Object> m = (Map<String, Object>) PyJson.parse(new String(Base64.getDecoder().decode(b64), StandardCharsets.UTF_8));
+    configure(TimelineParams.fromMap(m), (String) m.get("source_topic"));
+    MetricGroup g = context.getMetricGroup();
+    mIn = g.counter("plum_flink_records_in_total");
+    mAccepted = g.counter("plum_flink_records_accepted_total");
+    mOut = g.counter("plum_flink_records_out_total");
+    mSampled = g.counter("plum_flink_examples_sampled_total");
+    mPairs = g.counter("plum_flink_pairs_total");
+    mUsers = g.counter("plum_flink_state_users_created_total");
+    g.gauge("plum_flink_pending_watches", () -> pendingNow);
+    g.gauge("plum_flink_watermark_lag_ms", () -> lagMs);
+    mDead = new HashMap<>();
+    for (String reason : Reasons.WATCH_REASONS) {
+      mDead.put(reason, g.addGroup("reason", reason).counter("plum_deadletter_total"));
+    }
+  }
+
+  void configure(TimelineParams p, String topic) {
+    params = p;
+    sourceTopic = topic;
+    rMax = p.maxReward();
+    validator = new WatchValidator();
+    lagAt = Long.MIN_VALUE;
+  }
+
+  public void eval(
+      Context ctx,
+      @StateHint Head head,
+      @StateHint ListView<Watch> pending,
+      @StateHint ListView<HistoryEntry> history,
+      @ArgumentHint({ArgumentTrait.SET_SEMANTIC_TABLE, ArgumentTrait.REQUIRE_ON_TIME}) Row input)
+      throws Exception {
+    mIn.inc();
+    String key = (String) input.getField(0);
+    byte[] raw = (byte[]) input.getField(1);
+    if (raw == null) {
+      raw = EMPTY;
+    }
+    ValidWatch vw;
+    try {
+      vw = validator.decodeKeyed(key, raw, System.currentTimeMillis());
+    } catch (Rejection r) {
+      dead(input, r, raw);
+      return;
+    }
+    Watch w = vw.watch;
+    boolean newUser = head.maxTs == null && head.releasedMax == null;
+    Long minBefore = head.minPending;
+    if (!Timeline.accept(head, w, params.allowedLatenessMs)) {
+      dead(
+          input,
+          new Rejection(
+              Reasons.LATE,
+              "ts=" + w.ts + " of user '" + key + "' is late: newest accepted ts " + head.maxTs
+                  + ", allowed lateness " + params.allowedLatenessMs + " ms, released up to " + head.releasedMax),
+          raw);
+      return;
+    }
+    if (newUser) {
+      mUsers.inc();
+      head.userId = vw.userId;
+    }
+    mAccepted.inc();
+    pendingNow++;
+    pending.add(w);
+    TimeContext<Long> time = ctx.timeContext(Long.class);
+    if (minBefore == null || w.ts < minBefore) { // a new earliest pending ts: its timer
+      time.registerOnTime(w.ts);
+    }
+    if (lagAt == Long.MIN_VALUE || w.ts > lagAt + 1000) { // sampled
+      lagAt = w.ts;
+      Long wm = time.currentWatermark();
+      if (wm != null && wm > Long.MIN_VALUE / 2) {
+        lagMs = w.ts - wm;
+      }
+    }
+  }
+
+  private void dead(Row input, Rejection r, byte[] raw) {
+    Counter c = mDead.get(r.reason);
+    if (c != null) {
+      c.inc();
+    }
+    int partition = (Integer) input.getField(2);
+    long offset = (Long) input.getField(3);
+    byte[] json = JsonOut.deadLetter(sourceTopic, partition, offset, r, raw, System.currentTimeMillis());
+    collect(Row.of(DEAD, json, "", NONE, 0L));
+  }
+
+  public void onTimer(
+      OnTimerContext ctx, Head head, ListView<Watch> pending, ListView<HistoryEntry> history)
+      throws Exception {
+    if (head.minPending == null) { // expired by TTL, or nothing left
+      return;
+    }
+    TimeContext<Long> time = ctx.timeContext(Long.class);
+    long upto = time.time();
+    Long wm = time.currentWatermark();
+    if (wm != null && wm > upto) {
+      upto = wm;
+    }
+    if (head.minPending > upto) { // a stale timer: its watches were released earlier
+      return;
+    }
+    List<Watch> buffered = new ArrayList<>();
+    for (Watch w : pending.get()) {
+      buffered.add(w);
+    }
+    List<HistoryEntry> hist = new ArrayList<>();
+    for (HistoryEntry h : history.get()) {
+      hist.add(h);
+    }
+    List<Released> released = Timeline.release(head, buffered, hist, upto, params, rMax);
+    pending.clear();
+    if (!buffered.isEmpty()) {
+      pending.addAll(buffered);
+      time.registerOnTime(head.minPending);
+    }
+    history.clear();
+    history.addAll(hist);
+    pendingNow -= released.size();
+    long pairs = 0;
+    long examples = 0;
+    for (Released r : released) {
+      String[] others = r.others.toArray(NONE);
+      pairs += others.length;
+      if (r.example != null) {
+        collect(Row.of(EXAMPLE, JsonOut.example(r.watch, head.userId, r.example), r.watch.videoId, others, r.watch.ts));
+        examples++;
+      } else if (others.length > 0) {
+        collect(Row.of(RELEASED, EMPTY, r.watch.videoId, others, r.watch.ts));
+      }
+    }
+    mPairs.inc(pairs);
+    mSampled.inc(examples);
+    mOut.inc(examples);
+  }
+}
