@@ -424,3 +424,35 @@ def test_an_upload_with_integers_too_large_for_a_double():
 @pytest.mark.parametrize("ts", [NOW + 5 * 60 * 1000 + 1, 2**63, 10**400])
 def test_a_future_timestamp_of_any_size_is_future_timestamp(ts):
     assert reason_of(schema.decode_watch, raw(watch(ts=ts))) == schema.FUTURE_TIMESTAMP
+
+
+# ---- exact boundaries of the value checks
+
+
+def test_future_limit_is_inclusive():
+    assert schema.decode_watch(raw(watch(ts=NOW + schema.DEFAULT_MAX_FUTURE_MS)), LIMITS)
+    assert reason_of(
+        schema.decode_watch, raw(watch(ts=NOW + schema.DEFAULT_MAX_FUTURE_MS + 1))
+    ) == (schema.FUTURE_TIMESTAMP)
+
+
+def test_payload_limit_is_inclusive():
+    exact = raw(watch())
+    exact += b" " * (schema.DEFAULT_MAX_PAYLOAD_BYTES - len(exact))
+    assert schema.decode_watch(exact, LIMITS)
+    assert reason_of(schema.decode_watch, exact + b" ") == schema.OVERSIZED_PAYLOAD
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\u0085", "\u001c", "\u3000", " \t"])
+def test_python_whitespace_ids_are_empty(space):
+    assert reason_of(schema.decode_watch, raw(watch(user_id=space))) == schema.EMPTY_ID
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\ufeff", "\u180e", "\u0000"])
+def test_invisible_but_not_space_ids_are_ids(invisible):
+    assert schema.decode_watch(raw(watch(user_id=invisible)), LIMITS).user_id == invisible
+
+
+@pytest.mark.parametrize("version", [1, 1.0, True])
+def test_schema_version_compares_as_python_equality(version):
+    assert schema.decode_watch(raw(watch(schema=version)), LIMITS).user_id == "u1"

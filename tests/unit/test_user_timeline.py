@@ -115,6 +115,67 @@ def test_unclicked_watches_are_never_examples():
     assert examples == []
 
 
+# ---------------------------------------------------------------- exact boundaries
+
+
+def test_a_watch_exactly_allowed_lateness_behind_is_on_time_and_one_ms_more_is_late():
+    _, late, _, _ = run([ev(100_000, "a", "v1"), ev(90_000, "b", "v2"), ev(89_999, "c", "v3")])
+    assert late == ["c"]
+
+
+def test_a_gap_of_exactly_session_gap_stays_in_the_session_and_one_ms_more_opens_one():
+    events = [ev(0, "a", "v1"), ev(60_000, "b", "v2"), ev(120_001, "c", "v3")]
+    _, _, pairs, _ = run(events)
+    assert pairs == [("v1", "v2", 60_000)]
+
+
+def test_equal_timestamps_order_by_code_point_not_utf16_unit():
+    # U+FFFF < U+10000 as code points; as UTF-16 units U+10000 (D800 DC00) sorts first.
+    _, _, _, examples = run([ev(1000, "e\U00010000", "v2"), ev(1000, "e\uffff", "v1")])
+    assert [e[0][1] for e in examples] == ["e\uffff", "e\U00010000"]
+
+
+def test_history_exactly_history_len_long_then_the_oldest_drops():
+    events = [ev(i * 1000, f"e{i}", f"v{i}") for i in range(5)]
+    _, _, _, examples = run(events)  # history_len 3
+    assert [[h[0] for h in e[2]] for e in examples[3:]] == [["v0", "v1", "v2"], ["v1", "v2", "v3"]]
+
+
+def test_zero_history_len_gives_empty_histories_while_pairs_still_look_back():
+    p = ut.TimelineParams(allowed_lateness_ms=10_000, history_len=0, pair_prev_k=2)
+    _, _, pairs, examples = run([ev(0, "a", "v1"), ev(1, "b", "v2")], p=p)
+    assert pairs == [("v1", "v2", 1)] and [e[2] for e in examples] == [[], []]
+
+
+def test_zero_pair_prev_k_gives_no_pairs_while_histories_still_fill():
+    p = ut.TimelineParams(allowed_lateness_ms=10_000, history_len=3, pair_prev_k=0)
+    _, _, pairs, examples = run([ev(0, "a", "v1"), ev(1, "b", "v2")], p=p)
+    assert pairs == [] and [len(e[2]) for e in examples] == [0, 1]
+
+
+def test_history_len_above_pair_prev_k_is_exact():
+    p = ut.TimelineParams(allowed_lateness_ms=10_000, history_len=2, pair_prev_k=4)
+    _, _, _, examples = run([ev(i, f"e{i}", f"v{i}") for i in range(4)], p=p)
+    assert [h[0] for h in examples[-1][2]] == ["v1", "v2"]
+
+
+def test_release_ready_sorts_any_pending_order_by_ts_then_event_id():
+    head, history = ut.new_head(), []
+    pending = [ev(2, "a", "v3"), ev(1, "c", "v2"), ev(1, "b", "v1")]
+    for e in pending:
+        assert ut.accept(head, e, 10_000)
+    released, rest = ut.release_ready(head, pending, history, 10, P, 1e-9)
+    assert [r[0][1] for r in released] == ["b", "c", "a"] and rest == []
+
+
+def test_a_watermark_at_a_pending_ts_releases_it_and_one_below_does_not():
+    state = ut.new_state()
+    assert ut.admit(state, ev(5000, "a", "v1"), 0)
+    assert ut.release(state, 4999, P, 1e-9) == ([], [])
+    _, examples = ut.release(state, 5000, P, 1e-9)
+    assert [e[0][1] for e in examples] == ["a"]
+
+
 # ---------------------------------------------------------------- property: job logic == reference
 
 REF = RefParams(
