@@ -7,20 +7,28 @@ records) in a replay topic:
 * naive: one Python process doing the same logic with kafka-python: consume, validate,
   per-user timeline (streams.flink.timeline), watermark + window counts in dicts, produce
   examples, pairs and dead letters (not transactional);
-* flink: the real job as a backfill over the whole topic (bounded, exits by itself),
-  once per Python execution mode in --modes (default thread). events/s = input records /
-  job seconds (submission to finish, so it includes task deployment and Python start but
-  not the client's JVM start); the wall time including JVM start is reported too.
+* flink: the real job (its per-record work in the JVM operator, streams/flink/jvm) as a
+  backfill over the whole topic (bounded, exits by itself). events/s = input records /
+  job seconds (submission to finish, so it includes task deployment but not the client's
+  JVM start); the wall time including JVM start is reported too.
+
+Before any rate is reported, each run's outputs are read back (examples, pairs, dead
+letters; the job's read_committed) and compared with the naive loop's on the same input:
+count and an order-free digest of each (examples as decoded objects, pairs as (a, b,
+count, window_end), dead letters by (source_topic, partition, offset, reason, raw); the
+backfill reads only records with an integer ts, so the naive loop's dead letters of the
+others are left out). A run whose outputs differ is an error, not a number.
 
 All three are run --repeats times (default 3), interleaved, and each is reported as its
 median run with every run's rate beside it.
 
-    plum bench flink [--bootstrap H:P] [--events N] [--modes thread,process] [--repeats R]
+    plum bench flink [--bootstrap H:P] [--events N] [--repeats R]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import heapq
 import json
 import logging
@@ -41,22 +49,20 @@ from streams.contracts import schema
 from streams.contracts.topics import TopicNames, topic_set
 from streams.flink import timeline as ut
 from streams.flink.job import load_flink_config
+from streams.flink.reference import in_backfill_range
 from streams.kafka.admin import ensure_topics
 from streams.kafka.broker import KafkaConfig, LocalBroker
-from streams.kafka.clients import make_consumer, make_producer
+from streams.kafka.clients import make_consumer, make_producer, read_all
 
 log = logging.getLogger(__name__)
 BENCH_CONFIG = REPO_ROOT / "configs" / "test.toml"
+# The job runs as a backfill over the whole topic: every record with an integer ts here.
+BACKFILL_FROM_MS, BACKFILL_TO_MS = 0, 4_000_000_000_000
 NOTES = (
-    "What limits the job (py-spy and top on its JVM, 2 cores): the one Python operator's "
-    "thread (validation, per-user state, sampling, plus PyFlink's per-record conversions "
-    "and state calls into the JVM, about 40% of its Python time) runs at ~90% of a core "
-    "while the JVM's other threads and the broker take the second core. All Python work "
-    "of a thread-mode job shares one GIL, so parallelism > 1 cannot add Python cores; "
-    "process mode pays a gRPC hop per bundle and measured several times slower. The "
-    "naive loop does the same Python logic with none of that overhead and, since "
-    "kafka-python has a C CRC-32C (crc32c), cheap Kafka I/O: it is faster than the job "
-    "here. Targets (3x naive, 0.25x the kafka-python consume ceiling) are not met."
+    "The job's per-record work (validation, per-user state, sampling) runs in a Java "
+    "Process Table Function (streams/flink/jvm); PyFlink only defines and launches the job. "
+    "Every rate is reported only after the run's outputs (examples, pairs, dead letters: "
+    "count and order-free digest) equalled the naive loop's on the same input."
 )
 
 
@@ -193,14 +199,8 @@ def naive_loop(bootstrap: str, topics: TopicNames, n_records: int, suffix: str) 
     }
 
 
-def flink_run(
-    bootstrap: str, prefix: str, mode: str, n_records: int, suffix: str, workdir: Path
-) -> dict:
-    env = dict(
-        os.environ,
-        PLUM_FLINK__PYTHON_EXECUTION_MODE=mode,
-        PLUM_FLINK__CHECKPOINT_INTERVAL_MS="5000",
-    )
+def flink_run(bootstrap: str, prefix: str, n_records: int, suffix: str, workdir: Path) -> dict:
+    env = dict(os.environ, PLUM_FLINK__CHECKPOINT_INTERVAL_MS="5000")
     cmd = [
         sys.executable,
         "-m",
@@ -214,25 +214,22 @@ def flink_run(
         prefix,
         "--backfill",
         "--from",
-        "0",
+        str(BACKFILL_FROM_MS),
         "--to",
-        str(4_000_000_000_000),
+        str(BACKFILL_TO_MS),
         "--output-suffix",
         suffix,
         "--checkpoint-dir",
-        str(workdir / f"ck-{mode}"),
+        str(workdir / "ck"),
     ]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(
-            f"flink run ({mode}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
+        raise RuntimeError(f"flink run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     m = re.search(r"ended after ([\d.]+) s", done.stderr + done.stdout)
     job_s = float(m.group(1)) if m else wall
     return {
-        "mode": mode,
         "records": n_records,
         "job_seconds": job_s,
         "wall_seconds": round(wall, 3),
@@ -251,9 +248,63 @@ def _median_run(runs: list[dict]) -> dict:
     }
 
 
-def run(bootstrap: str, events: int, modes: list[str], repeats: int) -> tuple[dict, dict, dict]:
-    """Ceiling, naive loop and each Flink mode, `repeats` times interleaved (so a busy
-    spell on the machine hits all of them alike); each reported as its median run."""
+class OutputMismatch(RuntimeError):
+    """The job's outputs are not the naive loop's: its rate would measure something else."""
+
+
+def _digest(items: list[str]) -> str:
+    """Order-free: sha256 over the sorted canonical texts."""
+    h = hashlib.sha256()
+    for item in sorted(items):
+        h.update(item.encode("utf-8", "surrogatepass"))
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def read_outputs(bootstrap: str, topics: TopicNames, suffix: str) -> dict:
+    """Count and order-free digest of each output topic `<topic><suffix>` (committed)."""
+    examples = [
+        _canonical(schema.to_dict(schema.decode_sft_example(r.value)))
+        for r in read_all(bootstrap, topics.sft_examples + suffix, timeout_s=120)
+    ]
+    pairs = [
+        _canonical([p.a, p.b, p.count, p.window_end])
+        for p in (
+            schema.decode_cooccurrence(r.value)
+            for r in read_all(bootstrap, topics.cooccurrence + suffix, timeout_s=120)
+        )
+    ]
+    dead = [
+        _canonical([d.source_topic, d.partition, d.offset, d.reason, d.raw_b64])
+        for d in (
+            schema.decode_dead_letter(r.value)
+            for r in read_all(bootstrap, topics.deadletter + suffix, timeout_s=120)
+        )
+        # the job runs as a backfill, which reads only records with an integer ts in its
+        # range (the live job dead-letters the rest): the naive loop's others are not compared
+        if in_backfill_range(d.raw, BACKFILL_FROM_MS, BACKFILL_TO_MS)
+    ]
+    return {
+        name: {"count": len(items), "digest": _digest(items)}
+        for name, items in (("examples", examples), ("pairs", pairs), ("dead_letters", dead))
+    }
+
+
+def check_outputs(got: dict, want: dict, what: str) -> None:
+    """Raise OutputMismatch naming each output whose count or digest differs."""
+    bad = [f"{k}: {got[k]} != naive {want[k]}" for k in want if got.get(k) != want[k]]
+    if bad:
+        raise OutputMismatch(f"{what}: outputs differ from the naive loop's: " + "; ".join(bad))
+
+
+def run(bootstrap: str, events: int, repeats: int) -> tuple[dict, dict, dict]:
+    """Ceiling, naive loop and the Flink job, `repeats` times interleaved (so a busy spell
+    on the machine hits all of them alike); each reported as its median run. Every naive
+    and Flink run's outputs must equal the first naive run's (OutputMismatch otherwise)."""
     from bench.kafka import java_consume, python_consume
     from streams.flink.cli import _ensure_suffixed_topics
 
@@ -262,31 +313,37 @@ def run(bootstrap: str, events: int, modes: list[str], repeats: int) -> tuple[di
     topics = TopicNames.with_prefix(prefix)
     n = produce_stream(bootstrap, topics.watches_replay, events)
     log.info("produced %d watch-topic records", n)
-    py_consume, j_consume, naive = [], [], []
-    flink: dict[str, list[dict]] = {mode: [] for mode in modes}
+    py_consume, j_consume, naive, flink = [], [], [], []
+    reference = None
     with tempfile.TemporaryDirectory(prefix="plum-bench-flink-") as tmp:
         for r in range(repeats):
             py_consume.append(python_consume(bootstrap, topics.watches_replay, 4))
             j_consume.append(java_consume(bootstrap, topics.watches_replay, n))
             _ensure_suffixed_topics(bootstrap, topics, f".naive{r}")
             naive.append(naive_loop(bootstrap, topics, n, suffix=f".naive{r}"))
-            for mode in modes:
-                flink[mode].append(
-                    flink_run(bootstrap, prefix, mode, n, f".{mode}{r}", Path(tmp) / str(r))
-                )
+            outs = read_outputs(bootstrap, topics, f".naive{r}")
+            if reference is None:
+                reference = outs
+                log.info("naive outputs: %s", reference)
+            check_outputs(outs, reference, f"naive run {r + 1}")
+            flink.append(flink_run(bootstrap, prefix, n, f".jvm{r}", Path(tmp) / str(r)))
+            check_outputs(
+                read_outputs(bootstrap, topics, f".jvm{r}"), reference, f"flink run {r + 1}"
+            )
             log.info(
-                "repeat %d/%d: consume %s/s, naive %s/s, flink %s",
+                "repeat %d/%d: consume %s/s, naive %s/s, flink %s/s (outputs equal)",
                 r + 1,
                 repeats,
                 py_consume[-1]["records_per_s"],
                 naive[-1]["records_per_s"],
-                {m: runs[-1]["records_per_s"] for m, runs in flink.items()},
+                flink[-1]["records_per_s"],
             )
     ceiling = {
         "kafka_python_consume": _median_run(py_consume),
         "java_consume": _median_run(j_consume),
     }
-    return ceiling, _median_run(naive), {m: _median_run(runs) for m, runs in flink.items()}
+    naive_median = {**_median_run(naive), "outputs": reference}
+    return ceiling, naive_median, _median_run(flink)
 
 
 def cli(argv: list[str]) -> int:
@@ -300,14 +357,10 @@ def cli(argv: list[str]) -> int:
         "the JVM's JIT warm-up do not dominate a job that runs for days",
     )
     parser.add_argument(
-        "--modes", default="thread", help="comma-separated Python execution modes (thread, process)"
-    )
-    parser.add_argument(
         "--repeats", type=int, default=3, help="runs of each measurement; the median is reported"
     )
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    modes = [m for m in args.modes.split(",") if m]
     broker = None
     bootstrap = args.bootstrap
     tmp = None
@@ -324,36 +377,32 @@ def cli(argv: list[str]) -> int:
         broker.up()
         bootstrap = broker.bootstrap
     try:
-        ceiling, naive, flink = run(bootstrap, args.events, modes, args.repeats)
+        ceiling, naive, flink = run(bootstrap, args.events, args.repeats)
+    except OutputMismatch as exc:
+        print(f"plum bench flink: {exc}", file=sys.stderr)
+        return 1
     finally:
         if broker:
             broker.down()
         if tmp:
             tmp.cleanup()
-    best = max(flink.values(), key=lambda r: r["records_per_s"])
     ceil_rate = ceiling["kafka_python_consume"]["records_per_s"]
-    metrics = {
-        "flink": flink,
-        "best_mode": best["mode"],
-        "flink_records_per_s": best["records_per_s"],
-    }
+    metrics = {"flink": flink, "flink_records_per_s": flink["records_per_s"], "outputs_equal": True}
     baseline = {"naive_kafka_python_loop": naive, **ceiling}
     ratio = {
-        "flink_vs_naive": round(best["records_per_s"] / naive["records_per_s"], 3),
-        "flink_vs_kafka_python_consume": round(best["records_per_s"] / ceil_rate, 3),
+        "flink_vs_naive": round(flink["records_per_s"] / naive["records_per_s"], 3),
+        "flink_vs_kafka_python_consume": round(flink["records_per_s"] / ceil_rate, 3),
         "flink_vs_java_consume": round(
-            best["records_per_s"] / ceiling["java_consume"]["records_per_s"], 3
+            flink["records_per_s"] / ceiling["java_consume"]["records_per_s"], 3
         ),
         "targets": {"flink_vs_naive": 3.0, "flink_vs_consume_ceiling": 0.25},
     }
     cfg = load_flink_config(BENCH_CONFIG)
     config = {
         "events": args.events,
-        "modes": modes,
         "repeats": args.repeats,
         "parallelism": cfg.parallelism,
-        "bundle_size": cfg.bundle_size,
-        "bundle_time_ms": cfg.bundle_time_ms,
+        "operator": "jvm (streams/flink/jvm, Process Table Function)",
         "checkpoint_interval_ms": 5000,
         "config": str(BENCH_CONFIG),
     }

@@ -5,8 +5,9 @@ changes to the job). PyFlink defines and launches it; every record is handled in
 
     Kafka source, SQL connector [src-watches]
       value as raw bytes + partition + offset metadata; event time = JSON `ts` extracted
-      with JSON_VALUE only to drive watermarks: bounded out-of-orderness and idleness,
-      generated per Kafka partition inside the source; the key (`user_id`) read the same way
+      by a Java scalar function of the operator's jar (the reference's JSON rules) only to
+      drive watermarks: bounded out-of-orderness and idleness, generated per Kafka
+      partition inside the source; the key (`user_id`) read the same way
     -> PARTITION BY user key -> plum_timeline, a Java Process Table Function [user-timeline-jvm]
       (streams/flink/jvm, dev.plum.flink.UserTimelineFunction): validation of each record
       with the reason codes of the Python schema (streams.contracts.schema.decode_watch),
@@ -91,6 +92,11 @@ WATERMARK_FUTURE_GUARD_MS = schema.DEFAULT_MAX_FUTURE_MS
 PTF_CLASS = "dev.plum.flink.UserTimelineFunction"
 PTF_UID = "user-timeline-jvm"
 PARAMS_KEY = "plum.flink.timeline"
+# Scalar functions of the same jar that read `ts` and `user_id` before the operator.
+PROBE_FUNCTIONS = {
+    "plum_watch_ts": "dev.plum.flink.WatchTs",
+    "plum_watch_key": "dev.plum.flink.WatchKey",
+}
 EXAMPLE, DEAD, RELEASED = 0, 1, 2
 # The operator's rows after the partition key k, as the round trip declares them.
 OUT_COLUMNS = (
@@ -407,6 +413,9 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")
     t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.idleness_ms} ms")
+    # One window aggregate per pair and window, no local pre-aggregation in front of it (at
+    # these cardinalities it only added a buffer and a second hash per pair).
+    t_env.get_config().set("table.optimizer.agg-phase-strategy", "ONE_PHASE")
     # The PTF's per-user state (head, pending, history) expires like the old operator's.
     if cfg.state_ttl_ms > 0:
         t_env.get_config().set("table.exec.state.ttl", f"{cfg.state_ttl_ms} ms")
@@ -419,8 +428,11 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         run.out(topics.cooccurrence),
     )
 
-    # ---- source (JVM): raw bytes + metadata; `ts` only for the watermark.
-    ts_expr = "TRY_CAST(JSON_VALUE(CAST(`raw` AS STRING), '$.ts') AS BIGINT)"
+    # ---- source (JVM): raw bytes + metadata; `ts` only for the watermark, read (as the
+    # user key below) by the operator's jar with the reference's JSON rules.
+    for name, cls in PROBE_FUNCTIONS.items():
+        t_env.execute_sql(f"CREATE TEMPORARY FUNCTION {name} AS '{cls}' LANGUAGE JAVA")
+    ts_expr = "plum_watch_ts(`raw`)"
     guard = f"(UNIX_TIMESTAMP() * 1000 + {WATERMARK_FUTURE_GUARD_MS})"
     src_opts = {
         "connector": "kafka",
@@ -458,11 +470,11 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         # A backfill re-runs the records whose event time is in [from, to); records with
         # no readable ts were dead-lettered by the live run and are not re-sent.
         where = f"WHERE ts_raw >= {int(run.from_ms)} AND ts_raw < {int(run.to_ms)}"
-    # The key (user_id) is read by SQL so records can be partitioned by user; records
-    # without a readable user_id share the key '' and are dead-lettered by validation, as
-    # is a record with no value at all (read as empty bytes). The operator checks that its
-    # own reading of user_id is the key (ambiguous_user_id otherwise).
-    user_key = "COALESCE(JSON_VALUE(CAST(`raw` AS STRING), '$.user_id'), '')"
+    # The key (user_id) is read before the operator so records can be partitioned by user;
+    # records without a string user_id share the key '' and are dead-lettered by
+    # validation, as is a record with no value at all (read as empty bytes). The operator
+    # checks that its own reading of user_id is the key (ambiguous_user_id otherwise).
+    user_key = "plum_watch_key(`raw`)"
     t_env.create_temporary_view(
         "keyed_watches",
         t_env.sql_query(f"""

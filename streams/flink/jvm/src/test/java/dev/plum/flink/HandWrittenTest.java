@@ -89,4 +89,18 @@ class HandWrittenTest {
     assertTrue(Timeline.accept(h, new Watch(4990, "y", "v", 1, 10, false, null, null), 10));
     assertFalse(Timeline.accept(h, new Watch(4989, "z", "v", 1, 10, false, null, null), 10));
   }
+
+  @Test
+  void theSqlProbesReadTsAndUserIdWithTheReferenceRules() {
+    byte[] w = watch("").getBytes(StandardCharsets.UTF_8);
+    assertEquals(NOW, new WatchTs().eval(w));
+    assertEquals("u1", new WatchKey().eval(w));
+    byte[] dup = "{\"user_id\":\"a\",\"ts\":1.0,\"user_id\":\"b\"}".getBytes(StandardCharsets.UTF_8);
+    assertNull(new WatchTs().eval(dup)); // a float ts is not an integer ts
+    assertEquals("b", new WatchKey().eval(dup)); // the last duplicate wins, as in Python
+    byte[] bad = "{\"user_id\":\"a\",".getBytes(StandardCharsets.UTF_8);
+    assertEquals("", new WatchKey().eval(bad));
+    assertNull(new WatchTs().eval(bad));
+    assertEquals("", new WatchKey().eval(null));
+  }
 }
