@@ -3,7 +3,9 @@
 
 The bodies are trimmed copies of what Flink 2.3's MiniCluster answered to
 GET /jobs/<id> and GET /jobs/<id>/checkpoints (the fields the poller reads, same shapes);
-tests/integration/test_metrics_emitted.py runs the real endpoint."""
+tests/integration/test_metrics_emitted.py runs the real endpoint. The operator's
+counters (read from the same endpoint, served as the `flink` component) are checked
+against the reference's counts in tests/integration/test_flink_job.py."""
 
 from __future__ import annotations
 
@@ -20,7 +22,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.flink.job import FlinkConfig, RunOptions, flink_configuration
-from streams.flink.job_metrics import FlinkRest, JobMetrics, JobPoller, parse_report
+from streams.flink.job_metrics import (
+    FlinkRest,
+    JobMetrics,
+    JobPoller,
+    OperatorMetrics,
+    operator_metric_ids,
+    parse_operator_metrics,
+    parse_report,
+)
 
 JOB_ID = "1e42a832fbb8b1a259bf27e8497aeb26"
 JOB = {"jid": JOB_ID, "state": "RUNNING", "start-time": 1796008387731, "end-time": -1}
@@ -169,3 +179,46 @@ def test_a_rest_port_binds_flinks_endpoint_to_localhost_on_that_port(tmp_path):
     for untouched in (FlinkConfig(), FlinkConfig(rest_port=-1)):  # run_job picks; a cluster's
         conf = flink_configuration(untouched, RunOptions(), tmp_path).to_dict()
         assert "rest.port" not in conf and "rest.bind-port" not in conf
+
+
+# ---- the operator's counters (the JVM operator counts, Flink's REST reports, we serve)
+
+OP = "ProcessTableFunction[4]"  # Flink's metric ids: <operator>[.<group>.<value>].<metric>
+ROWS = [
+    {"id": f"{OP}.plum_flink_records_in_total", "sum": 10.0, "max": 10.0},
+    {"id": f"{OP}.plum_flink_records_accepted_total", "sum": 7.0, "max": 7.0},
+    {"id": f"{OP}.plum_flink_watermark_lag_ms", "sum": 900.0, "max": 500.0},
+    {"id": f"{OP}.reason.late.plum_deadletter_total", "sum": 2.0, "max": 2.0},
+    {"id": f"{OP}.reason.not_json.plum_deadletter_total", "sum": 1.0, "max": 1.0},
+]
+
+
+def test_operator_metric_ids_are_picked_from_a_vertex_listing():
+    listed = [r["id"] for r in ROWS] + [f"{OP}.numRecordsIn", "Source__x.numBytesOut"]
+    assert operator_metric_ids(listed) == [r["id"] for r in ROWS]
+
+
+def test_operator_metrics_sum_over_subtasks_and_the_lag_is_the_largest():
+    s = parse_operator_metrics(ROWS)
+    assert s.values["plum_flink_records_in_total"] == 10
+    assert s.values["plum_flink_watermark_lag_ms"] == 500  # max, not the sum over subtasks
+    assert s.dead_by_reason == {"late": 2.0, "not_json": 1.0}
+
+
+def test_the_operator_counters_are_served_under_the_catalogue_names_and_labels():
+    m = OperatorMetrics("w.v1", "sft.v1")
+    m.update(parse_operator_metrics(ROWS))
+    v = m.metrics.value
+    assert v("plum_flink_records_in_total", topic="w.v1") == 10
+    assert v("plum_flink_records_accepted_total", topic="w.v1") == 7
+    assert v("plum_flink_records_out_total", topic="sft.v1") == 0  # present from the start
+    late = dict(component="flink", source_topic="w.v1", reason="late")
+    assert v("plum_deadletter_total", **late) == 2
+    # the next poll adds what was counted since
+    rows = [dict(r, sum=r["sum"] + 5) for r in ROWS]
+    m.update(parse_operator_metrics(rows))
+    assert v("plum_flink_records_in_total", topic="w.v1") == 15
+    assert v("plum_deadletter_total", **late) == 7
+    # a restarted job counts from 0 again: the served counter never goes back
+    m.update(parse_operator_metrics([{"id": f"{OP}.plum_flink_records_in_total", "sum": 3.0}]))
+    assert v("plum_flink_records_in_total", topic="w.v1") == 18
