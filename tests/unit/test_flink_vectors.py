@@ -116,7 +116,7 @@ def test_every_watch_reason_and_valid_records_appear(records, timelines):
     reasons = {r["expect"].get("reason") for r in records}
     assert WATCH_REASONS | {None} <= reasons
     generated = {r["expect"].get("reason") for r in records if r["id"].startswith("gen/")}
-    assert WATCH_REASONS - {schema.OVERSIZED_PAYLOAD} | {None} <= generated
+    assert WATCH_REASONS | {None} <= generated
     dead = {o["dead"] for t in timelines for out in t["expect"] for o in out if "dead" in o}
     assert {schema.LATE, schema.AMBIGUOUS_USER_ID, schema.NOT_JSON} <= dead
     examples = [

@@ -943,7 +943,7 @@ def generated_records(
     n: int = N_RECORDS, seed: int = RECORD_SEED
 ) -> Iterator[tuple[str, bytes | None]]:
     rng = random.Random(seed)
-    for _ in range(n):
+    for i in range(n):
         obj = gen_watch(rng)
         r = rng.random()
         if r < 0.35:
@@ -961,6 +961,8 @@ def generated_records(
         raw: bytes | None = text
         if rng.random() < 0.12:
             raw = corrupt(rng, text)
+        if i % 1000 == 999:  # a few at the payload limit: whitespace-padded, this size or one more
+            raw = text + b" " * (LIMIT - len(text) + rng.randint(0, 1))
         yield key, raw
 
 
