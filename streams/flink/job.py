@@ -166,6 +166,9 @@ class FlinkConfig:
     # 0 = a free port; polled every job_metrics_interval_s.
     job_metrics_port: int = -1
     job_metrics_interval_s: float = 2.0
+    # Options of the JVM local mode starts (the MiniCluster runs in it), e.g. the garbage
+    # collector; "" = the JVM's defaults. Ignored for a cluster submission.
+    jvm_options: str = ""
 
     def __post_init__(self) -> None:
         if self.window not in ("tumbling", "sliding"):
@@ -352,6 +355,15 @@ def operator_params(cfg: FlinkConfig, run: RunOptions) -> str:
     return base64.b64encode(json.dumps(params).encode("utf-8")).decode("ascii")
 
 
+def use_jvm_options(options: str) -> None:
+    """Pass `options` to the JVM PyFlink's local mode starts (its launcher reads JVM_ARGS);
+    only before that JVM has started, i.e. before anything of pyflink ran here."""
+    import os
+
+    if options:
+        os.environ["JVM_ARGS"] = " ".join(filter(None, (os.environ.get("JVM_ARGS"), options)))
+
+
 def source_group(cfg: FlinkConfig, run: RunOptions) -> str:
     """The consumer group the Kafka source commits its positions to at checkpoints."""
     return cfg.group_id + ("-backfill" if run.backfill else "")
@@ -406,6 +418,7 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import Schema, StreamTableEnvironment
 
+    use_jvm_options(cfg.jvm_options)
     env = StreamExecutionEnvironment.get_execution_environment(
         flink_configuration(cfg, run, checkpoint_dir)
     )

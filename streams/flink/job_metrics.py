@@ -1,6 +1,6 @@
 """The Flink job as Flink itself reports it: state and checkpoints from Flink's REST API.
 
-The Python workers' metrics (`flink` in the catalogue) say what the operators did; they
+The operator's metrics (`flink` in the catalogue, served beside these) say what it did; they
 cannot say whether the job is RUNNING or when its last checkpoint completed, and output
 becomes visible only at checkpoints, so a stuck checkpoint is a stuck pipeline. Flink's
 REST API knows both. In local mode (`plum flink run`, a MiniCluster in the driver's JVM)

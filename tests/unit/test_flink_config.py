@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from plum.config import ConfigError
@@ -115,3 +117,13 @@ def test_a_checkpoint_dir_the_jvm_operator_marked_is_restorable(tmp_path):
     (ck / OPERATOR_MARKER).write_text("something-else\n")
     with pytest.raises(IncompatibleCheckpoint, match="something-else"):
         check_restorable(str(chk))
+
+
+def test_jvm_options_reach_the_local_jvm_launcher(monkeypatch):
+    from streams.flink.job import use_jvm_options
+
+    monkeypatch.setenv("JVM_ARGS", "-Xss2m")
+    use_jvm_options("")
+    assert os.environ["JVM_ARGS"] == "-Xss2m"
+    use_jvm_options("-XX:+UseParallelGC")
+    assert os.environ["JVM_ARGS"] == "-Xss2m -XX:+UseParallelGC"
