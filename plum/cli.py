@@ -120,6 +120,11 @@ COMMANDS: tuple[Command, ...] = (
         "recommender quality vs popularity/co-occurrence",
     ),
     Command(
+        "bench quality",
+        "bench.quality:cli",
+        "MovieLens-100k, standard protocol: the model vs popularity/co-occurrence, beam sweep",
+    ),
+    Command(
         "serve", "serving.cli:serve", "the retrieval server: /v1/retrieve, hot swap, SID deltas"
     ),
     Command(

@@ -50,7 +50,7 @@ from plum.runtime import Progress
 from streams.contracts.schema import SftExample
 from trainer.beam import BeamSearch, left_pad, trie_from_sids
 from trainer.config import ModelConfig
-from trainer.prompt import SidLookup, sft_prompt
+from trainer.prompt import PROMPT_LAYOUTS, SidLookup, prompt_for
 from trainer.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -396,9 +396,14 @@ class ModelRanker:
         batch_size: int = 32,
         constrained: bool = True,
         search: BeamSearch | None = None,
+        layout: str = "target",
     ) -> None:
         """`search`: a compiled search to reuse (its jit cache is per model config, slot
-        layout and beam width, not per parameters), e.g. across the models a gate compares."""
+        layout and beam width, not per parameters), e.g. across the models a gate compares.
+        `layout`: the prompt layout the model was trained on (trainer.prompt.prompt_for)."""
+        if layout not in PROMPT_LAYOUTS:
+            raise ValueError(f"layout={layout!r} must be one of {PROMPT_LAYOUTS}")
+        self.layout = layout
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         if max_prompt_len + vocab.num_sid_slots - 1 > model_config.max_len:
@@ -432,7 +437,10 @@ class ModelRanker:
 
     def prompts(self, examples: Sequence[SftExample]) -> tuple[np.ndarray, np.ndarray]:
         """Left-padded prompts [len(examples), max_prompt_len] and their masks."""
-        seqs = [sft_prompt(e, self.lookup, self.vocab, self.max_prompt_len) for e in examples]
+        seqs = [
+            prompt_for(e, self.lookup, self.vocab, self.max_prompt_len, self.layout)
+            for e in examples
+        ]
         return left_pad(seqs, self.vocab.pad_id, self.max_prompt_len)
 
     def generate(self, examples: Sequence[SftExample]) -> Generation:

@@ -47,6 +47,9 @@ class TrainingSequence(NamedTuple):
     tokens: list[int]
     loss_start: int  # 1 for CPT (all but <bos>), len(prompt) for SFT
     weight: float = 1.0
+    # per token (same length as tokens): True where the loss covers it; None = every
+    # token from loss_start on. The next-item layout trains on the SID tokens only.
+    loss_mask: Sequence[bool] | None = None
 
 
 class Batch(NamedTuple):
@@ -201,6 +204,93 @@ def metadata_sequences(
     return out
 
 
+# ---------------------------------------------------------------------------- next-item layout
+
+HOUR_MS = 3_600_000
+PROMPT_LAYOUTS = ("target", "sequence")
+
+
+def sequence_prompt(
+    history: Sequence[schema.HistoryItem], lookup: SidLookup, vocab: Vocab, max_prompt_len: int
+) -> list[int]:
+    """The next-item ("sequence") layout's prompt: the history alone, every item followed
+    by its features, the time feature being the hours since the previous history item
+    (0 for the oldest kept); the model then writes the next item's SID.
+
+        <bos> <hist> [sid(h) <watch_ratio_b> <watch_time_b> <gap_b>]*  | sid(next)
+
+    Unlike the "target" layout (`sft_prompt`), every prefix of a user's sequence is the
+    prompt of its next item, so one causal pass trains every position at once
+    (`next_item_sequence`) and gives each position the loss its one-target example would.
+    The oldest items are dropped to fit `max_prompt_len`; an item without a SID is `<unk>`.
+    """
+    hist_id = vocab.token_to_id("<hist>")
+    room = max_prompt_len - 2
+    if room < 0:
+        raise ValueError(f"max_prompt_len={max_prompt_len} cannot hold even an empty history")
+    ms = [round(h.hours_since * HOUR_MS) for h in history]  # ms before the target
+    kept: list[int] = []  # indices into history, newest first, then reversed
+    used = 0
+    for j in range(len(history) - 1, -1, -1):  # newest first, so the oldest are dropped
+        n = vocab.num_sid_slots + len(vocab.feature_tokens(history[j]))
+        if used + n > room:
+            break
+        kept.append(j)
+        used += n
+    kept.reverse()
+    body: list[int] = []
+    for pos, j in enumerate(kept):
+        gap_ms = 0 if pos == 0 else ms[kept[pos - 1]] - ms[j]
+        h = history[j]
+        item = schema.HistoryItem(h.video_id, h.watch_ratio, h.watch_time_s, gap_ms / HOUR_MS)
+        body += _item_tokens(vocab, lookup.tokens(vocab, h.video_id), item)
+    return [vocab.bos_id, hist_id, *body]
+
+
+def next_item_sequence(
+    watches: Sequence[Watch], lookup: SidLookup, vocab: Vocab, weight: float = 1.0
+) -> TrainingSequence | None:
+    """One window of a user's watches (time order) as a next-item training sequence: the
+    `sequence_prompt` of the last watch with every item written out, the loss on the SID
+    tokens of every item but the first (each predicted from the items before it).
+    Watches of videos without a SID are skipped; None when fewer than 2 remain."""
+    hist_id = vocab.token_to_id("<hist>")
+    tokens = [vocab.bos_id, hist_id]
+    mask = [False, False]
+    prev_ts: int | None = None
+    n_items = 0
+    for w in watches:
+        sid = lookup.tokens(vocab, w.video_id)
+        if sid is None:
+            continue
+        gap_ms = 0 if prev_ts is None else w.ts - prev_ts
+        prev_ts = w.ts
+        item = schema.HistoryItem(w.video_id, w.watch_ratio, w.watch_time_s, gap_ms / HOUR_MS)
+        feats = vocab.feature_tokens(item)
+        tokens += sid + feats
+        mask += [n_items > 0] * len(sid) + [False] * len(feats)
+        n_items += 1
+    if n_items < 2:
+        return None
+    return TrainingSequence(tokens, 1, weight, mask)
+
+
+def prompt_for(
+    example: schema.SftExample,
+    lookup: SidLookup,
+    vocab: Vocab,
+    max_prompt_len: int,
+    layout: str = "target",
+) -> list[int]:
+    """The prompt of `example` in `layout` ("target": `sft_prompt`, "sequence":
+    `sequence_prompt` of its history)."""
+    if layout == "target":
+        return sft_prompt(example, lookup, vocab, max_prompt_len)
+    if layout == "sequence":
+        return sequence_prompt(example.history, lookup, vocab, max_prompt_len)
+    raise ValueError(f"prompt layout {layout!r}: must be one of {PROMPT_LAYOUTS}")
+
+
 def collate(sequences: Sequence[TrainingSequence], seq_len: int, pad_id: int) -> Batch:
     """Right-pad sequences (cut to seq_len + 1 tokens) into a next-token Batch."""
     b = len(sequences)
@@ -217,5 +307,10 @@ def collate(sequences: Sequence[TrainingSequence], seq_len: int, pad_id: int) ->
         targets[i, :n] = toks[1:]
         mask[i, :n] = True
         # target position j predicts token j + 1: the loss starts at loss_start - 1
-        weights[i, max(seq.loss_start - 1, 0) : n] = seq.weight
+        if seq.loss_mask is not None:
+            covered = np.asarray(seq.loss_mask[1 : n + 1], bool)
+            covered[: max(seq.loss_start - 1, 0)] = False
+            weights[i, :n] = np.where(covered, seq.weight, 0.0)
+        else:
+            weights[i, max(seq.loss_start - 1, 0) : n] = seq.weight
     return Batch(inputs, targets, weights, mask)

@@ -1,0 +1,53 @@
+"""`plum bench quality`: its settings, the training windows and the beam knee."""
+
+import numpy as np
+import pytest
+
+from bench.quality import QualityConfig, knee, load_quality_config, windows
+from plum.config import ConfigError
+from trainer.prompt import Watch
+
+
+def _user(n: int, name: str) -> list[Watch]:
+    return [Watch(f"{name}{i}", 1000 * i, 1.0, 60.0) for i in range(n)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_windows_cover_every_watch_once_in_order_and_never_alone(seed):
+    users = [_user(23, "a"), _user(7, "b"), _user(2, "c"), _user(1, "d")]
+    got = windows(users, 5, np.random.default_rng(seed))
+    assert all(2 <= len(w) <= 5 for w in got)
+    covered = [w.video_id for win in got for w in win]
+    assert len(covered) == len(set(covered))
+    # a user's windows are consecutive slices of their watches, at most one lone item lost
+    for user in users[:3]:
+        mine = [w for win in got for w in win if w.video_id[0] == user[0].video_id[0]]
+        assert [w.ts for w in mine] == sorted(w.ts for w in mine)
+        assert len(user) - len(mine) <= 2
+    assert not any(w.video_id == "d0" for win in got for w in win)
+
+
+def test_windows_start_at_a_seeded_random_offset():
+    users = [_user(40, "a")]
+    starts = {windows(users, 10, np.random.default_rng(s))[0][-1].video_id for s in range(8)}
+    assert len(starts) > 1
+
+
+def test_knee_is_the_first_beam_within_noise_of_the_widest():
+    sweep = {"1": {"recall@10": 0.05}, "4": {"recall@10": 0.10}, "8": {"recall@10": 0.118}}
+    sweep["16"] = {"recall@10": 0.121}
+    assert knee(sweep, gain=0.005) == 8
+    assert knee(sweep, gain=0.001) == 16
+
+
+def test_quality_settings_come_from_their_section_env_and_overrides(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[quality]\nepochs = 3\nd_model = 64\n")
+    cfg = load_quality_config(toml, env={"PLUM_QUALITY__BATCH_SIZE": "8"}, history_len=20)
+    assert (cfg.epochs, cfg.d_model, cfg.batch_size, cfg.history_len) == (3, 64, 8, 20)
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    assert load_quality_config(empty, env={}) == QualityConfig()
+    toml.write_text("[quality]\nepoks = 1\n")
+    with pytest.raises(ConfigError):
+        load_quality_config(toml, env={})
