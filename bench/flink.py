@@ -64,13 +64,17 @@ NOTES = (
     "Every rate is reported only after the run's outputs (examples, pairs, dead letters: "
     "count and order-free digest) equalled the naive loop's on the same input. Where the "
     "job's time goes (JFR on its JVM, 97k records, parallelism 1, a 2-core box shared with "
-    "other work at load average 7-10): ~13 s of fixed cost per run (planning and code "
+    "other work at load average 7-11): ~13 s of fixed cost per run (planning and code "
     "generation in the client, about 6 s of CPU; deployment; the final checkpoint that "
-    "commits the Kafka transactions, up to one 5 s interval), then CPU samples split "
-    "~45% the operator's chain (its state, validation, example JSON, the examples' Kafka "
-    "writer), ~25% the window count of pairs (a timer per pair and window, hashing), "
-    "~12% the Kafka source with the ts/user_id probe, the rest Kafka producers. "
-    "The naive loop and the job share the same two loaded cores in each repeat."
+    "commits the Kafka transactions, up to one 5 s interval); the JIT compilers spent "
+    "~70 s of thread time (16.7k compilations) in a 40 s run, more than the operators; "
+    "of the sampled operator CPU ~45% is the operator's chain (its state, validation, "
+    "example JSON, the examples' Kafka writer), ~25% the window count of pairs (a timer "
+    "per pair and window), ~12% the Kafka source with the ts/user_id probe. Same 97k "
+    "records, one run each: G1 (JVM default) 39.7 s, ParallelGC (configs: jvm_options) "
+    "28.8 s, ParallelGC + C1 only (-XX:TieredStopAtLevel=1, not used: it trades a "
+    "long-running job's peak speed for a short run's warm-up) 17.9 s. The naive loop and "
+    "the job share the same two loaded cores in each repeat."
 )
 
 
