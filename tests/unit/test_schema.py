@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from streams.contracts import schema
@@ -347,6 +347,8 @@ def test_fast_watch_decode_reads_big_numbers_as_json_loads_does(watch_time, extr
     ts=st.integers(0, 2**62),
     upload_ts=st.integers(0, 2**62),
 )
+@example(video_id="v\x7f", sid=[1], version="s", ts=0, upload_ts=0)  # DEL: json escapes it
+@example(video_id="v", sid=[1], version="\x1f", ts=0, upload_ts=0)
 def test_the_fast_sid_assignment_encoding_is_byte_identical(video_id, sid, version, ts, upload_ts):
     a = schema.SidAssignment(
         video_id=video_id, sid=tuple(sid), sid_version=version, ts=ts, upload_ts=upload_ts
