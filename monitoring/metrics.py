@@ -108,7 +108,8 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "records written by a data import",
         labels=("dataset", "topic"),
     ),
-    # --- flink job (streams/flink_job.py; served by its Python workers)
+    # --- flink job (counted by the JVM operator, streams/flink/jvm; served by `plum flink run`
+    # from Flink's REST API, streams/flink/job_metrics.py)
     MetricDef(
         "plum_flink_records_in_total",
         "counter",

@@ -258,7 +258,8 @@ def flink_job(env: Env) -> Iterator[dict[str, int]]:
         env.tmp_path / "flink.log",
     )
     try:
-        # The Python workers start serving only once the job runs: wait for it.
+        # The operator's counters reach /metrics once the job runs and Flink's REST
+        # reports them (polled by `plum flink run`): wait for them.
         deadline = time.monotonic() + 240
         while True:
             assert job.alive(), job.tail()
