@@ -1,6 +1,7 @@
 """Per-user watch timeline: lateness, event-time ordering, sessions, pairs and examples.
 
-This is the pure logic the Flink job runs inside its keyed (per user) Python operator.
+This is the reference for the Flink job's keyed (per user) operator, which runs on the JVM
+(streams/flink/jvm) and is held to this code by the shared vectors (tests/vectors/flink).
 A user's state has three parts so that a record's cost does not grow with what the user
 has buffered: a small `head` (read and written per record), the `pending` watches (per
 record only appended to, in any order) and the released `history` (touched only when
