@@ -1,19 +1,25 @@
-"""Shared by every benchmark: describe the machine, write bench/results/NAME.json."""
+"""Shared by every benchmark: describe the machine, write bench/results/NAME.json, read a
+bench's config section with its `--set` overrides."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import platform
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from plum.config import REPO_ROOT
+from plum.config import REPO_ROOT, ConfigError, load_section
+
+T = TypeVar("T")
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
@@ -124,3 +130,34 @@ def write_result(
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """A `--set FIELD=VALUE` flag: VALUE in TOML syntax (a bare word is read as a string)."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected FIELD=VALUE")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def bench_config(
+    parser: argparse.ArgumentParser,
+    cls: type[T],
+    section: str,
+    path: Path | str | None,
+    overrides: dict[str, Any],
+) -> T:
+    """A bench's config section with the CLI's overrides; an unknown field or a bad value
+    ends the command through `parser.error` naming the known fields or the problem."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        parser.error(f"--set: unknown fields {unknown}; known: {sorted(known)}")
+    try:
+        return load_section(cls, path, section, **overrides)
+    except ConfigError as err:
+        parser.error(str(err))

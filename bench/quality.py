@@ -51,15 +51,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from bench.common import write_result
+from bench.common import bench_config, setting, write_result
 from bench.trainer_quality import (
     MovieLensInputs,
-    _setting,
     movielens_inputs,
     name_items,
     tokenizer_config,
 )
-from plum.config import REPO_ROOT, ConfigError, default_config_path, load_section
+from plum.config import REPO_ROOT, default_config_path, load_section
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import vocab_for_corpus
 from trainer.eval import Generation, ModelRanker, candidate_ids, evaluate, fit_baselines
@@ -472,7 +471,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--eval-on", choices=("fresh", "validation"))
-    parser.add_argument("--set", type=_setting, action="append", default=[], metavar="F=V")
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="F=V")
     parser.add_argument("--before", type=Path, default=None, help="a trainer-quality JSON")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -481,14 +480,7 @@ def cli(argv: list[str]) -> int:
     overrides = {"eval_on": args.eval_on, **dict(args.set)}
     if "sweep_beams" in overrides:
         overrides["sweep_beams"] = tuple(overrides["sweep_beams"])
-    known = {f.name for f in dataclasses.fields(QualityConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        parser.error(f"--set: unknown fields {unknown}; known: {sorted(known)}")
-    try:
-        cfg = load_quality_config(args.config, **overrides)
-    except ConfigError as err:
-        parser.error(str(err))
+    cfg = bench_config(parser, QualityConfig, SECTION, args.config, overrides)
     from streams.datasets import cli as data_cli
 
     data_cli.fetch_movielens(args.data_dir)

@@ -50,7 +50,6 @@ import json
 import logging
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +58,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from bench.common import write_result
-from plum.config import REPO_ROOT, ConfigError, default_config_path, load_section
+from bench.common import bench_config, setting, write_result
+from plum.config import REPO_ROOT, default_config_path, load_section
 from streams.contracts import schema
 from tokenizer.catalogue import name_catalogue
 from tokenizer.config import TokenizerConfig, load_tokenizer_config
@@ -614,18 +613,6 @@ def _table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _setting(text: str) -> tuple[str, Any]:
-    """FIELD=VALUE with VALUE in TOML syntax (a bare word is read as a string)."""
-    key, sep, raw = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--set {text!r}: expected FIELD=VALUE")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.strip().replace("-", "_"), value
-
-
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="plum bench trainer-quality",
@@ -638,7 +625,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--cpt-steps", type=int)
     parser.add_argument("--sft-passes", type=int)
     parser.add_argument("--eval-on", choices=SCORE_ON)
-    parser.add_argument("--set", type=_setting, action="append", default=[], metavar="F=V")
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="F=V")
     parser.add_argument("--movielens", type=Path, default=None, help="MovieLens-100k directory")
     parser.add_argument("--no-simulator", action="store_true", help="MovieLens only")
     parser.add_argument("--out-dir", type=Path, default=None)
@@ -654,14 +641,7 @@ def cli(argv: list[str]) -> int:
         "eval_on": args.eval_on,
         **dict(args.set),
     }
-    known = {f.name for f in dataclasses.fields(QualityConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        parser.error(f"--set: unknown fields {unknown}; known: {sorted(known)}")
-    try:
-        cfg = load_quality_config(args.config, **overrides)
-    except ConfigError as err:
-        parser.error(str(err))
+    cfg = bench_config(parser, QualityConfig, SECTION, args.config, overrides)
     if args.movielens is not None:
         from streams.datasets.movielens import has_files
 

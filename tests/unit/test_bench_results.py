@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
-from bench.common import write_result
+from bench.common import bench_config, setting, write_result
 from bench.trainer_quality import QualityConfig, load_quality_config
 from plum.config import ConfigError
 
@@ -39,3 +40,21 @@ def test_bad_eval_target_is_rejected(tmp_path):
     toml.write_text("[bench_trainer_quality]\nevnts = 1\n")
     with pytest.raises(ConfigError, match="evnts"):
         load_quality_config(toml, env={})
+
+
+def test_set_flags_are_toml_values_and_bad_ones_end_the_command(tmp_path, capsys):
+    assert setting("cpt_steps=4") == ("cpt_steps", 4)
+    assert setting("eval-on=fresh") == ("eval_on", "fresh")  # a bare word is a string
+    with pytest.raises(argparse.ArgumentTypeError, match="FIELD=VALUE"):
+        setting("cpt_steps")
+    toml = tmp_path / "c.toml"
+    toml.write_text("[bench_trainer_quality]\nevents = 1200\n")
+    parser = argparse.ArgumentParser(prog="bench")
+    cfg = bench_config(parser, QualityConfig, "bench_trainer_quality", toml, {"cpt_steps": 4})
+    assert (cfg.events, cfg.cpt_steps) == (1200, 4)
+    with pytest.raises(SystemExit):
+        bench_config(parser, QualityConfig, "bench_trainer_quality", toml, {"cpt_stepz": 4})
+    assert "unknown fields ['cpt_stepz']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_config(parser, QualityConfig, "bench_trainer_quality", toml, {"eval_on": "test"})
+    assert "eval_on" in capsys.readouterr().err
