@@ -337,21 +337,7 @@ def operator_params(cfg: FlinkConfig, run: RunOptions) -> str:
     """The JVM operator's settings (its job parameter PARAMS_KEY): base64 of a JSON object
     with the timeline params and the source topic (base64: Flink's map syntax for
     pipeline.global-job-parameters reserves ',' and ':')."""
-    p = cfg.timeline_params()
-    w = p.weights
-    params = {
-        "allowed_lateness_ms": p.allowed_lateness_ms,
-        "session_gap_ms": p.session_gap_ms,
-        "history_len": p.history_len,
-        "pair_prev_k": p.pair_prev_k,
-        "w_click": w.click,
-        "w_ratio": w.ratio,
-        "w_satisfaction": w.satisfaction,
-        "ratio_cap": w.ratio_cap,
-        "satisfaction_default": w.satisfaction_default,
-        "sample_salt": p.sample_salt,
-        "source_topic": run.source_topic,
-    }
+    params = {**cfg.timeline_params().as_dict(), "source_topic": run.source_topic}
     return base64.b64encode(json.dumps(params).encode("utf-8")).decode("ascii")
 
 

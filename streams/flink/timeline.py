@@ -78,6 +78,23 @@ class TimelineParams:
     def keep_len(self) -> int:
         return max(self.history_len, self.pair_prev_k)
 
+    def as_dict(self) -> dict[str, int | float | str]:
+        """The flat settings the JVM operator reads (its job parameter) and the conformance
+        vectors record, under these names."""
+        w = self.weights
+        return {
+            "allowed_lateness_ms": self.allowed_lateness_ms,
+            "session_gap_ms": self.session_gap_ms,
+            "history_len": self.history_len,
+            "pair_prev_k": self.pair_prev_k,
+            "w_click": w.click,
+            "w_ratio": w.ratio,
+            "w_satisfaction": w.satisfaction,
+            "ratio_cap": w.ratio_cap,
+            "satisfaction_default": w.satisfaction_default,
+            "sample_salt": self.sample_salt,
+        }
+
 
 def release_order(ev: tuple) -> tuple[int, str]:
     """Watches are released in (ts, event_id) order; equal keys keep their arrival order."""

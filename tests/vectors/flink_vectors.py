@@ -73,22 +73,6 @@ def record_line(vid: str, key: str, raw: bytes | None, now_ms: int = NOW_MS) -> 
     return {**record_input(vid, key, raw, now_ms), "expect": decide(key, raw, now_ms)}
 
 
-def params_dict(p: ut.TimelineParams) -> dict:
-    w = p.weights
-    return {
-        "allowed_lateness_ms": p.allowed_lateness_ms,
-        "session_gap_ms": p.session_gap_ms,
-        "history_len": p.history_len,
-        "pair_prev_k": p.pair_prev_k,
-        "w_click": w.click,
-        "w_ratio": w.ratio,
-        "w_satisfaction": w.satisfaction,
-        "ratio_cap": w.ratio_cap,
-        "satisfaction_default": w.satisfaction_default,
-        "sample_salt": p.sample_salt,
-    }
-
-
 # A timeline step: ("record", key, raw) or ("watermark", ts).
 Step = tuple
 
@@ -160,7 +144,7 @@ def _released(ev: tuple, others: list[str], example, user_id: str) -> dict:
 def timeline_input(vid: str, p: ut.TimelineParams, steps: list[Step]) -> dict:
     return {
         "id": vid,
-        "params": params_dict(p),
+        "params": p.as_dict(),
         "steps": [
             {"record": {"key": s[1], "raw_b64": b64(s[2]), "now_ms": NOW_MS}}
             if s[0] == "record"
