@@ -12,6 +12,7 @@ from streams.contracts.schema import UploadEvent, WatchEvent, decode_upload, dec
 from streams.datasets import cli as data_cli
 from streams.datasets import movielens as ml
 from streams.datasets.text_embedding import embed_labels, embed_texts
+from tests.movielens_support import write_movielens_sample
 
 ITEMS = [
     ("1", "Toy Story", "1995", "Animation Children's Comedy"),
@@ -41,19 +42,7 @@ USERS = ["2", "7", "10", "99"]  # user 99 rated nothing
 
 
 def write_sample(d: Path, items=ITEMS, ratings=RATINGS, inter_header=None) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    header = inter_header or "user_id:token\titem_id:token\trating:float\ttimestamp:float"
-    order = [c.split(":")[0] for c in header.split("\t")]
-    pos = {"user_id": 0, "item_id": 1, "rating": 2, "timestamp": 3}
-    lines = [header] + ["\t".join(r[pos[c]] for c in order) for r in ratings]
-    (d / ml.INTER_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    item_lines = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
-    item_lines += ["\t".join(row) for row in items]
-    (d / ml.ITEM_FILE).write_text("\n".join(item_lines) + "\n", encoding="utf-8")
-    user_lines = ["user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token"]
-    user_lines += [f"{u}\t30\tF\tother\t00000" for u in USERS]
-    (d / ml.USER_FILE).write_text("\n".join(user_lines) + "\n", encoding="utf-8")
-    return d
+    return write_movielens_sample(d, items, ratings, USERS, inter_header)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 
 from bench.trainer_quality import movielens_inputs
 from streams.datasets import movielens as ml
+from tests.movielens_support import write_movielens_sample
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "test.toml"
 ITEMS = [(str(i), f"Film {i}", "1995", "Drama Comedy" if i % 2 else "Action") for i in range(1, 13)]
@@ -23,14 +24,7 @@ RATINGS = [
 
 
 def write_sample(d: Path) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    inter = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
-    inter += ["\t".join(r) for r in RATINGS]
-    (d / ml.INTER_FILE).write_text("\n".join(inter) + "\n", encoding="utf-8")
-    items = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
-    items += ["\t".join(row) for row in ITEMS]
-    (d / ml.ITEM_FILE).write_text("\n".join(items) + "\n", encoding="utf-8")
-    return d
+    return write_movielens_sample(d, ITEMS, RATINGS)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import numpy as np
 
 from streams.contracts.schema import UploadEvent
 from streams.datasets import movielens as ml
+from tests.movielens_support import write_movielens_sample
 from tokenizer.data import items_from_uploads, load_items, pair_rows, read_movielens
 
 ITEMS = [
@@ -30,14 +31,7 @@ CFG = ml.MovieLensConfig(text_dim=8, genre_dim=6)
 
 
 def write_sample(d: Path) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    inter = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
-    inter += ["\t".join(r) for r in RATINGS]
-    (d / ml.INTER_FILE).write_text("\n".join(inter) + "\n", encoding="utf-8")
-    items = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
-    items += ["\t".join(r) for r in ITEMS]
-    (d / ml.ITEM_FILE).write_text("\n".join(items) + "\n", encoding="utf-8")
-    return d
+    return write_movielens_sample(d, ITEMS, RATINGS)
 
 
 def test_movielens_items_are_the_published_uploads_and_their_embeddings(tmp_path):
