@@ -271,7 +271,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         ),
         level_sizes,
     )
-    per_item = vocab.num_sid_slots + 3
+    per_item = vocab.num_sid_slots + vocab.num_feature_tokens
     max_prompt_len = 2 + cfg.history_len * per_item
     seq_len = 2 + (cfg.history_len + 1) * per_item - 1
     model_cfg = dataclasses.replace(

@@ -50,12 +50,11 @@ from plum.runtime import Progress
 from streams.contracts.schema import SftExample
 from trainer.beam import BeamSearch, left_pad, trie_from_sids
 from trainer.config import ModelConfig
-from trainer.prompt import PROMPT_LAYOUTS, SidLookup, prompt_for
+from trainer.prompt import HOUR_MS, PROMPT_LAYOUTS, SidLookup, prompt_for
 from trainer.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
-HOUR_MS = 3_600_000.0
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 DEFAULT_NDCG_KS: tuple[int, ...] = (10,)
 

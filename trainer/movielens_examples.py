@@ -37,8 +37,8 @@ from streams.datasets.movielens import (
     watch_events,
     watch_ratio,
 )
+from trainer.prompt import HOUR_MS
 
-HOUR_MS = 3_600_000.0
 DEFAULT_CONFIG = MovieLensConfig()
 
 

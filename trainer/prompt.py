@@ -36,6 +36,8 @@ import numpy as np
 from streams.contracts import schema
 from trainer.vocab import InvalidSidError, Vocab
 
+HOUR_MS = 3_600_000.0  # history items carry hours (schema.HistoryItem.hours_since)
+
 
 class UnknownTargetError(LookupError):
     """The example's target video has no SID in the followed index version (yet)."""
@@ -166,7 +168,7 @@ def behaviour_sequences(
         sid = lookup.tokens(vocab, w.video_id)
         if sid is None:
             continue
-        hours = 0.0 if prev_ts is None else (w.ts - prev_ts) / 3_600_000
+        hours = 0.0 if prev_ts is None else (w.ts - prev_ts) / HOUR_MS
         prev_ts = w.ts
         item = schema.HistoryItem(w.video_id, w.watch_ratio, w.watch_time_s, hours)
         toks = sid + vocab.feature_tokens(item)
@@ -206,7 +208,6 @@ def metadata_sequences(
 
 # ---------------------------------------------------------------------------- next-item layout
 
-HOUR_MS = 3_600_000
 PROMPT_LAYOUTS = ("target", "sequence")
 
 
@@ -232,7 +233,7 @@ def sequence_prompt(
     kept: list[int] = []  # indices into history, newest first, then reversed
     used = 0
     for j in range(len(history) - 1, -1, -1):  # newest first, so the oldest are dropped
-        n = vocab.num_sid_slots + len(vocab.feature_tokens(history[j]))
+        n = vocab.num_sid_slots + vocab.num_feature_tokens
         if used + n > room:
             break
         kept.append(j)

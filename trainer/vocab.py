@@ -194,6 +194,11 @@ class Vocab:
         return self.num_levels + (1 if self.disambiguation_size else 0)
 
     @property
+    def num_feature_tokens(self) -> int:
+        """Tokens `feature_tokens` writes per history item."""
+        return len(DEFAULT_FEATURE_EDGES)
+
+    @property
     def sid_slot_sizes(self) -> tuple[int, ...]:
         """Tokens in each SID slot (the disambiguation slot has D codes + "none")."""
         extra = (self.disambiguation_size + 1,) if self.disambiguation_size else ()
