@@ -18,8 +18,10 @@ one) for the job's state and checkpoints and serves them as the `flink_job` metr
 `--job-metrics-port` (-1: none), and for the JVM operator's counters, served as the
 `flink` metrics on `--metrics-port` (0: none; see streams/flink/job_metrics.py).
 
-A checkpoint written by the earlier Python-operator job (no OPERATOR marker in its dir)
-is refused with a message naming the way on: a backfill from the replay topic, or --fresh.
+A checkpoint written by an earlier job version with another state layout (the Python
+operator: no OPERATOR marker in its dir; the first JVM operator, which counted pairs in an
+SQL window: marker jvm-ptf-1) is refused with a message naming the way on: a backfill from
+the replay topic, or --fresh.
 
 On a Flink cluster: `flink run -py streams/flink/cli.py -pyfs plum,streams,monitoring
 --jarfile build/jvm/flink/flink-sql-connector-kafka-*.jar run --rest-port -1 --bootstrap ...`

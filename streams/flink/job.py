@@ -14,13 +14,15 @@ changes to the job). PyFlink defines and launches it; every record is handled in
       then the per-user timeline of streams.flink.timeline: lateness, event-time ordering,
       sessions, history, pairs, reward + deterministic sampling (streams.flink.reward).
       ListView state (a record appends, only a release reads), one event-time timer per
-      user. One output table (kind, v, video, others, ts), split again in SQL:
+      user. One output table (kind, v, a, b, window_end, shard), split again in SQL:
          |-- kind EXAMPLE: SFT example JSON -----------------> Kafka sink, EXACTLY_ONCE
          |-- kind DEAD: dead letters (schema, `late`) -------> Kafka sink, EXACTLY_ONCE
-         `-- kind EXAMPLE/RELEASED: released watch + the videos it pairs with
-              -> event time re-declared on the released watch's ts (see below)
-              -> UNNEST to (LEAST, GREATEST, rt) pairs, SQL window TVF (TUMBLE or HOP on
-                 rt), COUNT(*) GROUP BY a, b, window, HAVING COUNT(*) >= min_count
+         `-- kind PAIR: one row per pair (a < b) and event-time window of the released
+             watch's ts (window_ends in streams.flink.reference: tumbling or sliding)
+              -> PARTITION BY (window_end, shard) -> plum_pair_counts, a second PTF of the
+                 jar [pair-counts-jvm] (dev.plum.flink.PairCountFunction): a MapView of the
+                 window's counts per key, one timer at the window's end; emits the pairs
+                 counted >= min_count when the watermark passes it
                  ----------------------------------------------> Kafka sink, EXACTLY_ONCE
 
 The Python code stays the reference definition of what is valid and what an example is
@@ -30,12 +32,13 @@ shared conformance vectors in tests/vectors/flink (JUnit in streams/flink/jvm an
 read the same files). Issue 13 measured the previous Python operator (thread-mode PyFlink)
 at 0.7x a plain kafka-python loop; it was removed rather than kept selectable.
 
-Pair windows: a PTF's rows emitted from a timer carry the timer's time as their rowtime,
-and one timer releases every pending watch up to the watermark, so windowing on that
-rowtime would put pairs in other windows than the reference. The PTF's output therefore
-goes through a DataStream round trip (JVM only, no Python) that declares the event time
-anew as the released watch's `ts`, with the source's watermarks (SOURCE_WATERMARK()), and
-the window TVF counts on that: the same windows as the reference.
+Pair windows: the timeline operator assigns each pair its windows from the released watch's
+`ts` (a row emitted from a timer carries the timer's time as its rowtime, so an SQL window
+on that rowtime would count pairs in other windows than the reference). The pair counter
+keeps one window's counts under (window end, shard) keys, PAIR_SHARDS of them per window,
+so one timer per key and window replaces the window aggregate's timer per pair and window,
+and a window's counting spreads over up to PAIR_SHARDS subtasks. The job is SQL and Java
+only: no DataStream conversion, no Python at run time.
 
 Exactly-once: checkpoints (EXACTLY_ONCE mode, retained on cancellation, local file
 system here, any Flink file system at scale), Kafka sinks with
@@ -43,13 +46,15 @@ system here, any Flink file system at scale), Kafka sinks with
 topic; downstream consumers read `read_committed`. Output becomes visible when the
 checkpoint that covers it completes, so end-to-end latency >= checkpoint interval. A
 marker file (OPERATOR_MARKER) in the checkpoint dir names the operator that wrote the
-checkpoints; `plum flink run` refuses to restore one the Python-operator job wrote.
+checkpoints; `plum flink run` refuses to restore one an earlier job version wrote (the
+Python operator, or the JVM operator with an SQL window aggregate: other state layouts).
 
 Lateness and ordering semantics are in streams.flink.timeline; in short: lateness is
 decided per user against that user's newest event time (deterministic, independent of
 partition interleaving), and released watches are processed in (ts, event_id) order
-when the watermark passes them. Pair timestamps are therefore never behind the
-watermark seen by the window operator, so no pair is ever dropped there.
+when the watermark passes them. A pair's window is therefore never behind the watermark
+the pair counter has seen, so no pair is dropped there (one that were would be counted in
+plum_flink_pairs_late_total, a Flink metric of the counter, not dropped silently).
 
 Metrics: the PTF counts into Flink's metric groups (plum_flink_*, plum_deadletter_total
 per reason); `plum flink run` reads them from Flink's REST API and serves them under the
@@ -97,19 +102,16 @@ PROBE_FUNCTIONS = {
     "plum_watch_ts": "dev.plum.flink.WatchTs",
     "plum_watch_key": "dev.plum.flink.WatchKey",
 }
-EXAMPLE, DEAD, RELEASED = 0, 1, 2
-# The operator's rows after the partition key k, as the round trip declares them.
-OUT_COLUMNS = (
-    ("k", "STRING"),
-    ("kind", "INT"),
-    ("v", "BYTES"),
-    ("video", "STRING"),
-    ("others", "ARRAY<STRING>"),
-    ("ts", "BIGINT"),
-)
+EXAMPLE, DEAD, PAIR = 0, 1, 2  # UserTimelineFunction's output kinds
+# The pair counter of the same jar: counts per (window end, shard), emits at the window's end.
+PAIR_COUNT_CLASS = "dev.plum.flink.PairCountFunction"
+PAIR_COUNT_UID = "pair-counts-jvm"
+# Shards of one window's pair counts (PairWindows in the jar): up to this many subtasks
+# count one window. Part of the state's layout: changing it needs a backfill.
+PAIR_SHARDS = 128
 # Which operator wrote a checkpoint dir's checkpoints (`plum flink run` writes it).
 OPERATOR_MARKER = "OPERATOR"
-OPERATOR = "jvm-ptf-1"
+OPERATOR = "jvm-ptf-2"
 
 
 @dataclass(frozen=True)
@@ -178,12 +180,8 @@ class FlinkConfig:
                 f"starting_offsets must be earliest|latest|committed, got {self.starting_offsets!r}"
             )
         for name in ("window_size_ms", "window_slide_ms"):
-            value = getattr(self, name)
-            # Window ends leave the JVM as epoch seconds * 1000, so windows are whole seconds.
-            if value <= 0 or value % 1000:
-                raise ValueError(f"{name} must be a positive multiple of 1000 ms, got {value}")
-        if self.window == "sliding" and self.window_size_ms % self.window_slide_ms:
-            raise ValueError("window_size_ms must be a multiple of window_slide_ms")
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.min_count < 1 or self.parallelism < 1 or self.checkpoint_interval_ms <= 0:
             raise ValueError("min_count, parallelism and checkpoint_interval_ms must be positive")
         if self.out_of_orderness_ms < 0 or self.idleness_ms < 0:
@@ -337,7 +335,17 @@ def operator_params(cfg: FlinkConfig, run: RunOptions) -> str:
     """The JVM operator's settings (its job parameter PARAMS_KEY): base64 of a JSON object
     with the timeline params and the source topic (base64: Flink's map syntax for
     pipeline.global-job-parameters reserves ',' and ':')."""
-    params = {**cfg.timeline_params().as_dict(), "source_topic": run.source_topic}
+    params = {
+        **cfg.timeline_params().as_dict(),
+        "pair_windows": {
+            "window": cfg.window,
+            "window_size_ms": cfg.window_size_ms,
+            "window_slide_ms": cfg.window_slide_ms,
+            "min_count": cfg.min_count,
+            "shards": PAIR_SHARDS,
+        },
+        "source_topic": run.source_topic,
+    }
     return base64.b64encode(json.dumps(params).encode("utf-8")).decode("ascii")
 
 
@@ -402,7 +410,7 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     """Build the job graph; returns (env, t_env, statement_set). `statement_set.execute()`
     runs it."""
     from pyflink.datastream import StreamExecutionEnvironment
-    from pyflink.table import Schema, StreamTableEnvironment
+    from pyflink.table import StreamTableEnvironment
 
     use_jvm_options(cfg.jvm_options)
     env = StreamExecutionEnvironment.get_execution_environment(
@@ -412,9 +420,6 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")
     t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.idleness_ms} ms")
-    # One window aggregate per pair and window, no local pre-aggregation in front of it (at
-    # these cardinalities it only added a buffer and a second hash per pair).
-    t_env.get_config().set("table.optimizer.agg-phase-strategy", "ONE_PHASE")
     # The PTF's per-user state (head, pending, history) expires like the old operator's.
     if cfg.state_ttl_ms > 0:
         t_env.get_config().set("table.exec.state.ttl", f"{cfg.state_ttl_ms} ms")
@@ -484,9 +489,10 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     # ---- JVM: validation + per-user timeline, one Process Table Function.
     t_env.execute_sql(f"CREATE TEMPORARY FUNCTION plum_timeline AS '{PTF_CLASS}' LANGUAGE JAVA")
     timeline = t_env.sql_query(f"""
-        SELECT k, kind, v, video, others, ts
+        SELECT k, kind, v, a, b, window_end, shard, rowtime
         FROM plum_timeline(input => TABLE keyed_watches PARTITION BY k,
                            on_time => DESCRIPTOR(rt), uid => '{PTF_UID}')""")
+    t_env.create_temporary_view("timeline_out", timeline)
 
     # ---- sinks (JVM): one exactly-once Kafka sink per output topic.
     def kafka_sink(
@@ -515,37 +521,21 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
         "json",
     )
 
-    # Event time of the operator's rows = the released watch's ts (not the timer's time the
-    # PTF gives them), with the source's watermarks: a DataStream round trip, JVM only.
-    out_schema = Schema.new_builder()
-    for name, sql_type in OUT_COLUMNS:
-        out_schema.column(name, sql_type)
-    t_env.create_temporary_view(
-        "timeline_out",
-        t_env.from_data_stream(
-            t_env.to_data_stream(timeline),
-            out_schema.column_by_expression("rt", "TO_TIMESTAMP_LTZ(ts, 3)")
-            .watermark("rt", "SOURCE_WATERMARK()")
-            .build(),
-        ),
+    # Pairs, one row per pair and window, counted per (window end, shard) by the jar's pair
+    # counter: one timer per key and window, emitted when the watermark passes the end.
+    t_env.execute_sql(
+        f"CREATE TEMPORARY FUNCTION plum_pair_counts AS '{PAIR_COUNT_CLASS}' LANGUAGE JAVA"
     )
-    # One row per pair: the released watch's video with each video it pairs with, in
-    # canonical order (LEAST/GREATEST compare UTF-8 bytes, i.e. code points, as Python's
-    # `<` on str does), keeping the watch's event time attribute for the window.
     t_env.create_temporary_view(
-        "pairs",
+        "pair_rows",
         t_env.sql_query(f"""
-            SELECT LEAST(video, o) AS a, GREATEST(video, o) AS b, rt
-            FROM timeline_out CROSS JOIN UNNEST(others) AS t (o)
-            WHERE kind IN ({EXAMPLE}, {RELEASED})"""),
+            SELECT window_end, shard, a, b, rowtime FROM timeline_out WHERE kind = {PAIR}"""),
     )
-    if cfg.window == "tumbling":
-        window = f"TUMBLE(TABLE pairs, DESCRIPTOR(rt), {sql_interval(cfg.window_size_ms)})"
-    else:
-        window = (
-            f"HOP(TABLE pairs, DESCRIPTOR(rt), {sql_interval(cfg.window_slide_ms)}, "
-            f"{sql_interval(cfg.window_size_ms)})"
-        )
+    pair_counts = t_env.sql_query(f"""
+        SELECT window_end, a, b, n
+        FROM plum_pair_counts(input => TABLE pair_rows PARTITION BY (window_end, shard),
+                              on_time => DESCRIPTOR(rowtime), uid => '{PAIR_COUNT_UID}')""")
+    t_env.create_temporary_view("pair_counts", pair_counts)
 
     stmts = t_env.create_statement_set()
     stmts.add_insert_sql(
@@ -556,11 +546,8 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     )
     stmts.add_insert_sql(f"""
         INSERT INTO cooc_sink
-        SELECT CONCAT(a, '|', b), a, b, COUNT(*),
-               UNIX_TIMESTAMP(CAST(window_end AS STRING)) * 1000, {schema.SCHEMA_VERSION}
-        FROM TABLE({window})
-        GROUP BY a, b, window_start, window_end
-        HAVING COUNT(*) >= {cfg.min_count}""")
+        SELECT CONCAT(a, '|', b), a, b, n, window_end, {schema.SCHEMA_VERSION}
+        FROM pair_counts""")
     return env, t_env, stmts
 
 
@@ -588,9 +575,10 @@ def mark_operator(checkpoint_dir: Path) -> None:
 
 
 def check_restorable(restore_path: str) -> None:
-    """Refuse a checkpoint that this job's operator did not write (the Python-operator job
-    of earlier versions kept other state under another uid: restoring it would silently
-    drop every user's buffered watches and history).
+    """Refuse a checkpoint that this job version did not write (earlier versions kept other
+    state under other uids: the Python operator's users, the SQL window aggregate's pair
+    counts; restoring one would silently drop users' buffered watches and history, or a
+    window's counts).
 
     The marker is looked for in the checkpoint's directory and the two above it
     (<dir>/<job id>/chk-N); a savepoint or checkpoint elsewhere without one is refused

@@ -110,17 +110,18 @@ def _kept(event_id: str, r: float, p: RefParams) -> bool:
     return u < min(1.0, max(0.0, r / r_max))
 
 
-def _windows(ts: int, p: RefParams) -> list[int]:
-    """Window ends of the event-time windows containing ts (epoch-aligned)."""
-    if p.window == "tumbling":
-        start = ts - ts % p.window_size_ms
-        return [start + p.window_size_ms]
+def window_ends(ts: int, window: str, size_ms: int, slide_ms: int) -> list[int]:
+    """Ends of the epoch-aligned event-time windows (tumbling, or sliding by slide_ms) that
+    hold ts, ascending. The JVM's PairWindows is held to it by the shared vectors."""
+    if window == "tumbling":
+        start = ts - ts % size_ms
+        return [start + size_ms]
     ends = []
-    last_start = ts - ts % p.window_slide_ms
+    last_start = ts - ts % slide_ms
     start = last_start
-    while start > ts - p.window_size_ms:
-        ends.append(start + p.window_size_ms)
-        start -= p.window_slide_ms
+    while start > ts - size_ms:
+        ends.append(start + size_ms)
+        start -= slide_ms
     return sorted(ends)
 
 
@@ -176,7 +177,7 @@ def run_reference(
             for h, s in prev[-p.pair_prev_k :] if p.pair_prev_k else []:
                 if s == session and h.video_id != w.video_id:
                     a, b = sorted((h.video_id, w.video_id))
-                    for end in _windows(w.ts, p):
+                    for end in window_ends(w.ts, p.window, p.window_size_ms, p.window_slide_ms):
                         pair_counts[(a, b, end)] += 1
             if w.clicked:
                 ratio = w.watch_time_s / w.video_duration_s

@@ -29,10 +29,10 @@ def test_test_config_loads_and_env_overrides_apply():
     "bad",
     [
         dict(window="session"),
-        dict(window_size_ms=1500),
+        dict(window_size_ms=0),
         dict(metrics_port=-1),
         dict(rest_port=-1, metrics_port=9108),
-        dict(window="sliding", window_size_ms=30_000, window_slide_ms=7_000),
+        dict(window="sliding", window_size_ms=30_000, window_slide_ms=-1000),
         dict(min_count=0),
         dict(w_click=-1.0),
         dict(rest_port=-2),
@@ -116,6 +116,10 @@ def test_a_checkpoint_dir_the_jvm_operator_marked_is_restorable(tmp_path):
     check_restorable(str(chk))  # no error
     (ck / OPERATOR_MARKER).write_text("something-else\n")
     with pytest.raises(IncompatibleCheckpoint, match="something-else"):
+        check_restorable(str(chk))
+    # the first JVM operator counted pairs in an SQL window aggregate: other state
+    (ck / OPERATOR_MARKER).write_text("jvm-ptf-1\n")
+    with pytest.raises(IncompatibleCheckpoint, match="jvm-ptf-1.*--backfill"):
         check_restorable(str(chk))
 
 

@@ -11,6 +11,7 @@ import json
 import pytest
 
 from streams.contracts import schema
+from streams.flink.reference import window_ends
 from streams.flink.reward import RewardWeights
 from streams.flink.timeline import TimelineParams
 from tests.vectors import flink_vectors as fv
@@ -101,6 +102,27 @@ def test_the_reference_reproduces_every_timeline_vector(timelines):
     assert not diffs, first_differences(diffs)
 
 
+@pytest.fixture(scope="module")
+def windows() -> list[dict]:
+    return fv.read_lines(fv.OUT_DIR / fv.WINDOWS)
+
+
+def test_the_reference_reproduces_every_window_vector(windows):
+    diffs = [
+        (w["id"], w["expect"], got)
+        for w in windows
+        if (got := window_ends(w["ts"], w["window"], w["window_size_ms"], w["window_slide_ms"]))
+        != w["expect"]
+    ]
+    assert not diffs, first_differences(diffs)
+
+
+def test_the_window_vectors_cover_both_shapes_and_several_windows_per_ts(windows):
+    assert {w["window"] for w in windows} == {"tumbling", "sliding"}
+    assert max(len(w["expect"]) for w in windows) >= 6  # a 1 h window sliding by 10 min
+    assert sum(w["id"].startswith("gen/") for w in windows) >= 300
+
+
 def test_the_corpus_is_large_and_holds_every_hand_written_case(records, timelines):
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids))
@@ -138,7 +160,7 @@ def test_every_hand_written_case_shows_what_its_name_promises(records, timelines
         assert check(outputs[vid]), vid
 
 
-def test_the_committed_inputs_are_what_the_generator_writes(records, timelines):
+def test_the_committed_inputs_are_what_the_generator_writes(records, timelines, windows):
     """The generator (deterministic) gives the committed inputs exactly, and the tests
     above check the committed expectations against the reference: a change of the
     reference or of the generator must be committed with its regenerated vectors
@@ -146,6 +168,7 @@ def test_the_committed_inputs_are_what_the_generator_writes(records, timelines):
     for name, committed, fresh in (
         (fv.RECORDS, records, [fv.record_input(*r) for r in fv.record_inputs()]),
         (fv.TIMELINES, timelines, [fv.timeline_input(*t) for t in fv.timeline_inputs()]),
+        (fv.WINDOWS, windows, [fv.window_input(*w) for w in fv.window_inputs()]),
     ):
         fresh = [json.loads(fv.to_text([line])) for line in fresh]  # as the file holds it
         assert len(committed) == len(fresh), f"{name}: {len(committed)} lines, now {len(fresh)}"

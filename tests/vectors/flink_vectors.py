@@ -1,7 +1,7 @@
 """Conformance vectors of the Flink job's per-record logic, written from the Python reference.
 
-`python -m tests.vectors.flink_vectors` (re)writes tests/vectors/flink/records.jsonl.gz
-and timelines.jsonl.gz (format: tests/vectors/flink/README.md). Every expectation comes
+`python -m tests.vectors.flink_vectors` (re)writes tests/vectors/flink/records.jsonl.gz,
+timelines.jsonl.gz and windows.jsonl.gz (format: tests/vectors/flink/README.md). Every expectation comes
 from the reference: streams.contracts.schema (decode_watch, ValidationLimits(now_ms)),
 streams.flink.timeline (accept, release_ready) and streams.flink.reward; the SFT example
 object is built through the contract (schema.SftExample, schema.to_dict). The JVM
@@ -27,11 +27,13 @@ from pathlib import Path
 
 from streams.contracts import schema
 from streams.flink import timeline as ut
+from streams.flink.reference import window_ends
 from streams.flink.reward import RewardWeights
 
 OUT_DIR = Path(__file__).resolve().parent / "flink"
 RECORDS = "records.jsonl.gz"
 TIMELINES = "timelines.jsonl.gz"
+WINDOWS = "windows.jsonl.gz"
 
 NOW_MS = 1_764_000_000_000
 MAX_FUTURE = schema.DEFAULT_MAX_FUTURE_MS
@@ -1392,6 +1394,53 @@ def to_text(lines) -> bytes:
     )
 
 
+# ---------------------------------------------------------------- pair windows
+
+# (window, size_ms, slide_ms): the job's shapes, a slide that does not divide the size, and
+# windows shorter than a second.
+WINDOW_SHAPES = (
+    ("tumbling", 30_000, 10_000),
+    ("tumbling", 3_600_000, 600_000),
+    ("tumbling", 250, 250),
+    ("sliding", 30_000, 10_000),
+    ("sliding", 3_600_000, 600_000),
+    ("sliding", 7_000, 3_000),
+    ("sliding", 1_000, 1_000),
+)
+WINDOW_SEED = 131313
+
+
+def window_inputs(per_shape: int = 60) -> Iterator[tuple[str, str, int, int, int]]:
+    """(id, window, size_ms, slide_ms, ts): each shape at its boundaries (0, a window's first
+    and last ms, a slide's), then random event times."""
+    rng = random.Random(WINDOW_SEED)
+    for window, size, slide in WINDOW_SHAPES:
+        shape = f"{window}/{size}/{slide}"
+        for ts in sorted(
+            {0, 1, slide - 1, slide, slide + 1, size - 1, size, size + 1, 2 * size - 1}
+        ):
+            yield f"edge/{shape}/{ts}", window, size, slide, ts
+        for i in range(per_shape):
+            ts = rng.choice((rng.randrange(0, 10 * size), rng.randrange(0, NOW_MS)))
+            yield f"gen/{shape}/{i:03d}", window, size, slide, ts
+
+
+def window_input(vid: str, window: str, size: int, slide: int, ts: int) -> dict:
+    return {"id": vid, "window": window, "window_size_ms": size, "window_slide_ms": slide, "ts": ts}
+
+
+def window_line(vid: str, window: str, size: int, slide: int, ts: int) -> dict:
+    return {
+        **window_input(vid, window, size, slide, ts),
+        "expect": window_ends(ts, window, size, slide),
+    }
+
+
+def window_lines() -> Iterator[dict]:
+    for args in window_inputs():
+        yield window_line(*args)
+
+
 def write_gz(path: Path, data: bytes) -> None:
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
@@ -1407,7 +1456,11 @@ def read_lines(path: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     out = Path(argv[0]) if argv else OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    for name, lines in ((RECORDS, record_lines()), (TIMELINES, timeline_lines())):
+    for name, lines in (
+        (RECORDS, record_lines()),
+        (TIMELINES, timeline_lines()),
+        (WINDOWS, window_lines()),
+    ):
         data = to_text(lines)
         write_gz(out / name, data)
         n = data.count(b"\n")

@@ -25,10 +25,10 @@ import org.apache.flink.types.Row;
  * released in (ts, event_id) order as pairs and sampled examples.
  *
  * <p>Input (partitioned by the user key SQL read from the JSON): {@code k, raw, partition,
- * offset, rt}. Output rows after the partition key: {@code kind, v, video, others, ts}:
- * kind 0 = a sampled example (v = its JSON, video + others = its pairs, ts = the watch's event
- * time), 2 = a released watch with pairs but no example (v empty), 1 = a dead letter (v = its
- * JSON).
+ * offset, rt}. Output rows after the partition key: {@code kind, v, a, b, window_end, shard}:
+ * kind 0 = a sampled example (v = its JSON), 1 = a dead letter (v = its JSON), 2 = one pair
+ * (a &lt; b by code point) in one of its windows ({@link PairWindows}: the window's end and the
+ * shard its count is kept in; {@link PairCountFunction} counts them).
  *
  * <p>State per user: {@code head} (a few numbers, read and written per record), {@code pending}
  * (a list a record only appends to) and {@code history} (the last keep_len released watches,
@@ -39,16 +39,16 @@ import org.apache.flink.types.Row;
  * <p>Settings come from the global job parameter {@value #PARAMS_KEY}: base64 of a JSON object
  * with the timeline params (TimelineParams) and {@code source_topic}.
  */
-@FunctionHint(output = @DataTypeHint("ROW<kind INT, v BYTES, video STRING, others ARRAY<STRING>, ts BIGINT>"))
+@FunctionHint(output = @DataTypeHint("ROW<kind INT, v BYTES, a STRING, b STRING, window_end BIGINT, shard INT>"))
 public class UserTimelineFunction extends ProcessTableFunction<Row> {
   public static final String PARAMS_KEY = "plum.flink.timeline";
   public static final int EXAMPLE = 0;
   public static final int DEAD = 1;
-  public static final int RELEASED = 2;
+  public static final int PAIR = 2;
   private static final byte[] EMPTY = new byte[0];
-  private static final String[] NONE = new String[0];
 
   private transient TimelineParams params;
+  private transient PairWindows windows;
   private transient String sourceTopic;
   private transient double rMax;
   private transient WatchValidator validator;
@@ -71,7 +71,10 @@ public class UserTimelineFunction extends ProcessTableFunction<Row> {
       throw new IllegalStateException("job parameter " + PARAMS_KEY + " is not set (streams/flink/job.py sets it)");
     }
     Map<String, Object> m = (Map<String, Object>) PyJson.parse(new String(Base64.getDecoder().decode(b64), StandardCharsets.UTF_8));
-    configure(TimelineParams.fromMap(m), (String) m.get("source_topic"));
+    configure(
+        TimelineParams.fromMap(m),
+        PairWindows.fromMap((Map<String, Object>) m.get("pair_windows")),
+        (String) m.get("source_topic"));
     MetricGroup g = context.getMetricGroup();
     mIn = g.counter("plum_flink_records_in_total");
     mAccepted = g.counter("plum_flink_records_accepted_total");
@@ -87,8 +90,9 @@ public class UserTimelineFunction extends ProcessTableFunction<Row> {
     }
   }
 
-  void configure(TimelineParams p, String topic) {
+  void configure(TimelineParams p, PairWindows w, String topic) {
     params = p;
+    windows = w;
     sourceTopic = topic;
     rMax = p.maxReward();
     validator = new WatchValidator();
@@ -156,7 +160,7 @@ public class UserTimelineFunction extends ProcessTableFunction<Row> {
     int partition = (Integer) input.getField(2);
     long offset = (Long) input.getField(3);
     byte[] json = JsonOut.deadLetter(sourceTopic, partition, offset, r, raw, System.currentTimeMillis());
-    collect(Row.of(DEAD, json, "", NONE, 0L));
+    collect(Row.of(DEAD, json, null, null, null, null));
   }
 
   public void onTimer(
@@ -194,14 +198,25 @@ public class UserTimelineFunction extends ProcessTableFunction<Row> {
     long pairs = 0;
     long examples = 0;
     for (Released r : released) {
-      String[] others = r.others.toArray(NONE);
-      pairs += others.length;
       if (r.example != null) {
-        collect(Row.of(EXAMPLE, JsonOut.example(r.watch, head.userId, r.example), r.watch.videoId, others, r.watch.ts));
+        collect(Row.of(EXAMPLE, JsonOut.example(r.watch, head.userId, r.example), null, null, null, null));
         examples++;
-      } else if (others.length > 0) {
-        collect(Row.of(RELEASED, EMPTY, r.watch.videoId, others, r.watch.ts));
       }
+      if (r.others.isEmpty()) {
+        continue;
+      }
+      long[] ends = windows.ends(r.watch.ts);
+      String video = r.watch.videoId;
+      for (String other : r.others) {
+        boolean first = PyStr.compare(video, other) < 0;
+        String a = first ? video : other;
+        String b = first ? other : video;
+        Integer shard = windows.shard(a, b);
+        for (long end : ends) {
+          collect(Row.of(PAIR, null, a, b, end, shard));
+        }
+      }
+      pairs += r.others.size();
     }
     mPairs.inc(pairs);
     mSampled.inc(examples);

@@ -103,4 +103,28 @@ class HandWrittenTest {
     assertNull(new WatchTs().eval(bad));
     assertEquals("", new WatchKey().eval(null));
   }
+
+  @Test
+  void pairsCountInTheWindowsOfTheirTsUnderAStableShard() {
+    PairWindows tumbling = new PairWindows(true, 30_000, 10_000, 2, 128);
+    assertEquals(List.of(30_000L), boxed(tumbling.ends(0)));
+    assertEquals(List.of(30_000L), boxed(tumbling.ends(29_999)));
+    assertEquals(List.of(60_000L), boxed(tumbling.ends(30_000))); // the end is exclusive
+    PairWindows sliding = new PairWindows(false, 30_000, 10_000, 2, 128);
+    assertEquals(List.of(30_000L, 40_000L, 50_000L), boxed(sliding.ends(29_999)));
+    assertEquals(List.of(10_000L, 20_000L, 30_000L), boxed(sliding.ends(0)));
+    int shard = tumbling.shard("v1", "v2");
+    assertTrue(shard >= 0 && shard < 128);
+    assertEquals(shard, new PairWindows(false, 60_000, 20_000, 5, 128).shard("v1", "v2"));
+    // a pair's map key cannot be another pair's
+    assertFalse(PairCountFunction.pairKey("ab", "c").equals(PairCountFunction.pairKey("a", "bc")));
+  }
+
+  private static List<Long> boxed(long[] values) {
+    List<Long> out = new ArrayList<>();
+    for (long v : values) {
+      out.add(v);
+    }
+    return out;
+  }
 }

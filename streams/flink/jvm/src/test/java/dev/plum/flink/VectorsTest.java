@@ -16,6 +16,36 @@ class VectorsTest {
 
   @Test
   @SuppressWarnings("unchecked")
+  void everyPairWindowMatchesThePythonReference() throws Exception {
+    List<Map<String, Object>> vectors = Vectors.read("windows");
+    List<String> disagreements = new ArrayList<>();
+    for (Map<String, Object> vec : vectors) {
+      PairWindows w = PairWindows.fromMap(Map.of(
+          "window", vec.get("window"),
+          "window_size_ms", vec.get("window_size_ms"),
+          "window_slide_ms", vec.get("window_slide_ms"),
+          "min_count", 1L,
+          "shards", 1L));
+      List<Long> got = new ArrayList<>();
+      for (long end : w.ends(((Number) vec.get("ts")).longValue())) {
+        got.add(end);
+      }
+      List<Long> want = new ArrayList<>();
+      for (Object end : (List<Object>) vec.get("expect")) {
+        want.add(((Number) end).longValue());
+      }
+      if (!got.equals(want)) {
+        disagreements.add(vec.get("id") + ": java " + got + ", python " + want);
+      }
+    }
+    assertTrue(vectors.size() >= 300, "only " + vectors.size() + " window vectors");
+    assertEquals(
+        List.of(), disagreements.subList(0, Math.min(SHOW, disagreements.size())),
+        disagreements.size() + " of " + vectors.size() + " windows disagree");
+  }
+
+  @Test
+  @SuppressWarnings("unchecked")
   void everyRecordDecisionMatchesThePythonReference() throws Exception {
     List<Map<String, Object>> vectors = Vectors.read("records");
     WatchValidator v = new WatchValidator();
