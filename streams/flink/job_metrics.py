@@ -149,6 +149,19 @@ class FlinkRest:
     def report(self, job_id: str) -> JobReport:
         return parse_report(self._get(f"/jobs/{job_id}"), self._get(f"/jobs/{job_id}/checkpoints"))
 
+    def source_records_out(self) -> int | None:
+        """Records the sources of the (one) running or finished job have emitted so far
+        (their vertices' write-records, summed); None when no job is listed yet."""
+        jobs = self._get("/jobs/overview").get("jobs", [])
+        if not jobs:
+            return None
+        vertices = self._get(f"/jobs/{jobs[0]['jid']}").get("vertices", [])
+        return sum(
+            int(v.get("metrics", {}).get("write-records", 0))
+            for v in vertices
+            if str(v.get("name", "")).startswith("Source")
+        )
+
     def operator_sample(self, job_id: str, known: dict[str, list[str]]) -> OperatorSample:
         """The operator's metrics; `known` (vertex id -> metric ids) caches where they were
         found, looked up again while empty (the operator registers them when it opens)."""

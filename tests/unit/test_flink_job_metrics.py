@@ -74,6 +74,7 @@ class FakeFlink:
 
     def __init__(self) -> None:
         self.job, self.checkpoints = JOB, NONE_YET
+        self.jobs: list[dict] = [{"jid": JOB_ID, "state": "RUNNING"}]
         self.requests: list[str] = []
         fake = self
 
@@ -81,6 +82,7 @@ class FakeFlink:
             def do_GET(self) -> None:
                 fake.requests.append(self.path)
                 body = {
+                    "/jobs/overview": {"jobs": fake.jobs},
                     f"/jobs/{JOB_ID}": fake.job,
                     f"/jobs/{JOB_ID}/checkpoints": fake.checkpoints,
                 }.get(self.path)
@@ -170,6 +172,23 @@ def test_an_endpoint_that_does_not_answer_reads_as_not_running_and_keeps_the_las
     assert gauges.metrics.value("plum_flink_job_running") == 0
     assert gauges.metrics.value("plum_flink_job_last_checkpoint_ts") == 1796008404832
     assert caplog.text.count("job state unknown") == 1  # logged once, not every poll
+
+
+def test_source_records_are_the_source_vertices_write_records_summed():
+    with fake_flink() as flink:
+        rest = FlinkRest(flink.url)
+        flink.jobs = []
+        assert rest.source_records_out() is None  # no job listed yet
+        flink.jobs = [{"jid": JOB_ID, "state": "RUNNING"}]
+        flink.job = {
+            **JOB,
+            "vertices": [
+                {"name": "Source: KafkaSource-watches", "metrics": {"write-records": 700}},
+                {"name": "Source: KafkaSource-uploads", "metrics": {"write-records": 5}},
+                {"name": "ProcessTableFunction[4]", "metrics": {"write-records": 9000}},
+            ],
+        }
+        assert rest.source_records_out() == 705
 
 
 def test_a_rest_port_binds_flinks_endpoint_to_localhost_on_that_port(tmp_path):
