@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -189,6 +190,47 @@ def test_backfill_replays_a_time_range_and_exits(
         fs.compare(outs, expected)
         # The live topics were not written by the backfill.
         assert read_all(kafka_bootstrap, topics.sft_examples) == []
+    finally:
+        job.stop()
+
+
+def test_sliding_windows_of_any_slide_count_pairs_as_the_reference(
+    kafka_bootstrap, topics, topic_prefix, tmp_path, cfg, stream
+):
+    """A backfill over the whole replay topic with sliding pair windows whose slide does
+    not divide the size (7 s by 3 s: each pair counts in two or three windows): the pair
+    counter (per window end and shard) emits exactly the reference's pairs."""
+    windows = {"window": "sliding", "window_size_ms": 7000, "window_slide_ms": 3000}
+    stored = fs.produce(kafka_bootstrap, topics.watches_replay, stream)
+    in_range = [r for r in stored if in_backfill_range(r[2], 0, 4_000_000_000_000)]
+    expected = run_reference(
+        in_range,
+        RefParams.from_flink_config(replace(cfg, **windows)),
+        _now_ms(),
+        None,
+        topics.watches_replay,
+    )
+    ends = {end for _, _, _, end in expected.pairs}
+    assert expected.pairs and any(end % 7000 for end in ends)  # windows not on 7 s edges
+    job = fs.JobProcess(
+        fs.job_command(
+            kafka_bootstrap,
+            topic_prefix,
+            tmp_path / "ck",
+            "--backfill",
+            "--from",
+            "0",
+            "--to",
+            "4000000000000",
+            "--output-suffix",
+            ".sliding",
+        ),
+        tmp_path / "sliding.log",
+        env_extra={f"PLUM_FLINK__{k.upper()}": str(v) for k, v in windows.items()},
+    )
+    try:
+        assert job.wait(timeout=240) == 0, job.tail()
+        fs.compare(fs.read_outputs(kafka_bootstrap, topics, suffix=".sliding"), expected)
     finally:
         job.stop()
 
