@@ -40,8 +40,8 @@ def bench_broker(bootstrap: str | None = None, heap_mb: int = 1024) -> Iterator[
                 port=free_port(), controller_port=free_port(), state_dir=Path(tmp), heap_mb=heap_mb
             )
         )
-        broker.up()
-        try:
+        try:  # a stop while it starts (SIGTERM: plum.cli) still stops what was started
+            broker.up()
             yield broker.bootstrap
         finally:
             broker.down()

@@ -43,7 +43,7 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-from bench.common import write_result
+from bench.common import bench_broker, write_result
 from plum.config import REPO_ROOT
 from plum.ports import free_port
 from streams.contracts import schema
@@ -53,7 +53,6 @@ from streams.flink.job import load_flink_config
 from streams.flink.job_metrics import FlinkRest
 from streams.flink.reference import in_backfill_range
 from streams.kafka.admin import ensure_topics
-from streams.kafka.broker import KafkaConfig, LocalBroker
 from streams.kafka.clients import make_consumer, make_producer, read_all
 
 log = logging.getLogger(__name__)
@@ -456,31 +455,14 @@ def cli(argv: list[str]) -> int:
     )
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    broker = None
-    bootstrap = args.bootstrap
-    tmp = None
-    if not bootstrap:
-        tmp = tempfile.TemporaryDirectory(prefix="plum-bench-kafka-")
-        broker = LocalBroker(
-            KafkaConfig(
-                port=free_port(),
-                controller_port=free_port(),
-                state_dir=Path(tmp.name),
-                startup_timeout_s=120,
-            )
-        )
-        broker.up()
-        bootstrap = broker.bootstrap
     try:
-        ceiling, naive, flink, warm = run(bootstrap, args.events, args.repeats, args.warm_events)
+        with bench_broker(args.bootstrap) as bootstrap:
+            ceiling, naive, flink, warm = run(
+                bootstrap, args.events, args.repeats, args.warm_events
+            )
     except OutputMismatch as exc:
         print(f"plum bench flink: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if broker:
-            broker.down()
-        if tmp:
-            tmp.cleanup()
     ceil_rate = ceiling["kafka_python_consume"]["records_per_s"]
     metrics = {"flink": flink, "flink_records_per_s": flink["records_per_s"], "outputs_equal": True}
     baseline = {"naive_kafka_python_loop": naive, **ceiling}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -190,6 +191,10 @@ def _group(argv: list[str]) -> tuple[str, ...]:
     return ()
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = find(argv)
@@ -209,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ERROR_ONLY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    if command.words[0] == "bench":
+        # A stopped benchmark unwinds (its finally blocks stop its private broker and
+        # remove its files) instead of dying with its children left running.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     module, _, function = command.target.partition(":")
     run = getattr(importlib.import_module(module), function)
     try:
