@@ -25,6 +25,7 @@ from tests import flink_support as fs
 pytestmark = pytest.mark.integration
 
 SEED = 11
+END_OF_TIME = 4_000_000_000_000  # epoch ms after every test record's ts
 EVENTS = 2500  # simulator records (watches, uploads, malformed); ~2k land on the watch topic
 
 
@@ -162,21 +163,7 @@ def test_backfill_replays_a_time_range_and_exits(
     )
     assert expected.examples and expected.pairs and expected.pending == 0
 
-    job = fs.JobProcess(
-        fs.job_command(
-            kafka_bootstrap,
-            topic_prefix,
-            tmp_path / "ck",
-            "--backfill",
-            "--from",
-            str(t1),
-            "--to",
-            str(t2),
-            "--output-suffix",
-            ".bf",
-        ),
-        tmp_path / "backfill.log",
-    )
+    job = _backfill(kafka_bootstrap, topic_prefix, tmp_path, t1, t2, ".bf")
     try:
         rc = job.wait(timeout=240)  # bounded: exits by itself
         assert rc == 0, job.tail()
@@ -202,7 +189,7 @@ def test_sliding_windows_of_any_slide_count_pairs_as_the_reference(
     counter (per window end and shard) emits exactly the reference's pairs."""
     windows = {"window": "sliding", "window_size_ms": 7000, "window_slide_ms": 3000}
     stored = fs.produce(kafka_bootstrap, topics.watches_replay, stream)
-    in_range = [r for r in stored if in_backfill_range(r[2], 0, 4_000_000_000_000)]
+    in_range = [r for r in stored if in_backfill_range(r[2], 0, END_OF_TIME)]
     expected = run_reference(
         in_range,
         RefParams.from_flink_config(replace(cfg, **windows)),
@@ -212,22 +199,8 @@ def test_sliding_windows_of_any_slide_count_pairs_as_the_reference(
     )
     ends = {end for _, _, _, end in expected.pairs}
     assert expected.pairs and any(end % 7000 for end in ends)  # windows not on 7 s edges
-    job = fs.JobProcess(
-        fs.job_command(
-            kafka_bootstrap,
-            topic_prefix,
-            tmp_path / "ck",
-            "--backfill",
-            "--from",
-            "0",
-            "--to",
-            "4000000000000",
-            "--output-suffix",
-            ".sliding",
-        ),
-        tmp_path / "sliding.log",
-        env_extra={f"PLUM_FLINK__{k.upper()}": str(v) for k, v in windows.items()},
-    )
+    env = {f"PLUM_FLINK__{k.upper()}": str(v) for k, v in windows.items()}
+    job = _backfill(kafka_bootstrap, topic_prefix, tmp_path, 0, END_OF_TIME, ".sliding", env)
     try:
         assert job.wait(timeout=240) == 0, job.tail()
         fs.compare(fs.read_outputs(kafka_bootstrap, topics, suffix=".sliding"), expected)
@@ -235,9 +208,37 @@ def test_sliding_windows_of_any_slide_count_pairs_as_the_reference(
         job.stop()
 
 
+def _backfill(
+    bootstrap: str,
+    topic_prefix: str,
+    tmp_path,
+    from_ms: int,
+    to_ms: int,
+    suffix: str,
+    env: dict[str, str] | None = None,
+) -> fs.JobProcess:
+    """`plum flink run --backfill` over [from_ms, to_ms) of the replay topic into `suffix`."""
+    return fs.JobProcess(
+        fs.job_command(
+            bootstrap,
+            topic_prefix,
+            tmp_path / "ck",
+            "--backfill",
+            "--from",
+            str(from_ms),
+            "--to",
+            str(to_ms),
+            "--output-suffix",
+            suffix,
+        ),
+        tmp_path / f"backfill{suffix}.log",
+        env_extra=env,
+    )
+
+
 def _has_int_ts(raw: bytes) -> bool:
     try:
         t = json.loads(raw).get("ts")
     except Exception:
         return False
-    return isinstance(t, int) and t < 4_000_000_000_000
+    return isinstance(t, int) and t < END_OF_TIME
