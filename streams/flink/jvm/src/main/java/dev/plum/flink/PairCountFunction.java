@@ -1,7 +1,5 @@
 package dev.plum.flink;
 
-import java.nio.charset.StandardCharsets;
-import java.util.Base64;
 import java.util.Map;
 import org.apache.flink.metrics.Counter;
 import org.apache.flink.table.annotation.ArgumentHint;
@@ -39,14 +37,7 @@ public class PairCountFunction extends ProcessTableFunction<Row> {
   @Override
   @SuppressWarnings("unchecked")
   public void open(FunctionContext context) throws Exception {
-    String b64 = context.getJobParameter(UserTimelineFunction.PARAMS_KEY, null);
-    if (b64 == null) {
-      throw new IllegalStateException(
-          "job parameter " + UserTimelineFunction.PARAMS_KEY + " is not set (streams/flink/job.py sets it)");
-    }
-    Map<String, Object> m =
-        (Map<String, Object>) PyJson.parse(new String(Base64.getDecoder().decode(b64), StandardCharsets.UTF_8));
-    windows = PairWindows.fromMap((Map<String, Object>) m.get("pair_windows"));
+    windows = PairWindows.fromMap((Map<String, Object>) JobParams.read(context).get("pair_windows"));
     mLate = context.getMetricGroup().counter("plum_flink_pairs_late_total");
   }
 

@@ -64,17 +64,9 @@ public final class PairWindows implements Serializable {
     }
     return new PairWindows(
         "tumbling".equals(kind),
-        num(m, "window_size_ms").longValue(),
-        num(m, "window_slide_ms").longValue(),
-        num(m, "min_count").longValue(),
-        num(m, "shards").intValue());
-  }
-
-  private static Number num(Map<String, Object> m, String key) {
-    Object v = m.get(key);
-    if (!(v instanceof Number)) {
-      throw new IllegalArgumentException("pair window param " + key + " missing or not a number: " + v);
-    }
-    return (Number) v;
+        JobParams.number(m, "window_size_ms", "pair window").longValue(),
+        JobParams.number(m, "window_slide_ms", "pair window").longValue(),
+        JobParams.number(m, "min_count", "pair window").longValue(),
+        JobParams.number(m, "shards", "pair window").intValue());
   }
 }

@@ -62,23 +62,15 @@ public final class TimelineParams implements Serializable {
 
   public static TimelineParams fromMap(Map<String, Object> m) {
     return new TimelineParams(
-        num(m, "allowed_lateness_ms").longValue(),
-        num(m, "session_gap_ms").longValue(),
-        num(m, "history_len").intValue(),
-        num(m, "pair_prev_k").intValue(),
-        num(m, "w_click").doubleValue(),
-        num(m, "w_ratio").doubleValue(),
-        num(m, "w_satisfaction").doubleValue(),
-        num(m, "ratio_cap").doubleValue(),
-        num(m, "satisfaction_default").doubleValue(),
+        JobParams.number(m, "allowed_lateness_ms", "timeline").longValue(),
+        JobParams.number(m, "session_gap_ms", "timeline").longValue(),
+        JobParams.number(m, "history_len", "timeline").intValue(),
+        JobParams.number(m, "pair_prev_k", "timeline").intValue(),
+        JobParams.number(m, "w_click", "timeline").doubleValue(),
+        JobParams.number(m, "w_ratio", "timeline").doubleValue(),
+        JobParams.number(m, "w_satisfaction", "timeline").doubleValue(),
+        JobParams.number(m, "ratio_cap", "timeline").doubleValue(),
+        JobParams.number(m, "satisfaction_default", "timeline").doubleValue(),
         (String) m.getOrDefault("sample_salt", ""));
-  }
-
-  private static Number num(Map<String, Object> m, String key) {
-    Object v = m.get(key);
-    if (!(v instanceof Number)) {
-      throw new IllegalArgumentException("timeline param " + key + " missing or not a number: " + v);
-    }
-    return (Number) v;
   }
 }

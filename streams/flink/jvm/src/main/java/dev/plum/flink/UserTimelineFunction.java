@@ -1,8 +1,6 @@
 package dev.plum.flink;
 
-import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
-import java.util.Base64;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -66,11 +64,7 @@ public class UserTimelineFunction extends ProcessTableFunction<Row> {
   @Override
   @SuppressWarnings("unchecked")
   public void open(FunctionContext context) throws Exception {
-    String b64 = context.getJobParameter(PARAMS_KEY, null);
-    if (b64 == null) {
-      throw new IllegalStateException("job parameter " + PARAMS_KEY + " is not set (streams/flink/job.py sets it)");
-    }
-    Map<String, Object> m = (Map<String, Object>) PyJson.parse(new String(Base64.getDecoder().decode(b64), StandardCharsets.UTF_8));
+    Map<String, Object> m = JobParams.read(context);
     configure(
         TimelineParams.fromMap(m),
         PairWindows.fromMap((Map<String, Object>) m.get("pair_windows")),
