@@ -1,19 +1,33 @@
 """SID-v1 vs SID-v2 ablation (like PLUM's Table 4), for `plum bench tokenizer`.
 
-Variants, each trained from the same config and seed on the same data:
+Variants, each trained from the same config and seed on the same data and the same
+information (every input modality):
 
-    sidv1                 one embedding, uniform codebooks, no masking, no contrastive loss
-    sidv2                 all inputs, multi-resolution codebooks, progressive masking, contrastive
-    sidv2-no-multimodal   sidv2 with only the first input
+    sidv1                 one concatenated embedding, uniform codebooks, no masking, no
+                          contrastive loss
+    sidv2                 one encoder per modality fused, multi-resolution codebooks,
+                          progressive masking, co-occurrence contrastive term
+    sidv2-no-multimodal   sidv2 on the concatenated embedding (one encoder: no fusion)
     sidv2-no-multires     sidv2 with uniform codebooks
     sidv2-no-masking      sidv2 without progressive masking
     sidv2-no-contrastive  sidv2 without the co-occurrence term
 
-Reported per data set and variant: SID uniqueness before disambiguation, first-code
-alignment of co-occurring vs random pairs, perplexity per level and training time.
-`plum tokenizer ablation` prints the metrics; `plum bench tokenizer` (bench/tokenizer.py)
-runs the same and writes bench/results/tokenizer.json (baseline = sidv1, ratio = sidv2 /
-sidv1).
+Fair by construction:
+
+- uniform codebooks are sized to the multi-resolution code space (the product of the
+  level sizes: 128·64·32 = 64³), so v1 and v2 compare equal capacities; each result
+  carries its `code_space`;
+- a share of the co-occurring pairs (unique unordered pairs) is held out: the
+  tokenizers train on the rest, and the headline alignment (first code shared, vs random
+  pairs, and their ratio, the lift) is measured on the held-out pairs, with the in-sample
+  figures beside it.
+
+Reported per data set and variant: SID uniqueness before disambiguation, held-out and
+in-sample first-code alignment with lift over random, perplexity per level and training
+time. `plum tokenizer ablation` prints the metrics; `plum bench tokenizer`
+(bench/tokenizer.py) runs the same, and the catalogue-growth collision audit
+(tokenizer/growth.py), and writes bench/results/tokenizer.json (baseline = sidv1,
+ratio = sidv2 / sidv1).
 
 The MovieLens data set is read by streams.datasets.movielens, so the variants train on
 the embeddings the pipeline publishes on the uploads.
@@ -25,7 +39,9 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,45 +50,99 @@ import numpy as np
 from plum.config import REPO_ROOT
 from streams.datasets.movielens import MovieLensConfig, load_movielens_config
 from tokenizer.config import TokenizerConfig, load_tokenizer_config
-from tokenizer.report import tokenizer_report
+from tokenizer.report import first_code_alignment, tokenizer_report
 from tokenizer.synthetic import clustered_items
 from tokenizer.train import train_tokenizer
 
 log = logging.getLogger(__name__)
 
+CONCATENATED = "concatenated"  # the input name of every modality in one embedding
+HELD_OUT_SHARE = 0.2  # of the unique co-occurring pairs, never trained on
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "sidv1": {
-        "single_input": True,
+        "concatenated": True,
         "multi_resolution": False,
         "progressive_masking": False,
         "contrastive_weight": 0.0,
     },
     "sidv2": {},
-    "sidv2-no-multimodal": {"single_input": True},
+    "sidv2-no-multimodal": {"concatenated": True},
     "sidv2-no-multires": {"multi_resolution": False},
     "sidv2-no-masking": {"progressive_masking": False},
     "sidv2-no-contrastive": {"contrastive_weight": 0.0},
 }
 
 
+def code_space(level_sizes: tuple[int, ...] | list[int]) -> int:
+    """How many distinct L-code SIDs the codebooks can write."""
+    return math.prod(level_sizes)
+
+
+def uniform_at_equal_space(config: TokenizerConfig) -> TokenizerConfig:
+    """`config` with uniform codebooks whose code space is as close as an integer size
+    allows to the multi-resolution one (exactly equal when L is odd: 128·64·32 = 64³)."""
+    multi = dataclasses.replace(config, multi_resolution=True)
+    size = round(code_space(multi.level_sizes) ** (1 / config.num_levels))
+    return dataclasses.replace(config, multi_resolution=False, codebook_base=size)
+
+
+def concatenate(embeddings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every modality (in name order) as one embedding: the same information, one input."""
+    return {CONCATENATED: np.concatenate([embeddings[k] for k in sorted(embeddings)], axis=1)}
+
+
+def split_pairs(
+    pairs: np.ndarray, held_out_share: float = HELD_OUT_SHARE, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training pairs, held-out pairs) over the unique unordered pairs: no held-out pair
+    (in either order) is among the training pairs."""
+    pairs = np.asarray(pairs, np.int32).reshape(-1, 2)
+    unique = np.unique(np.sort(pairs, axis=1), axis=0)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    n_held = int(round(held_out_share * len(unique)))
+    return unique[np.sort(order[n_held:])], unique[np.sort(order[:n_held])]
+
+
+def _alignment(codes: np.ndarray, pairs: np.ndarray, seed: int) -> dict[str, float]:
+    al = first_code_alignment(codes, pairs, np.random.default_rng(seed))
+    return {**al, "lift": al["cooccurring"] / max(al["random"], 1e-9)}
+
+
 def run_variant(
-    name: str, embeddings: dict[str, np.ndarray], pairs: np.ndarray, config: TokenizerConfig
+    name: str,
+    embeddings: dict[str, np.ndarray],
+    pairs: np.ndarray,
+    held_out: np.ndarray,
+    config: TokenizerConfig,
 ) -> dict[str, Any]:
+    """Train variant `name` on `embeddings` with the training `pairs`; alignment on the
+    `held_out` pairs (headline) and on the training pairs (in-sample)."""
     change = dict(VARIANTS[name])
-    single = change.pop("single_input", False)
+    concatenated = change.pop("concatenated", False)
     cfg = dataclasses.replace(config, **change)
-    inputs = {k: embeddings[k] for k in sorted(embeddings)[:1]} if single else embeddings
+    if not cfg.multi_resolution:
+        cfg = uniform_at_equal_space(cfg)
+    inputs = concatenate(embeddings) if concatenated else embeddings
     t0 = time.perf_counter()
     tok = train_tokenizer(inputs, pairs, cfg)
     seconds = time.perf_counter() - t0
     rep = tokenizer_report(tok, inputs, pairs)
+    codes = np.asarray(tok.encode(inputs))
+    held = _alignment(codes, held_out, config.seed)
+    in_sample = _alignment(codes, pairs, config.seed)
     return {
         "inputs": sorted(inputs),
+        "input_dims": {k: int(v.shape[1]) for k, v in sorted(inputs.items())},
         "level_sizes": rep["level_sizes"],
+        "code_space": code_space(rep["level_sizes"]),
         "uniqueness": rep["uniqueness"],
-        "alignment_cooccurring": rep["alignment"]["cooccurring"],
-        "alignment_random": rep["alignment"]["random"],
-        "alignment_lift": rep["alignment"]["cooccurring"] / max(rep["alignment"]["random"], 1e-9),
+        "alignment_cooccurring": held["cooccurring"],
+        "alignment_random": held["random"],
+        "alignment_lift": held["lift"],
+        "held_out_pairs": held["pairs"],
+        "in_sample_alignment_cooccurring": in_sample["cooccurring"],
+        "in_sample_alignment_lift": in_sample["lift"],
         "perplexity": [lv["perplexity"] for lv in rep["levels"]],
         "train_s": round(seconds, 2),
     }
@@ -101,7 +171,8 @@ def datasets(
 
 
 def ratios(metrics: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """sidv2 / sidv1 of uniqueness and alignment, per data set that ran both."""
+    """sidv2 / sidv1 of uniqueness and of held-out alignment (raw and lift over random),
+    per data set that ran both."""
     return {
         ds: {
             k: m["sidv2"][k] / max(m["sidv1"][k], 1e-9)
@@ -139,9 +210,10 @@ def run_ablation(
     data = datasets(movielens, config.seed, load_movielens_config(config_path))
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     for ds, (emb, pairs) in data.items():
+        train_pairs, held_out = split_pairs(pairs, HELD_OUT_SHARE, config.seed)
         for name in names:
             log.info("ablation %s / %s", ds, name)
-            metrics.setdefault(ds, {})[name] = run_variant(name, emb, pairs, config)
+            metrics.setdefault(ds, {})[name] = run_variant(name, emb, train_pairs, held_out, config)
             log.info("  -> %s", metrics[ds][name])
     return config, metrics
 
