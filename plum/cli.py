@@ -59,6 +59,11 @@ COMMANDS: tuple[Command, ...] = (
         "run the PyFlink job (live, or --backfill --from T1 --to T2)",
     ),
     Command(
+        "flink cluster",
+        "streams.flink.session_cluster:cli",
+        "a standalone Flink session cluster (foreground) for `flink run --cluster`",
+    ),
+    Command(
         "tokenizer train",
         "tokenizer.train:cli",
         "train the SID-v2 RQ-VAE and write an orbax checkpoint",
@@ -142,6 +147,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("publish rollback", "publisher.cli:rollback", "serve an earlier version again"),
     Command("publish status", "publisher.cli:status", "published versions and pushes as JSON"),
     Command("bench serving", "bench.serving:cli", "retrieval latency and QPS under wrk"),
+    Command(
+        "bench summary",
+        "bench.summary:cli",
+        "write bench/README.md (every benchmark, its command, latest numbers and machine)",
+    ),
     Command("bench freshness", "bench.freshness:cli", "upload -> servable and event -> model"),
     Command(
         "dashboard up",
