@@ -35,7 +35,9 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
         missing = [s for s in specs if s.name not in existing]
         created: list[str] = []
         if missing:
-            new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs()) for s in missing]
+            # replication -1: the broker's default.replication.factor (1 alone, 3 in a
+            # 3-node cluster), so the topic set is the same on either
+            new = [NewTopic(s.name, s.partitions, -1, topic_configs=s.configs()) for s in missing]
             try:
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
             except TopicAlreadyExistsError:

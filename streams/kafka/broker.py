@@ -60,14 +60,31 @@ def load_kafka_config(path: Path | str | None = None, **overrides) -> KafkaConfi
     return load_section(KafkaConfig, path, "kafka", **overrides)
 
 
-def server_properties(config: KafkaConfig, data_dir: Path) -> str:
-    """The broker's server.properties for one combined broker+controller node."""
+@dataclass(frozen=True)
+class Quorum:
+    """The KRaft controller quorum of a multi-node cluster: every node's (id, controller
+    port), and the replication its internal topics use."""
+
+    voters: tuple[tuple[int, int], ...]  # (node id, controller port)
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
+
+    def voters_property(self, host: str) -> str:
+        return ",".join(f"{node}@{host}:{port}" for node, port in self.voters)
+
+
+def server_properties(
+    config: KafkaConfig, data_dir: Path, node_id: int = 1, quorum: Quorum | None = None
+) -> str:
+    """server.properties of one combined broker+controller node: alone (`quorum` None:
+    replication 1) or node `node_id` of a static `quorum` (replication factor and min ISR
+    of the quorum for the internal topics and as the topics' defaults)."""
     h, p, c = config.host, config.port, config.controller_port
     n = config.internal_topic_partitions
+    rf, isr = (1, 1) if quorum is None else (quorum.replication_factor, quorum.min_insync_replicas)
     lines = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.bootstrap.servers": f"{h}:{c}",
+        "node.id": str(node_id),
         "listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
         "advertised.listeners": f"PLAINTEXT://{h}:{p}",
         "controller.listener.names": "CONTROLLER",
@@ -76,18 +93,24 @@ def server_properties(config: KafkaConfig, data_dir: Path) -> str:
         "log.dirs": str(data_dir),
         "num.partitions": str(config.default_partitions),
         "auto.create.topics.enable": "false",
-        "offsets.topic.replication.factor": "1",
+        "offsets.topic.replication.factor": str(rf),
         "offsets.topic.num.partitions": str(n),
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": str(rf),
+        "transaction.state.log.min.isr": str(isr),
         "transaction.state.log.num.partitions": str(n),
         "transaction.max.timeout.ms": str(60 * 60 * 1000),
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": str(rf),
+        "share.coordinator.state.topic.min.isr": str(isr),
         "group.initial.rebalance.delay.ms": "0",
         # The compacted SID topic must really compact in a test's lifetime.
         "log.cleaner.backoff.ms": "1000",
     }
+    if quorum is None:
+        lines["controller.quorum.bootstrap.servers"] = f"{h}:{c}"
+    else:
+        lines["controller.quorum.voters"] = quorum.voters_property(h)
+        lines["default.replication.factor"] = str(rf)
+        lines["min.insync.replicas"] = str(isr)
     return "".join(f"{k}={v}\n" for k, v in lines.items())
 
 
@@ -156,10 +179,20 @@ def new_cluster_id() -> str:
 
 
 class LocalBroker:
-    """One KRaft broker+controller process whose state lives in one directory."""
+    """One KRaft broker+controller process whose state lives in one directory: alone, or
+    node `node_id` of a `quorum` whose nodes share `cluster_id` (see KafkaCluster)."""
 
-    def __init__(self, config: KafkaConfig):
+    def __init__(
+        self,
+        config: KafkaConfig,
+        node_id: int = 1,
+        quorum: Quorum | None = None,
+        cluster_id: str | None = None,
+    ):
         self.config = config
+        self.node_id = node_id
+        self.quorum = quorum
+        self.cluster_id = cluster_id
         self.root = config.resolved_state_dir()
         self.data_dir = self.root / "data"
         self.logs_dir = self.root / "logs"
@@ -179,15 +212,23 @@ class LocalBroker:
     def up(self) -> None:
         """Start the broker (idempotent if ours is already running and answering)."""
         pid = self._read_pid()
-        if pid is not None:
-            if _pid_alive(pid) and "kafka.Kafka" in _pid_cmdline(pid):
-                if self._answers(timeout_s=5.0):
-                    log.info("broker already running (pid %d) at %s", pid, self.bootstrap)
-                    return
-                raise BrokerError(
-                    f"broker pid {pid} is alive but {self.bootstrap} does not answer; "
-                    f"`plum kafka down` and retry. Log tail:\n{self.log_tail()}"
-                )
+        if pid is not None and self.is_running():
+            if self._answers(timeout_s=5.0):
+                log.info("broker already running (pid %d) at %s", pid, self.bootstrap)
+                return
+            raise BrokerError(
+                f"broker pid {pid} is alive but {self.bootstrap} does not answer; "
+                f"`plum kafka down` and retry. Log tail:\n{self.log_tail()}"
+            )
+        self.start()
+        self._wait_until_answering()
+
+    def start(self) -> None:
+        """Format storage if new and start the process, without waiting for an answer (a
+        cluster node answers only once a quorum of controllers runs, so KafkaCluster
+        starts every node first). Refuses busy ports; removes a stale pid file."""
+        pid = self._read_pid()
+        if pid is not None and not self.is_running():
             log.warning(
                 "removing stale pid file %s (pid %d is not a running broker)", self.pid_path, pid
             )
@@ -198,14 +239,30 @@ class LocalBroker:
                     f"port {self.config.host}:{port} is in use by another process; stop it or "
                     f"choose other ports (PLUM_KAFKA__PORT / PLUM_KAFKA__CONTROLLER_PORT)"
                 )
+        self._prepare()
+        self._start_process()
+
+    def is_running(self) -> bool:
+        """Our pid file names a live Kafka process."""
+        pid = self._read_pid()
+        return pid is not None and _pid_alive(pid) and "kafka.Kafka" in _pid_cmdline(pid)
+
+    def kill(self) -> None:
+        """SIGKILL the process (a crash, for fault tests); the pid file stays, stale."""
+        pid = self._read_pid()
+        if pid is not None and _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            self._reap(wait=True)
+
+    def _prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.properties_path.write_text(server_properties(self.config, self.data_dir))
+        self.properties_path.write_text(
+            server_properties(self.config, self.data_dir, self.node_id, self.quorum)
+        )
         self.log4j_path.write_text(log4j2_properties(self.log_file))
         if not (self.data_dir / "meta.properties").exists():
             self._format_storage()
-        self._start_process()
-        self._wait_until_answering()
 
     def down(self) -> bool:
         """Stop the broker; True if one was running. Escalates to SIGKILL after the timeout."""
@@ -272,11 +329,13 @@ class LocalBroker:
         ]
 
     def _format_storage(self) -> None:
-        cluster_id = new_cluster_id()
+        cluster_id = self.cluster_id or new_cluster_id()
+        # alone: this node is the whole quorum; in a cluster the voters are in the file
+        standalone = ("--standalone",) if self.quorum is None else ()
         cmd = self._java_cmd(
             "kafka.tools.StorageTool",
             "format",
-            "--standalone",
+            *standalone,
             "-t",
             cluster_id,
             "-c",

@@ -13,6 +13,14 @@ from plum.jvm import JvmSetupError
 from streams.contracts.topics import topic_set
 from streams.kafka.admin import ensure_topics, partition_counts, topic_configs
 from streams.kafka.broker import BrokerError, KafkaConfig, LocalBroker, load_kafka_config
+from streams.kafka.cluster import KafkaCluster
+
+
+def _local(config: KafkaConfig, brokers: int | None = None) -> LocalBroker | KafkaCluster:
+    """The broker or cluster under the config's state dir: `brokers` nodes when given,
+    else the size of the cluster made there before, else one broker."""
+    n = brokers if brokers is not None else KafkaCluster.size_in(config.resolved_state_dir())
+    return KafkaCluster.from_config(config, n) if n > 1 else LocalBroker(config)
 
 
 def _parser(action: str, description: str) -> argparse.ArgumentParser:
@@ -36,14 +44,23 @@ def _prefix_option(parser: argparse.ArgumentParser) -> None:
 def up(argv: list[str]) -> int:
     parser = _parser("up", "start the local broker (if not running) and create every topic")
     _prefix_option(parser)
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="nodes: 1 (default) or a KRaft cluster of N >= 2 on consecutive port pairs "
+        "(3: replication factor 3, min ISR 2)",
+    )
     args = parser.parse_args(argv)
+    if args.brokers < 1:
+        parser.error(f"--brokers must be >= 1, got {args.brokers}")
     config = load_kafka_config(args.config)
 
     def body() -> int:
-        broker = LocalBroker(config)
+        broker = _local(config, args.brokers)
         broker.up()
-        ensure_topics(config.bootstrap, topic_set(args.prefix))
-        print(f"kafka up at {config.bootstrap} (state {broker.root})")
+        ensure_topics(broker.bootstrap, topic_set(args.prefix))
+        print(f"kafka up at {broker.bootstrap} (state {broker.root})")
         return 0
 
     return _reporting_errors("up", body)
@@ -54,7 +71,7 @@ def down(argv: list[str]) -> int:
     config = load_kafka_config(args.config)
 
     def body() -> int:
-        print("stopped" if LocalBroker(config).down() else "not running")
+        print("stopped" if _local(config).down() else "not running")
         return 0
 
     return _reporting_errors("down", body)
@@ -65,7 +82,7 @@ def status(argv: list[str]) -> int:
     config = load_kafka_config(args.parse_args(argv).config)
 
     def body() -> int:
-        state = LocalBroker(config).status()
+        state = _local(config).status()
         print(json.dumps(state, indent=2))
         return 0 if state["answering"] else 1
 

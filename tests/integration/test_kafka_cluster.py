@@ -1,0 +1,85 @@
+"""A 3-broker KRaft cluster on one machine (`plum kafka up --brokers 3`): replication
+factor 3 and min ISR 2, so one broker killed with SIGKILL loses nothing and stops nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from kafka import KafkaAdminClient
+
+from plum.ports import free_port
+from streams.contracts.topics import TopicNames, topic_set
+from streams.kafka.admin import ensure_topics, topic_configs
+from streams.kafka.broker import KafkaConfig, _pid_alive
+from streams.kafka.clients import make_producer, read_all
+from streams.kafka.cluster import KafkaCluster
+
+pytestmark = pytest.mark.integration
+
+
+def _replicas(bootstrap: str, topic: str) -> list[int]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="plum-test")
+    try:
+        (described,) = admin.describe_topics([topic])
+        return [len(p["replica_nodes"]) for p in described["partitions"]]
+    finally:
+        admin.close()
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes], transactional: bool) -> None:
+    tid = f"test-{uuid.uuid4().hex[:8]}" if transactional else None
+    producer = make_producer(bootstrap, transactional_id=tid)
+    if transactional:
+        producer.init_transactions()
+        producer.begin_transaction()
+    for v in values:
+        producer.send(topic, value=v)
+    if transactional:
+        producer.commit_transaction()
+    producer.flush()
+    producer.close()
+
+
+def test_three_brokers_keep_every_record_through_a_killed_broker(tmp_path):
+    nodes = [
+        KafkaConfig(
+            port=free_port(),
+            controller_port=free_port(),
+            state_dir=tmp_path / f"node-{i + 1}",
+            heap_mb=384,
+            startup_timeout_s=180,
+        )
+        for i in range(3)
+    ]
+    cluster = KafkaCluster(nodes, tmp_path)
+    pids: list[int] = []
+    try:
+        cluster.up()
+        pids = [int(b.pid_path.read_text()) for b in cluster.brokers]
+        prefix = f"c{uuid.uuid4().hex[:6]}."
+        ensure_topics(cluster.bootstrap, topic_set(prefix))
+        topic = TopicNames.with_prefix(prefix).deadletter
+        assert set(_replicas(cluster.bootstrap, topic)) == {3}
+        assert topic_configs(cluster.bootstrap, topic)["min.insync.replicas"] == "2"
+
+        _produce(cluster.bootstrap, topic, [f"before-{i}".encode() for i in range(50)], False)
+        killed = cluster.brokers[1]
+        killed.kill()
+        assert not killed.is_running()
+        survivors = ",".join(b.bootstrap for b in cluster.brokers if b is not killed)
+        # acks=all with 2 of 3 in sync, and a transaction (its state log is replicated too)
+        _produce(survivors, topic, [f"after-{i}".encode() for i in range(50)], False)
+        _produce(survivors, topic, [f"txn-{i}".encode() for i in range(50)], True)
+        got = sorted(r.value for r in read_all(survivors, topic))
+        want = sorted(f"{k}-{i}".encode() for k in ("before", "after", "txn") for i in range(50))
+        assert got == want
+
+        cluster.up()  # restarts the killed node only, and waits until it has rejoined
+        assert all(b.is_running() for b in cluster.brokers)
+        assert cluster.status()["answering"]
+        assert sorted(r.value for r in read_all(killed.bootstrap, topic)) == want
+    finally:
+        cluster.down()
+    pids += [int(b.pid_path.read_text()) for b in cluster.brokers if b.pid_path.exists()]
+    assert not [p for p in pids if _pid_alive(p)]
