@@ -4,6 +4,7 @@
                    [--backfill --from T1 --to T2] [--output-suffix S]
                    [--checkpoint-dir D] [--parallelism N] [--fresh | --restore PATH]
                    [--metrics-port PORT] [--rest-port PORT] [--job-metrics-port PORT]
+                   [--cluster HOST:PORT]
 
 Times T1/T2 are epoch milliseconds or ISO-8601 (`2023-11-14T22:13:20Z`). A live run
 resumes from the newest retained checkpoint under the checkpoint dir unless `--fresh`
@@ -115,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="/metrics of the job's state and checkpoints (-1: none, 0: a free port)",
     )
+    r.add_argument(
+        "--cluster",
+        default=None,
+        metavar="HOST:PORT",
+        help="submit to this Flink session cluster's REST endpoint instead of a local "
+        "MiniCluster ([flink] cluster_rest)",
+    )
     g = r.add_mutually_exclusive_group()
     g.add_argument("--fresh", action="store_true", help="ignore retained checkpoints")
     g.add_argument("--restore", default=None, help="resume from this checkpoint/savepoint path")
@@ -153,7 +161,9 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     mark_operator(checkpoint_dir)
     if opts.output_suffix:
         _ensure_suffixed_topics(cfg.bootstrap, opts.topics, opts.output_suffix)
-    if cfg.rest_port == 0:  # a port known here, so the poller can find the endpoint
+    if cfg.cluster_rest:  # the session cluster's endpoint is the one to poll
+        cfg = dataclasses.replace(cfg, rest_port=int(cfg.cluster_rest.rsplit(":", 1)[1]))
+    elif cfg.rest_port == 0:  # a port known here, so the poller can find the endpoint
         cfg = dataclasses.replace(cfg, rest_port=free_port())
     with ExitStack() as cleanup:  # the poller and the backfill's progress, however it ends
         poller = _job_poller(cfg, opts)  # binds its /metrics first: a busy port fails here
@@ -176,7 +186,7 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
             f", restored from {opts.restore_path}" if opts.restore_path else "",
         )
         if cfg.rest_port > 0:
-            log.info("flink REST on http://127.0.0.1:%d", cfg.rest_port)
+            log.info("flink REST on %s", rest_url(cfg))
         done, outcome = threading.Event(), JobOutcome()
         waiter = threading.Thread(target=_wait, args=(result, outcome, done), daemon=True)
         waiter.start()
@@ -198,12 +208,17 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
     return 0 if outcome.ok else 1
 
 
+def rest_url(cfg: FlinkConfig) -> str:
+    """The job's REST endpoint: the session cluster's, or the local MiniCluster's."""
+    return f"http://{cfg.cluster_rest}" if cfg.cluster_rest else f"http://127.0.0.1:{cfg.rest_port}"
+
+
 def _job_poller(cfg: FlinkConfig, opts: RunOptions) -> JobPoller | None:
     """The REST poller serving the `flink_job` metrics and the operator's `flink` metrics,
     when a port is configured for either."""
     if cfg.job_metrics_port < 0 and cfg.metrics_port <= 0:
         return None
-    rest = FlinkRest(f"http://127.0.0.1:{cfg.rest_port}")
+    rest = FlinkRest(rest_url(cfg))
     operator = None
     if cfg.metrics_port > 0:
         operator = OperatorMetrics(opts.source_topic, opts.out(opts.topics.sft_examples))
@@ -254,6 +269,7 @@ def run(argv: list[str]) -> int:
             metrics_port=args.metrics_port,
             rest_port=args.rest_port,
             job_metrics_port=args.job_metrics_port,
+            cluster_rest=args.cluster,
         )
         Settings.load(args.config).check(CHECKS)  # [flink] against what it reads
     except ConfigError as exc:

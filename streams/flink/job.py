@@ -60,11 +60,14 @@ Metrics: the PTF counts into Flink's metric groups (plum_flink_*, plum_deadlette
 per reason); `plum flink run` reads them from Flink's REST API and serves them under the
 catalogue's names (streams/flink/job_metrics.py).
 
-Running on a cluster: the same module runs with
-`flink run -py streams/flink/cli.py -pyfs streams,plum,monitoring --jarfile <kafka connector jar> run ...`
-(plus build/jvm/plum-flink.jar on the classpath, or the Flink Kubernetes Operator with an
-image holding both); the checkpoint dir then points at a shared file system (s3://,
-hdfs://) and parallelism at the number of slots.
+Running on a cluster: `plum flink run --cluster HOST:PORT` ([flink] cluster_rest) submits
+the same job to a Flink session cluster's REST endpoint (execution.target remote); the
+job is SQL plus the Java operators, so the TaskManagers need no Python, only the two jars
+the client ships with the job (pipeline.jars). `plum flink cluster` runs a standalone
+session cluster on this machine (streams/flink/session_cluster.py); the integration test
+runs the job there at parallelism 2 across two TaskManagers. The checkpoint dir must be
+one every TaskManager sees (s3://, hdfs:// at scale); parallelism up to the cluster's
+slots. On Kubernetes, the Flink Kubernetes Operator with an image holding both jars.
 """
 
 from __future__ import annotations
@@ -171,6 +174,11 @@ class FlinkConfig:
     # Options of the JVM local mode starts (the MiniCluster runs in it), e.g. the garbage
     # collector; "" = the JVM's defaults. Ignored for a cluster submission.
     jvm_options: str = ""
+    # "" = run in a local MiniCluster; "HOST:PORT" = submit to the REST endpoint of a
+    # Flink session cluster (streams/flink/session_cluster.py, `flink run`'s --jobmanager),
+    # which then runs the job at `parallelism` across its TaskManagers; its REST endpoint
+    # is then the one polled for the job's state (rest_port follows it).
+    cluster_rest: str = ""
 
     def __post_init__(self) -> None:
         if self.window not in ("tumbling", "sliding"):
@@ -190,6 +198,8 @@ class FlinkConfig:
             raise ValueError(
                 f"rest_port must be -1, 0 (a free port) .. 65535, got {self.rest_port}"
             )
+        if self.cluster_rest and not _is_host_port(self.cluster_rest):
+            raise ValueError(f"cluster_rest must be '' or HOST:PORT, got {self.cluster_rest!r}")
         if self.rest_port < 0 and self.job_metrics_port >= 0:
             raise ValueError("job_metrics_port needs Flink's REST endpoint: rest_port >= 0")
         if self.rest_port < 0 and self.metrics_port > 0:
@@ -358,6 +368,11 @@ def use_jvm_options(options: str) -> None:
         os.environ["JVM_ARGS"] = " ".join(filter(None, (os.environ.get("JVM_ARGS"), options)))
 
 
+def _is_host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 def source_group(cfg: FlinkConfig, run: RunOptions) -> str:
     """The consumer group the Kafka source commits its positions to at checkpoints."""
     return cfg.group_id + ("-backfill" if run.backfill else "")
@@ -396,7 +411,12 @@ def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path)
     # Operator metrics reach the REST API through this fetcher (default every 10 s).
     c.set_string("metrics.fetcher.update-interval", "1000")
     c.set_string("table.local-time-zone", "UTC")
-    if cfg.rest_port > 0:  # 0: Flink's own (run_job picks a free port first); -1: untouched
+    if cfg.cluster_rest:  # a session cluster: the client submits to its REST endpoint
+        host, port = cfg.cluster_rest.rsplit(":", 1)
+        c.set_string("execution.target", "remote")
+        c.set_string("rest.address", host)
+        c.set_string("rest.port", port)
+    elif cfg.rest_port > 0:  # 0: Flink's own (run_job picks a free port first); -1: untouched
         c.set_string("rest.bind-address", "127.0.0.1")
         c.set_string("rest.address", "127.0.0.1")
         c.set_string("rest.bind-port", str(cfg.rest_port))
@@ -406,6 +426,28 @@ def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path)
     return c
 
 
+def _remote_environment(cluster_rest: str, config):
+    """An environment that submits to the session cluster at `cluster_rest` (its REST
+    endpoint) and ships our two jars with the job. PyFlink has no remote factory (its
+    `get_execution_environment` is always local outside `flink run`), so this is the JVM's
+    `StreamExecutionEnvironment.createRemoteEnvironment`."""
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.java_gateway import get_gateway
+
+    from plum.jvm import flink_kafka_connector_jar, plum_flink_jar
+
+    gateway = get_gateway()
+    jars = [str(flink_kafka_connector_jar()), str(plum_flink_jar())]
+    j_jars = gateway.new_array(gateway.jvm.String, len(jars))
+    for i, jar in enumerate(jars):
+        j_jars[i] = jar
+    host, port = cluster_rest.rsplit(":", 1)
+    j_env = gateway.jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment
+    return StreamExecutionEnvironment(
+        j_env.createRemoteEnvironment(host, int(port), config._j_configuration, j_jars)
+    )
+
+
 def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     """Build the job graph; returns (env, t_env, statement_set). `statement_set.execute()`
     runs it."""
@@ -413,9 +455,11 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     from pyflink.table import StreamTableEnvironment
 
     use_jvm_options(cfg.jvm_options)
-    env = StreamExecutionEnvironment.get_execution_environment(
-        flink_configuration(cfg, run, checkpoint_dir)
-    )
+    config = flink_configuration(cfg, run, checkpoint_dir)
+    if cfg.cluster_rest:
+        env = _remote_environment(cfg.cluster_rest, config)
+    else:
+        env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(cfg.parallelism)
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")
