@@ -6,6 +6,14 @@ from the kafka-tools jar `make setup` resolved) are the ceiling of this broker o
 machine; the kafka-python numbers are what our Python components can get out of it.
 Later benchmarks (Flink, the SID service, the trainer's input) compare with these.
 
+Consumption is compared like for like, both ways:
+
+* without a group: kafka-python `assign()`s the partitions and is timed from its first
+  poll; Java's ConsumerPerformance always joins a group, so its side is its own fetch time
+  (`fetch.time.ms`, `fetch.nMsg.sec`: the run minus the group rebalance);
+* with a group: kafka-python `subscribe()`s in a fresh consumer group and is timed from
+  the subscribe, the join and rebalance included, next to ConsumerPerformance's whole run.
+
 By default the benchmark starts a private broker on free ports (nothing else on the
 machine is touched); `--bootstrap` uses an existing one instead.
 """
@@ -61,20 +69,27 @@ def python_produce(bootstrap: str, topic: str, records: int, size: int) -> dict:
     }
 
 
-def python_consume(bootstrap: str, topic: str, partitions: int) -> dict:
+def python_consume(bootstrap: str, topic: str, partitions: int, group: str | None = None) -> dict:
+    """Every record of `topic` with kafka-python: assigned partitions timed from the first
+    poll (group None), or subscribed in consumer group `group` timed from the subscribe
+    (the group join and rebalance included)."""
     consumer = make_consumer(
         bootstrap,
+        group_id=group,
         fetch_max_bytes=50 * 1024 * 1024,
         max_partition_fetch_bytes=10 * 1024 * 1024,
         max_poll_records=5000,
     )
     tps = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
     ends = consumer.end_offsets(tps)
     total_target = sum(ends.values())
+    if group is None:
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
     count = nbytes = 0
     start = time.perf_counter()
+    if group is not None:
+        consumer.subscribe([topic])  # auto_offset_reset earliest: a new group reads all
     deadline = start + 300
     while count < total_target and time.perf_counter() < deadline:
         for batch in consumer.poll(timeout_ms=500).values():
@@ -164,6 +179,12 @@ def java_consume(bootstrap: str, topic: str, records: int) -> dict:
         "--timeout",
         "60000",
     )
+    return parse_consumer_performance(out)
+
+
+def parse_consumer_performance(out: str) -> dict:
+    """ConsumerPerformance's last two lines (a CSV header and its row) -> rates: the whole
+    run's and the fetch time's (the run minus the group rebalance)."""
     lines = [line for line in out.splitlines() if line.strip()]
     header = [h.strip() for h in lines[-2].split(",")]
     values = [v.strip() for v in lines[-1].split(",")]
@@ -172,6 +193,8 @@ def java_consume(bootstrap: str, topic: str, records: int) -> dict:
         "records": int(row["data.consumed.in.nMsg"]),
         "records_per_s": round(float(row["nMsg.sec"])),
         "mb_per_s": round(float(row["MB.sec"]) * 1.048576, 2),
+        "rebalance_ms": int(row["rebalance.time.ms"]),
+        "fetch_records_per_s": round(float(row["fetch.nMsg.sec"])),
         "raw": row,
     }
 
@@ -186,7 +209,9 @@ def run(bootstrap: str, records: int, size: int, partitions: int) -> dict:
     py_prod = python_produce(bootstrap, py_topic, records, size)
     log.info("kafka-python produce: %s", py_prod)
     py_cons = python_consume(bootstrap, py_topic, partitions)
-    log.info("kafka-python consume: %s", py_cons)
+    log.info("kafka-python consume (assign): %s", py_cons)
+    py_group = python_consume(bootstrap, py_topic, partitions, f"plum-bench-{time.time_ns()}")
+    log.info("kafka-python consume (group): %s", py_group)
     log.info("Java perf tools: producing %d records", records)
     j_prod = java_produce(bootstrap, java_topic, records, size)
     log.info("java produce: %s", j_prod)
@@ -195,6 +220,7 @@ def run(bootstrap: str, records: int, size: int, partitions: int) -> dict:
     return {
         "python_produce": py_prod,
         "python_consume": py_cons,
+        "python_group_consume": py_group,
         "java_produce": j_prod,
         "java_consume": j_cons,
     }
@@ -216,17 +242,26 @@ def cli(argv: list[str]) -> int:
     metrics = {
         "python_produce_records_per_s": results["python_produce"]["records_per_s"],
         "python_consume_records_per_s": results["python_consume"]["records_per_s"],
+        "python_group_consume_records_per_s": results["python_group_consume"]["records_per_s"],
     }
     baseline = {
         "java_produce_records_per_s": results["java_produce"]["records_per_s"],
+        "java_consume_fetch_records_per_s": results["java_consume"]["fetch_records_per_s"],
         "java_consume_records_per_s": results["java_consume"]["records_per_s"],
     }
     ratio = {
         "python_over_java_produce": round(
             metrics["python_produce_records_per_s"] / baseline["java_produce_records_per_s"], 3
         ),
+        # no group on either side: assign() vs the Java tool's fetch time
         "python_over_java_consume": round(
-            metrics["python_consume_records_per_s"] / baseline["java_consume_records_per_s"], 3
+            metrics["python_consume_records_per_s"] / baseline["java_consume_fetch_records_per_s"],
+            3,
+        ),
+        # a group on both sides: subscribe() + rebalance vs the Java tool's whole run
+        "python_group_over_java_group_consume": round(
+            metrics["python_group_consume_records_per_s"] / baseline["java_consume_records_per_s"],
+            3,
         ),
     }
     path = write_result(
@@ -246,7 +281,11 @@ def cli(argv: list[str]) -> int:
         notes=(
             "Broker, producer and consumer share the same machine's cores; 1-minute load "
             f"average {load_at_start:.1f} at the start on {os.cpu_count()} CPUs (other work "
-            "on the machine slows the Java tools and kafka-python alike, so compare ratios)."
+            "on the machine slows the Java tools and kafka-python alike, so compare ratios). "
+            "Consumption like for like: python_over_java_consume is kafka-python assign() vs "
+            "ConsumerPerformance's fetch time (its group rebalance left out); "
+            "python_group_over_java_group_consume has a consumer group on both sides, each "
+            "timed with its join and rebalance."
         ),
         out_dir=args.out_dir,
     )
