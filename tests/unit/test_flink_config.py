@@ -40,6 +40,10 @@ def test_test_config_loads_and_env_overrides_apply():
         dict(rest_port=70_000),
         dict(job_metrics_port=-2),
         dict(job_metrics_interval_s=0.0),
+        dict(cluster_rest="localhost"),
+        dict(cluster_rest=":8081"),
+        dict(cluster_rest="localhost:http"),
+        dict(cluster_rest="localhost:70000"),
     ],
 )
 def test_bad_settings_fail_at_start(bad):
@@ -131,3 +135,25 @@ def test_jvm_options_reach_the_local_jvm_launcher(monkeypatch):
     assert os.environ["JVM_ARGS"] == "-Xss2m"
     use_jvm_options("-XX:+UseParallelGC")
     assert os.environ["JVM_ARGS"] == "-Xss2m -XX:+UseParallelGC"
+
+
+def test_a_session_cluster_is_polled_on_its_own_rest_endpoint():
+    from streams.flink.cli import rest_url
+
+    assert rest_url(FlinkConfig(cluster_rest="10.0.0.5:8081")) == "http://10.0.0.5:8081"
+    assert rest_url(FlinkConfig(rest_port=9300)) == "http://127.0.0.1:9300"
+
+
+def test_session_cluster_config_binds_locally_with_the_slots_asked_for():
+    import json
+
+    from streams.flink.session_cluster import SessionClusterConfig, config_yaml
+
+    text = config_yaml(SessionClusterConfig(taskmanagers=3, slots_per_taskmanager=2), 8081, 6123)
+    entries = {k: json.loads(v) for k, v in (line.split(": ", 1) for line in text.splitlines())}
+    assert entries["rest.port"] == "8081" and entries["jobmanager.rpc.port"] == "6123"
+    assert entries["taskmanager.numberOfTaskSlots"] == "2"
+    assert entries["parallelism.default"] == "6"
+    assert entries["rest.bind-address"] == entries["taskmanager.host"] == "127.0.0.1"
+    with pytest.raises(ValueError):
+        SessionClusterConfig(taskmanagers=0)
