@@ -50,7 +50,7 @@ import numpy as np
 from plum.config import REPO_ROOT
 from streams.datasets.movielens import MovieLensConfig, load_movielens_config
 from tokenizer.config import TokenizerConfig, load_tokenizer_config
-from tokenizer.report import first_code_alignment, tokenizer_report
+from tokenizer.report import first_code_alignment, level_usage, sid_uniqueness
 from tokenizer.synthetic import clustered_items
 from tokenizer.train import train_tokenizer
 
@@ -127,23 +127,22 @@ def run_variant(
     t0 = time.perf_counter()
     tok = train_tokenizer(inputs, pairs, cfg)
     seconds = time.perf_counter() - t0
-    rep = tokenizer_report(tok, inputs, pairs)
     codes = np.asarray(tok.encode(inputs))
     held = _alignment(codes, held_out, config.seed)
     in_sample = _alignment(codes, pairs, config.seed)
     return {
         "inputs": sorted(inputs),
         "input_dims": {k: int(v.shape[1]) for k, v in sorted(inputs.items())},
-        "level_sizes": rep["level_sizes"],
-        "code_space": code_space(rep["level_sizes"]),
-        "uniqueness": rep["uniqueness"],
+        "level_sizes": list(tok.level_sizes),
+        "code_space": code_space(tok.level_sizes),
+        "uniqueness": sid_uniqueness(codes),
         "alignment_cooccurring": held["cooccurring"],
         "alignment_random": held["random"],
         "alignment_lift": held["lift"],
         "held_out_pairs": held["pairs"],
         "in_sample_alignment_cooccurring": in_sample["cooccurring"],
         "in_sample_alignment_lift": in_sample["lift"],
-        "perplexity": [lv["perplexity"] for lv in rep["levels"]],
+        "perplexity": [lv["perplexity"] for lv in level_usage(codes, tok.level_sizes)],
         "train_s": round(seconds, 2),
     }
 
