@@ -212,7 +212,7 @@ class LocalBroker:
     def up(self) -> None:
         """Start the broker (idempotent if ours is already running and answering)."""
         pid = self._read_pid()
-        if pid is not None and self.is_running():
+        if self.is_running():
             if self._answers(timeout_s=5.0):
                 log.info("broker already running (pid %d) at %s", pid, self.bootstrap)
                 return
@@ -388,11 +388,16 @@ class LocalBroker:
 
     def _answers(self, timeout_s: float) -> bool:
         """True when the broker serves metadata (a TCP connect alone is not enough)."""
+        return bool(self.cluster_brokers(timeout_s))
+
+    def cluster_brokers(self, timeout_s: float) -> list[dict]:
+        """The brokers this node reports in DescribeCluster (fenced ones included, each
+        with `broker_id` and `is_fenced`); empty when it does not answer."""
         try:
             with socket.create_connection((self.config.host, self.config.port), timeout=timeout_s):
                 pass
         except OSError:
-            return False
+            return []
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
@@ -403,14 +408,19 @@ class LocalBroker:
                 client_id="plum-broker-probe",
             )
         except (KafkaError, OSError, ValueError):
-            return False
+            return []
         try:
-            cluster = admin.describe_cluster()
-            return bool(cluster.get("brokers"))
+            return list(admin.describe_cluster().get("brokers") or [])
         except (KafkaError, OSError, ValueError):
-            return False
+            return []
         finally:
             admin.close()
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code of the process this object started, None while it runs (or when
+        it started none)."""
+        return None if self._proc is None else self._proc.poll()
 
     def _read_pid(self) -> int | None:
         try:

@@ -47,12 +47,12 @@ def up(argv: list[str]) -> int:
     parser.add_argument(
         "--brokers",
         type=int,
-        default=1,
-        help="nodes: 1 (default) or a KRaft cluster of N >= 2 on consecutive port pairs "
-        "(3: replication factor 3, min ISR 2)",
+        default=None,
+        help="nodes: 1 or a KRaft cluster of N >= 2 on consecutive port pairs (3: "
+        "replication factor 3, min ISR 2); default: the size made under the state dir, else 1",
     )
     args = parser.parse_args(argv)
-    if args.brokers < 1:
+    if args.brokers is not None and args.brokers < 1:
         parser.error(f"--brokers must be >= 1, got {args.brokers}")
     config = load_kafka_config(args.config)
 

@@ -120,9 +120,9 @@ class KafkaCluster:
         want = {b.node_id for b in self.brokers}
         while time.monotonic() < deadline:
             for broker in self.brokers:
-                if broker._proc is not None and broker._proc.poll() is not None:
+                if broker.exit_code is not None:
                     raise BrokerError(
-                        f"node {broker.node_id} exited with code {broker._proc.returncode} "
+                        f"node {broker.node_id} exited with code {broker.exit_code} "
                         f"during start-up. Log tail:\n{broker.log_tail()}"
                     )
             if all(self.registered(b) == want for b in self.brokers):
@@ -138,24 +138,7 @@ class KafkaCluster:
     @staticmethod
     def registered(broker: LocalBroker) -> set[int]:
         """Ids of the unfenced brokers `broker` reports (empty when it does not answer)."""
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
-
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=broker.bootstrap,
-                request_timeout_ms=2000,
-                client_id="plum-cluster-probe",
-            )
-        except (KafkaError, OSError, ValueError):
-            return set()
-        try:
-            brokers = admin.describe_cluster().get("brokers", [])
-            return {int(b["broker_id"]) for b in brokers if not b.get("is_fenced")}
-        except (KafkaError, OSError, ValueError):
-            return set()
-        finally:
-            admin.close()
+        return {int(b["broker_id"]) for b in broker.cluster_brokers(2.0) if not b.get("is_fenced")}
 
     def down(self) -> bool:
         """Stop every node (in parallel: a node waiting on the others' controlled shutdown
