@@ -3,6 +3,7 @@ factor 3 and min ISR 2, so one broker killed with SIGKILL loses nothing and stop
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -18,11 +19,19 @@ from streams.kafka.cluster import KafkaCluster
 pytestmark = pytest.mark.integration
 
 
-def _replicas(bootstrap: str, topic: str) -> list[int]:
+def _replicas(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[int]:
+    """Replica count per partition, once the answering node's metadata has the topic
+    (a node can lag the controller by a moment right after the topic is created)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="plum-test")
+    deadline = time.monotonic() + timeout_s
     try:
-        (described,) = admin.describe_topics([topic])
-        return [len(p["replica_nodes"]) for p in described["partitions"]]
+        while True:
+            (described,) = admin.describe_topics([topic])
+            if (described["partitions"] and not described.get("error_code")) or (
+                time.monotonic() > deadline
+            ):
+                return [len(p["replica_nodes"]) for p in described["partitions"]]
+            time.sleep(0.2)
     finally:
         admin.close()
 
