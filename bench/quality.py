@@ -52,6 +52,7 @@ import jax
 import numpy as np
 
 from bench.common import bench_config, setting, write_result
+from bench.mfu import StepCost, step_only_seconds, utilisation
 from bench.trainer_quality import (
     MovieLensInputs,
     movielens_inputs,
@@ -111,6 +112,9 @@ class QualityConfig:
     n_heads: int = 4
     n_kv_heads: int = 2
     d_ff: int = 384
+    # activations' dtype (parameters, norms, softmax and logits stay float32): bfloat16 on a
+    # GPU, where it is the matrix units' native type; float32 on the CPU
+    dtype: str = "float32"
     # --- training
     epochs: int = 30  # at most; training also stops when train_budget_s is spent
     train_budget_s: float = 1500.0  # 0 = no budget (the 45-minute bench leaves ~20 for the rest)
@@ -306,6 +310,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         n_heads=cfg.n_heads,
         n_kv_heads=cfg.n_kv_heads,
         d_ff=cfg.d_ff,
+        dtype=cfg.dtype,
         max_len=max(seq_len, max_prompt_len + vocab.num_sid_slots),
     ).with_vocab(vocab.size)
 
@@ -326,7 +331,13 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
 
     t = time.monotonic()
     cands = candidate_ids(lookup, vocab)
-    scored = inputs.scored
+    # evaluate() skips examples whose target has no SID; the model's generation is made
+    # once and handed to it, so it must be made for exactly the examples evaluate keeps
+
+    def with_sid(examples: Sequence[Any]) -> list[Any]:
+        return [e for e in examples if e.target_video_id in cands]
+
+    scored = with_sid(inputs.scored)
 
     def make_ranker(beams: int, constrained: bool) -> ModelRanker:
         return ModelRanker(
@@ -353,7 +364,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     targets = [e.target_video_id for e in scored]
     unconstrained = make_ranker(cfg.beams, False).generate(scored[: cfg.unconstrained_max])
     other_name = "validation" if cfg.eval_on == "fresh" else "test"
-    other = inputs.split.validation if cfg.eval_on == "fresh" else inputs.split.test
+    other = with_sid(inputs.split.validation if cfg.eval_on == "fresh" else inputs.split.test)
     other_rankers = {
         "model": Fixed(rankers_model.generate(other)),
         **{k: v for k, v in rankers.items() if k != "model"},
@@ -364,10 +375,15 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     sweep = beam_sweep(make_ranker, scored, lookup, cfg.sweep_beams)
     timings["sweep_s"] = round(time.monotonic() - t, 1)
     timings["total_s"] = round(time.monotonic() - t0, 1)
+    step_cost = StepCost.of(model_cfg, seq_len)
+    # the step alone (a batch made in advance, last: the timed steps consume the state)
+    step_alone = step_only_seconds(
+        stepper, state, next(epoch_batches(users, lookup, vocab, cfg, seq_len, 1))
+    )
     return {
         "rankers": report["rankers"],
         "num_examples": report["num_examples"],
-        "num_skipped_no_sid": report["num_skipped_no_sid"],
+        "num_skipped_no_sid": len(inputs.scored) - len(scored),
         f"also_on_{other_name}": other_report["rankers"],
         "invalid_sids": {
             "constrained_rate": report["rankers"]["model"].get("hallucination_rate", 0.0),
@@ -393,6 +409,11 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
             "input_tokens_per_s": round(result.tokens / train_s, 1),
             "model": model_cfg.to_dict(),
             "params": int(sum(x.size for x in jax.tree.leaves(params))),
+            **utilisation(step_cost, result.tokens / train_s, "whole_run"),
+            "step_alone_seconds": round(step_alone, 6),
+            **utilisation(
+                step_cost, cfg.batch_size * seq_len / step_alone, "step_alone", padded=True
+            ),
         },
         "timings": timings,
     }
@@ -466,13 +487,15 @@ def run(
         "load_average_at_start": [round(x, 2) for x in load_start],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
+    backend = jax.default_backend()
     notes = (
-        "One process, 2-core CPU shared with other jobs (see load averages): wall times are "
-        "upper bounds. Settings chosen on the validation slice (--eval-on validation)."
+        "One process, the machine shared with other jobs (see load averages): wall times are "
+        "upper bounds. Settings chosen on the validation slice (--eval-on validation). "
+        "MFU: bench/mfu.py (PaLM accounting; whole_run counts real tokens over the training "
+        "wall time, input pipeline included; step_alone every position of one batch shape)."
     )
-    path = write_result(
-        DATASETS[dataset], config, metrics, baseline, ratio, notes=notes, out_dir=out_dir
-    )
+    name = DATASETS[dataset] + ("" if backend == "cpu" else f"-{backend}")
+    path = write_result(name, config, metrics, baseline, ratio, notes=notes, out_dir=out_dir)
     return {"metrics": metrics, "baseline": baseline, "ratio": ratio, "config": config}, path
 
 

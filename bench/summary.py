@@ -31,6 +31,7 @@ RESULT_COMMANDS: dict[str, str] = {
     "trainer": "plum bench trainer",
     "trainer-quality": "plum bench trainer-quality",
     "quality-ml100k": "plum bench quality --dataset ml-100k",
+    "quality-ml100k-gpu": "plum bench quality --dataset ml-100k",  # the same, on a GPU
     "serving": "plum bench serving",
     "freshness": "plum bench freshness",
 }
