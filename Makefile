@@ -11,10 +11,23 @@ PTF_DIR := streams/flink/jvm
 PTF_SRC := $(PTF_DIR)/pom.xml $(shell find $(PTF_DIR)/src -type f 2>/dev/null | sort)
 STAMP_PTF := $(JVM_DIR)/.plum-flink-$(shell cat $(PTF_SRC) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+# deploy/k8s validation (tests/integration/test_k8s_manifests.py): kubeconform built from
+# the Go module proxy, Kubernetes' JSON schemas from the kubernetes-validate wheel (PyPI),
+# the operators' CRDs from Maven Central; all pinned, under build/k8s/, rebuilt only when
+# a pin or deploy/k8s/schemas.py changes.
+K8S_DIR := build/k8s
+KUBECONFORM_VERSION := v0.8.0
+KUBERNETES_VERSION := 1.33.0
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+STRIMZI_VERSION := 0.51.0
+FLINK_OPERATOR_VERSION := 1.10.0
+K8S_PINS := $(KUBECONFORM_VERSION) $(KUBERNETES_VERSION) $(KUBERNETES_VALIDATE_VERSION) $(STRIMZI_VERSION) $(FLINK_OPERATOR_VERSION)
+STAMP_K8S := $(K8S_DIR)/.tools-$(shell { echo $(K8S_PINS); cat deploy/k8s/schemas.py; } | sha1sum | cut -c1-12)
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
-.PHONY: setup system-packages demo test test-jvm test-unit lint lock bench bench-tools clean-state check-tools
+.PHONY: setup system-packages k8s-tools demo test test-jvm test-unit lint lock bench bench-tools clean-state check-tools
 
-setup: $(STAMP_PY) $(STAMP_JVM) $(STAMP_PTF) system-packages
+setup: $(STAMP_PY) $(STAMP_JVM) $(STAMP_PTF) system-packages k8s-tools
 
 check-tools:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11 (python3, python3-venv)"; exit 1; }
@@ -36,6 +49,25 @@ system-packages:
 	    echo "warning: missing $$missing: run 'sudo apt-get install $$missing' (monitoring and dashboard tests need them)"; \
 	  fi; \
 	fi
+
+# Go comes with the machine (/usr/local/go); Debian's golang-go (1.19) is too old for
+# kubeconform (go 1.26), so a machine without Go gets a warning and the manifest test fails
+# under CI=true.
+k8s-tools:
+	@if [ -f $(STAMP_K8S) ]; then :; \
+	elif [ ! -x "$(GO)" ]; then echo "warning: go not found: install Go >= 1.26 (kubeconform for the deploy/k8s test)"; \
+	else $(MAKE) --no-print-directory $(STAMP_K8S); fi
+
+$(STAMP_K8S): | $(STAMP_PY) check-tools
+	@rm -rf $(K8S_DIR)/dl && mkdir -p $(K8S_DIR)/bin $(K8S_DIR)/dl
+	GOBIN=$(CURDIR)/$(K8S_DIR)/bin GOFLAGS=-mod=mod $(GO) install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -d $(K8S_DIR)/dl kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
+	mvn -q -B dependency:copy -Dartifact=io.strimzi:api:$(STRIMZI_VERSION):jar:tests -DoutputDirectory=$(CURDIR)/$(K8S_DIR)/dl
+	mvn -q -B dependency:copy -Dartifact=org.apache.flink:flink-kubernetes-operator-api:$(FLINK_OPERATOR_VERSION) -DoutputDirectory=$(CURDIR)/$(K8S_DIR)/dl
+	$(PY) -m deploy.k8s.schemas --out $(K8S_DIR)/schemas \
+	  --kubernetes $(K8S_DIR)/dl/kubernetes_validate-$(KUBERNETES_VALIDATE_VERSION)-py3-none-any.whl --kubernetes-version $(KUBERNETES_VERSION) \
+	  --crds $(K8S_DIR)/dl/api-$(STRIMZI_VERSION)-tests.jar $(K8S_DIR)/dl/flink-kubernetes-operator-api-$(FLINK_OPERATOR_VERSION).jar
+	@rm -rf $(K8S_DIR)/dl; rm -f $(K8S_DIR)/.tools-*; touch $@
 
 $(STAMP_PY): requirements.lock pyproject.toml | check-tools
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)

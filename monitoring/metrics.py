@@ -527,6 +527,7 @@ class Metrics:
         return 0.0 if got is None else got
 
 
-def serve_metrics(metrics: Metrics, port: int, host: str = "127.0.0.1") -> MetricsServer:
-    """Start /metrics for `metrics` (port 0 picks a free one; see `.port`)."""
+def serve_metrics(metrics: Metrics, port: int, host: str | None = None) -> MetricsServer:
+    """Start /metrics for `metrics` (port 0 picks a free one; see `.port`; host None:
+    $PLUM_METRICS_HOST, else loopback)."""
     return MetricsServer(metrics.registry, port, host)

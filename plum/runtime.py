@@ -22,6 +22,7 @@ a component built on this one.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -198,10 +199,23 @@ class IdleClock:
 # ---------------------------------------------------------------- /metrics
 
 
-class MetricsServer:
-    """Serves a registry on http://host:port/metrics in a daemon thread (port 0 = free)."""
+# The address every /metrics server binds when none is given: loopback on one machine;
+# a pod sets PLUM_METRICS_HOST=0.0.0.0 so its probes and Prometheus reach it (deploy/k8s).
+METRICS_HOST_ENV = "PLUM_METRICS_HOST"
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
-    def __init__(self, registry: CollectorRegistry, port: int, host: str = "127.0.0.1"):
+
+def metrics_host() -> str:
+    """$PLUM_METRICS_HOST, else loopback."""
+    return os.environ.get(METRICS_HOST_ENV) or DEFAULT_METRICS_HOST
+
+
+class MetricsServer:
+    """Serves a registry on http://host:port/metrics in a daemon thread (port 0 = free;
+    host None = `metrics_host()`)."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, host: str | None = None):
+        host = host or metrics_host()
         handler = type("Handler", (MetricsHandler,), {"registry": registry})
         self._httpd = ThreadingHTTPServer((host, port), handler)
         self._httpd.daemon_threads = True
@@ -310,8 +324,9 @@ class Runtime:
                 if serve and self.registry is not None:
                     self.metrics_server = MetricsServer(self.registry, cfg.metrics_port)
                     log.info(
-                        "%s: metrics on http://127.0.0.1:%d/metrics",
+                        "%s: metrics on http://%s:%d/metrics",
                         cfg.name,
+                        metrics_host(),
                         self.metrics_server.port,
                     )
                 self.component.start()

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from plum.runtime import Progress, Runtime, RuntimeConfig, Step
+from plum.runtime import MetricsServer, Progress, Runtime, RuntimeConfig, Step
 
 
 class FakeClock:
@@ -195,3 +195,18 @@ def test_a_live_bar_counts_instead_of_periodic_lines_and_the_final_line_is_still
     quiet.add(3)
     quiet.close()  # the caller logs its own outcome: the bar ends, no line
     assert quiet.bar is None and len(caplog.messages) == 1
+
+
+def test_metrics_bind_the_address_of_plum_metrics_host(monkeypatch):
+    # A pod sets PLUM_METRICS_HOST=0.0.0.0 (deploy/k8s) so probes and Prometheus reach
+    # /metrics; without it the server stays on loopback.
+    monkeypatch.delenv("PLUM_METRICS_HOST", raising=False)
+    local = MetricsServer(CollectorRegistry(), 0)
+    monkeypatch.setenv("PLUM_METRICS_HOST", "0.0.0.0")
+    everywhere = MetricsServer(CollectorRegistry(), 0)
+    try:
+        assert local._httpd.server_address[0] == "127.0.0.1"
+        assert everywhere._httpd.server_address[0] == "0.0.0.0"
+    finally:
+        local.close()
+        everywhere.close()
