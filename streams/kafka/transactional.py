@@ -23,6 +23,7 @@ that only stores the positions such a writer commits with its records (`plum rep
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -160,18 +161,34 @@ class PositionGroup:
     def committed(
         self, topic: str, partitions: Sequence[int], timeout_s: float = TRANSACTION_TIMEOUT_S
     ) -> dict[int, int | None]:
-        """partition -> the committed next offset, None where the group has none."""
-        from confluent_kafka import KafkaException, TopicPartition
+        """partition -> the committed next offset, None where the group has none.
 
-        got = self._consumer.committed(
-            [TopicPartition(topic, p) for p in partitions], timeout=timeout_s
-        )
-        out: dict[int, int | None] = {}
-        for tp in got:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
-            out[tp.partition] = tp.offset if tp.offset >= 0 else None
-        return out
+        Asked again while the group's coordinator is not there yet (a fresh broker creates
+        its offsets topic on the first such question) until `timeout_s` has passed."""
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+        settling = {
+            KafkaError.NOT_COORDINATOR,
+            KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+            KafkaError.COORDINATOR_NOT_AVAILABLE,
+        }
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                got = self._consumer.committed(
+                    [TopicPartition(topic, p) for p in partitions],
+                    timeout=max(deadline - time.monotonic(), 1.0),
+                )
+                for tp in got:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+                return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in got}
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if err is None or err.code() not in settling or time.monotonic() > deadline:
+                    raise
+                log.info("group %s: %s; asking again", self.group_id, err.name())
+                time.sleep(0.2)
 
     def close(self) -> None:
         self._consumer.close()
