@@ -10,8 +10,10 @@ same command again after a crash or a SIGTERM and it finishes the copy without c
 anything twice. `backfill` is `plum flink run --backfill` over the watches replay topic,
 event time [T1, T2) (default: all of it), into `<output>.backfill-<ID>`, never into the
 live outputs; it refuses an ID whose outputs already hold records. Times are epoch ms,
-ISO-8601 (`2023-11-14T22:13:20Z`) or `now`. Note the two ranges: `copy` selects by the
-record's Kafka timestamp, the backfill by the event time (`ts`) inside the record.
+ISO-8601 (`2023-11-14T22:13:20Z`) or `now` (resolved once: a copy is identified by its
+range in ms, so an interrupted `--to now` copy is finished with the range its first log
+line prints). Note the two ranges: `copy` selects by the record's Kafka timestamp, the
+backfill by the event time (`ts`) inside the record.
 
 Exit codes: 0 done; 1 the copy or backfill failed or was stopped before its end; 2 bad
 arguments (one line on stderr).
@@ -140,9 +142,10 @@ def copy(argv: list[str]) -> int:
         line += f", {result.earlier} copied by an earlier run"
     print(line + ")")
     if not result.finished:
+        # The same range (`now` resolved) is the same copy: that rerun copies only the rest.
         print(
-            "plum replay copy: stopped before the end of the range; run the same command"
-            " again to finish it",
+            "plum replay copy: stopped before the end of the range; finish it with"
+            f" --topic {args.topic} --from {request.from_ms} --to {request.to_ms}",
             file=sys.stderr,
         )
         return 1

@@ -192,7 +192,8 @@ class ReplayCopy:
         )
         self._todo = {p for p in partitions if start[p] < ranges[p][1]}
         log.info(
-            "replay copy %s [%s, %s) -> %s: %d offsets in %d partitions%s",
+            "replay copy %s %s [%s, %s) -> %s: %d offsets in %d partitions%s",
+            req.copy_id,
             req.source,
             format_time_ms(req.from_ms),
             format_time_ms(req.to_ms),
