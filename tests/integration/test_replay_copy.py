@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -200,3 +201,27 @@ def test_a_killed_copy_process_is_finished_by_running_it_again(
     assert f"{len(stored) - len(partial)} records of {topics.watches}" in out, out[-2000:]
     assert "copied by an earlier run" in out
     _assert_exactly(_replayed(kafka_bootstrap, topics.watches_replay), stored)
+
+
+def test_a_stopped_copy_commits_the_batch_in_hand_and_a_rerun_finishes(kafka_bootstrap, topics):
+    stored = _produce(kafka_bootstrap, topics.watches, 200)
+    request = CopyRequest(topics.watches, topics.watches_replay, BASE_MS, BASE_MS + 10_000)
+    stop = threading.Event()
+
+    def stop_in_second(copy):  # SIGTERM arriving mid-transaction
+        if copy.result.transactions == 1:
+            stop.set()
+
+    first = copy_range(
+        kafka_bootstrap, request, CopyOptions(batch_records=50, before_commit=stop_in_second), stop
+    )
+    assert not first.finished and first.transactions == 2 and first.copied == 100
+    assert len(_replayed(kafka_bootstrap, topics.watches_replay)) == 100
+    rest = copy_range(kafka_bootstrap, request)
+    assert rest.finished and rest.copied == 100
+    _assert_exactly(_replayed(kafka_bootstrap, topics.watches_replay), stored)
+
+    # A range no record has reached yet is empty: nothing to copy, done at once.
+    later = CopyRequest(topics.watches, topics.watches_replay, BASE_MS + 10**9, BASE_MS + 10**10)
+    empty = copy_range(kafka_bootstrap, later)
+    assert empty.finished and empty.offsets == 0 and empty.copied == 0
