@@ -34,6 +34,8 @@ class Record(NamedTuple):
     offset: int
     value: bytes | None
     timestamp: int | None  # producer/broker timestamp, epoch ms
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes | None], ...] = ()  # in record order
 
 
 # (topic, key, value) of a record to publish inside the batch's transaction.

@@ -59,6 +59,16 @@ COMMANDS: tuple[Command, ...] = (
         "run the PyFlink job (live, or --backfill --from T1 --to T2)",
     ),
     Command(
+        "replay copy",
+        "streams.replay.cli:copy",
+        "copy a time range of a source topic into its replay topic, exactly once",
+    ),
+    Command(
+        "replay backfill",
+        "streams.replay.cli:backfill",
+        "the Flink job over the watches replay topic into <output>.backfill-<id>",
+    ),
+    Command(
         "flink cluster",
         "streams.flink.session_cluster:cli",
         "a standalone Flink session cluster (foreground) for `flink run --cluster`",

@@ -78,6 +78,19 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
 
 BY_NAME = {t.name: t for t in ALL_TOPICS}
 
+# The source topics a backfill can replay, and the replay topic each is copied into.
+REPLAY_OF = {WATCHES: WATCHES_REPLAY, UPLOADS: UPLOADS_REPLAY}
+
+
+def replay_topic(source: str) -> str:
+    """The replay topic of `source` (an unprefixed name); ValueError when it has none."""
+    try:
+        return REPLAY_OF[source]
+    except KeyError:
+        raise ValueError(
+            f"{source!r} has no replay topic; replay topics exist for {sorted(REPLAY_OF)}"
+        ) from None
+
 
 def spec(name: str) -> TopicSpec:
     try:

@@ -39,13 +39,13 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from plum.config import ConfigError
 from plum.ports import free_port
 from plum.runtime import stop_on_signals
 from plum.settings import Settings
+from plum.times import parse_time_ms
 from streams.contracts import topics as topic_defs
 from streams.contracts.topics import TopicNames
 from streams.flink.backfill_progress import BackfillProgress, start_backfill_progress
@@ -64,20 +64,6 @@ from streams.flink.job import (
 from streams.flink.job_metrics import FlinkRest, JobPoller, OperatorMetrics
 
 log = logging.getLogger(__name__)
-
-
-def parse_time_ms(text: str) -> int:
-    """Epoch milliseconds, or an ISO-8601 time (naive times are UTC)."""
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not epoch ms or ISO-8601: {text!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -95,6 +95,7 @@ class TopicSource(Generic[T]):
             self._consumer.close()
             raise
         self._pending: dict[int, deque[tuple[int, T]]] = {p: deque() for p in self._start}
+        self._paused: dict[int, int] = {}  # partition -> its position when paused
         self._next_partition = 0  # round robin over partitions when taking
 
     def _assign(
@@ -142,9 +143,17 @@ class TopicSource(Generic[T]):
                     raise KafkaException(err)
                 log.warning("%s: %s", self.topic, err)  # transient; librdkafka retries itself
                 continue
+            if msg.partition() in self._paused:  # fetched before the pause
+                continue
             kind, ts = msg.timestamp()
             rec = Record(
-                msg.topic(), msg.partition(), msg.offset(), msg.value(), ts if kind else None
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                msg.value(),
+                ts if kind else None,
+                msg.key(),
+                tuple(msg.headers() or ()),
             )
             self._pending[rec.partition].append((rec.offset, self._decode(rec)))
 
@@ -173,8 +182,9 @@ class TopicSource(Generic[T]):
         """partition -> offset of the first record not returned by take() yet."""
         from confluent_kafka import TopicPartition
 
-        empty = [p for p, buf in self._pending.items() if not buf]
+        empty = [p for p, buf in self._pending.items() if not buf and p not in self._paused]
         out = {p: buf[0][0] for p, buf in self._pending.items() if buf}
+        out.update(self._paused)
         if empty:
             got = self._consumer.position([TopicPartition(self.topic, p) for p in empty])
             for tp in got:
@@ -182,8 +192,45 @@ class TopicSource(Generic[T]):
                 out[tp.partition] = tp.offset if tp.offset >= 0 else self._start[tp.partition]
         return dict(sorted(out.items()))
 
+    def pause(self, partitions: list[int]) -> None:
+        """Stop fetching `partitions` (read as far as the caller wants); records of them
+        polled but not taken yet are dropped, and `position()` keeps their position."""
+        from confluent_kafka import TopicPartition
+
+        if not partitions:
+            return
+        held = self.position()
+        self._consumer.pause([TopicPartition(self.topic, p) for p in partitions])
+        for p in partitions:
+            self._pending[p].clear()
+            self._paused[p] = held[p]
+
     def close(self) -> None:
         self._consumer.close()
+
+
+def offsets_for_times(
+    bootstrap: str, topic: str, partitions: list[int], ts_ms: int, timeout_s: float = 10.0
+) -> dict[int, int | None]:
+    """Per partition, the offset of the first record whose timestamp is >= `ts_ms` (Kafka's
+    time index), or None when the partition has no such record (yet)."""
+    from confluent_kafka import TopicPartition
+
+    consumer = _consumer(bootstrap, "plum-offsets-for-times")
+    try:
+        got = consumer.offsets_for_times(
+            [TopicPartition(topic, p, ts_ms) for p in partitions], timeout=timeout_s
+        )
+    finally:
+        consumer.close()
+    out: dict[int, int | None] = {}
+    for tp in got:
+        if tp.error is not None:
+            from confluent_kafka import KafkaException
+
+            raise KafkaException(tp.error)
+        out[tp.partition] = tp.offset if tp.offset >= 0 else None
+    return out
 
 
 class TopicEnds:

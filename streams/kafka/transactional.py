@@ -16,12 +16,14 @@ transaction is aborted and the error re-raised: the service stops, and its resta
 the batch again from the last committed offsets.
 
 `TransactionalProducer` is the librdkafka producer side on its own, for writers that
-publish in transactions without consuming (the SID reindex).
+publish in transactions without consuming (the SID reindex), and `PositionGroup` a group
+that only stores the positions such a writer commits with its records (`plum replay copy`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -84,6 +86,26 @@ class TransactionalProducer:
                 self._producer.poll(1.0)
                 produce(topic, value, key)
 
+    def send_record(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        headers: Sequence[tuple[str, bytes | None]] = (),
+    ) -> None:
+        """One record to an explicit partition with its own timestamp and headers (a copy
+        of another record); ordered after every earlier send to the same partition."""
+        kwargs: dict[str, object] = {"partition": partition, "headers": list(headers)}
+        if timestamp_ms is not None:
+            kwargs["timestamp"] = timestamp_ms
+        try:
+            self._producer.produce(topic, value, key, **kwargs)
+        except BufferError:  # local queue full: let it drain, then retry once
+            self._producer.poll(1.0)
+            self._producer.produce(topic, value, key, **kwargs)
+
     def send_offsets(self, next_offsets: NextOffsets, group_metadata: object) -> None:
         """Commit a consumer group's `next_offsets` with this transaction."""
         from confluent_kafka import TopicPartition
@@ -120,6 +142,56 @@ class TransactionalProducer:
         # close(), not just flush(): the handle (its threads, its connections) must go now,
         # not whenever the collector gets to it. An open transaction is aborted.
         self._producer.close()
+
+
+class PositionGroup:
+    """A consumer group that only holds positions committed inside transactions: nothing
+    joins or subscribes, a `TransactionalProducer` commits its offsets with the records
+    they account for (`send_offsets(..., group.metadata)`), and a rerun reads them back to
+    resume where the last committed transaction ended."""
+
+    def __init__(self, bootstrap: str, group_id: str, client_id: str = "plum-positions"):
+        self.group_id = group_id
+        self._consumer = librdkafka_consumer(bootstrap, client_id, group_id)
+
+    @property
+    def metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def committed(
+        self, topic: str, partitions: Sequence[int], timeout_s: float = TRANSACTION_TIMEOUT_S
+    ) -> dict[int, int | None]:
+        """partition -> the committed next offset, None where the group has none.
+
+        Asked again while the group's coordinator is not there yet (a fresh broker creates
+        its offsets topic on the first such question) until `timeout_s` has passed."""
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+        settling = {
+            KafkaError.NOT_COORDINATOR,
+            KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+            KafkaError.COORDINATOR_NOT_AVAILABLE,
+        }
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                got = self._consumer.committed(
+                    [TopicPartition(topic, p) for p in partitions],
+                    timeout=max(deadline - time.monotonic(), 1.0),
+                )
+                for tp in got:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+                return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in got}
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if err is None or err.code() not in settling or time.monotonic() > deadline:
+                    raise
+                log.info("group %s: %s; asking again", self.group_id, err.name())
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 class ConfluentIO:
