@@ -140,17 +140,22 @@ def _run_job(config, bootstrap, prefix, tmp_path, max_steps: int, name: str) -> 
     return texts
 
 
-def _reference(tmp_path, config, batches, steps: int):
-    """Params after `steps` of `batches`, trained in this one process from the CPT params."""
+def _reference_trainer(tmp_path, config):
+    """train(batches) -> params after them, trained in this one process from the CPT
+    params with the run's optimizer (one compiled step for every call)."""
     cpt = CheckpointStore(tmp_path / "cpt", async_save=False)
     restored, meta = cpt.restore_untyped(cpt.latest_step())
     cpt.close()
     tx = make_optimizer(load_trainer_config(config, env={}).optimizer())
     stepper = Stepper(ModelConfig.from_dict(meta["model_config"]), tx)
-    state = init_state(jax.tree.map(jax.numpy.asarray, restored["params"]), tx)
-    for batch in batches[:steps]:
-        state, _ = stepper.train(state, batch)
-    return jax.tree.map(np.asarray, state.params)
+
+    def train(batches):
+        state = init_state(jax.tree.map(jax.numpy.array, restored["params"]), tx)
+        for batch in batches:
+            state, _ = stepper.train(state, batch)
+        return jax.tree.map(np.asarray, state.params)
+
+    return train
 
 
 def _close(a, b) -> bool:
@@ -196,18 +201,19 @@ def test_two_processes_train_like_one_on_the_global_batches_and_resume_from_one_
         )
         for k in range(8)
     ]
+    reference = _reference_trainer(tmp_path, config)
     store = CheckpointStore(run, async_save=False)
     for step in (4, 8):
         state, meta = store.restore_untyped(step)
         assert int(state["step"]) == step
-        assert _close(state["params"], _reference(tmp_path, config, batches, step)), step
+        assert _close(state["params"], reference(batches[:step])), step
     store.close()
     # the check can fail: process 0's rows alone (no gradient exchange) give other params
     alone = [
         collate([seq(e) for e in parts[0][2 * k : 2 * k + 2]], data.seq_len, vocab.pad_id)
         for k in range(8)
     ]
-    assert not _close(state["params"], _reference(tmp_path, config, alone, 8))
+    assert not _close(state["params"], reference(alone))
 
     # exactly once across the restart: 8 steps x 4 rows, 16 from each partition
     trained = parts[0][:16] + parts[1][:16]
