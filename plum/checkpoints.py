@@ -91,12 +91,39 @@ class CheckpointStore:
         return restored["state"], dict(restored["meta"])
 
     def restore_untyped(self, step: int) -> tuple[Any, dict[str, Any]]:
-        """State as plain nested dicts of numpy arrays (no target needed), and meta."""
+        """State as plain nested dicts of arrays (no target needed), and meta.
+
+        A checkpoint saved by several processes (a multi-process trainer) names devices
+        this process does not have; it is read onto this process's first device instead
+        (the layout is then the caller's to choose, as with any untyped restore)."""
         args = self._ocp.args
-        restored = self._manager.restore(
-            step, args=args.Composite(state=args.StandardRestore(), meta=args.JsonRestore())
-        )
+        try:
+            restored = self._manager.restore(
+                step, args=args.Composite(state=args.StandardRestore(), meta=args.JsonRestore())
+            )
+        except ValueError as err:  # orbax: "Topology mismatch detected ..."
+            if "topology" not in str(err).lower():
+                raise
+            restored = self._manager.restore(
+                step,
+                args=args.Composite(
+                    state=args.StandardRestore(self._on_one_device(step)),
+                    meta=args.JsonRestore(),
+                ),
+            )
         return restored["state"], dict(restored["meta"])
+
+    def _on_one_device(self, step: int) -> Any:
+        """The saved state's shapes and dtypes, every leaf on this process's first device."""
+        import jax
+
+        path = self.directory.absolute() / CHECKPOINTS / str(step) / "state"
+        saved = self._ocp.StandardCheckpointHandler().metadata(path)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            getattr(saved, "tree", saved),
+        )
 
     def restore_meta(self, step: int) -> dict[str, Any]:
         args = self._ocp.args

@@ -15,6 +15,12 @@ the runtime supplies the rest, the same way for every service:
 
 so a SIGTERM mid-batch finishes that batch, checkpoints and returns exit code 0, and
 `idle_exit_s` ends a backfill or a test once its input has been quiet that long.
+
+A component run by several processes in lockstep (the trainer under jax.distributed,
+where every step and checkpoint is a collective) passes `agree`: before each step every
+process offers its wish to end ("stopped", "idle" or None) and `agree` returns the joint
+decision, so all processes leave the loop at the same step even when only one of them
+got the signal.
 The consume -> process -> produce+commit cycle of Kafka services is `plum.batch_cycle`,
 a component built on this one.
 """
@@ -296,8 +302,11 @@ class Runtime:
         stop: threading.Event | None = None,
         fraction: Callable[[], float | None] | None = None,
         clock: Clock = time.monotonic,
+        agree: Callable[[EndReason | None], EndReason | None] | None = None,
     ) -> None:
+        """`agree`: see the module docstring (None: this process decides alone)."""
         self.component = component
+        self.agree = agree
         self.config = config
         self.registry = registry
         self.stop = stop or threading.Event()
@@ -331,8 +340,13 @@ class Runtime:
                     )
                 self.component.start()
                 self.idle.busy()  # start-up (compiles, index sync) is not idleness
-                reason: EndReason = "stopped"
-                while not self.stop.is_set():
+                reason: EndReason | None = None
+                while reason is None:
+                    reason = self._end_wish()
+                    if self.agree is not None:
+                        reason = self.agree(reason)
+                    if reason is not None:
+                        break
                     step = self.component.step(self.stop)
                     steps += 1
                     self.progress.add(step.done)
@@ -341,11 +355,8 @@ class Runtime:
                     self.progress.maybe_report()
                     if step.finished:
                         reason = "finished"
-                        break
-                    if self.idle.expired():
-                        log.info("%s: no input for %.1f s: stopping", cfg.name, cfg.idle_exit_s)
-                        reason = "idle"
-                        break
+                if reason == "idle":
+                    log.info("%s: no input for %.1f s: stopping", cfg.name, cfg.idle_exit_s)
                 self.component.checkpoint()
                 self.progress.report(final=True)
             finally:
@@ -355,3 +366,8 @@ class Runtime:
                     if self.metrics_server is not None:
                         self.metrics_server.close()
         return RunResult(reason, steps, self.progress.count, self._clock() - started)
+
+    def _end_wish(self) -> EndReason | None:
+        if self.stop.is_set():
+            return "stopped"
+        return "idle" if self.idle.expired() else None

@@ -83,13 +83,15 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--idle-exit", type=float, help="stop after this long without input")
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--metrics-port", type=int, help="/metrics port (0: a free one; -1: none)")
+    parser.add_argument("--coordinator", help="HOST:PORT of process 0 (several processes)")
+    parser.add_argument("--num-processes", type=int, help="processes of the job (default 1)")
+    parser.add_argument("--process-id", type=int, help="this process, 0 .. num-processes - 1")
     args = parser.parse_args(argv)
     from streams.contracts.topics import TopicNames
     from trainer.data import index_lookup_source, load_data_config
     from trainer.loop import ContinuousTrainer, MissingInputError, RunPaths, trainer_runtime
     from trainer.sharding import initialize_distributed
 
-    initialize_distributed()
     cfg = trainer_config(
         args,
         cpt_dir=args.cpt,
@@ -97,7 +99,12 @@ def run(argv: list[str]) -> int:
         idle_exit_s=args.idle_exit,
         max_steps=args.max_steps,
         metrics_port=args.metrics_port,
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
     )
+    # before any other JAX call: it fixes the device list the mesh spans
+    initialize_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
     index_path, cpt_dir, run_dir = state_paths(cfg)
     data_cfg = load_data_config(args.config)
     topic = TopicNames.with_prefix(cfg.topic_prefix).sft_examples

@@ -290,7 +290,10 @@ class TrainingData:
         start: DataPosition | None = None,
         *,
         fresh: FreshSource | None = None,
+        share: tuple[int, int] = (0, 1),
     ):
+        """`share`: (index, count) of a multi-process trainer: this process reads the
+        partitions p % count == index and builds `config.batch_size` rows (its share)."""
         config.check_vocab(vocab)
         self.config = config
         self.vocab = vocab
@@ -307,13 +310,17 @@ class TrainingData:
             if bootstrap is None or topic is None:
                 raise ValueError("bootstrap and topic are needed unless a fresh source is given")
             offsets = start.fresh_offsets if start.fresh_offsets else None
-            fresh = FreshReader(bootstrap, topic, offsets, config.start_from)
+            fresh = FreshReader(bootstrap, topic, offsets, config.start_from, share=share)
         self._fresh = fresh
         try:
             self._last_offsets = dict(fresh.position())
         except BaseException:
             fresh.close()
             raise
+        # where this reader starts: only its own partitions (a share of the topic)
+        self.start_position = DataPosition(
+            dict(self._last_offsets), self._draws, self._archive_step
+        )
         self._last_fresh_at = time.monotonic()
         self._idle = False
         self._queue: queue.Queue[MixedBatch | _Failure] = queue.Queue(config.prefetch_batches)

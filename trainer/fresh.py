@@ -97,7 +97,9 @@ class FreshReader:
         start: Mapping[int, int] | None = None,
         start_from: str = "earliest",
         metadata_timeout_s: float = 30.0,
+        share: tuple[int, int] = (0, 1),
     ):
+        """`share`: (index, count), this reader's share of the partitions (TopicSource)."""
         self.topic = topic
         self.malformed: Counter[str] = Counter()
         self._reader: TopicSource[FreshRecord | _Malformed] = TopicSource(
@@ -108,6 +110,7 @@ class FreshReader:
             decode=decode,
             client_id="plum-trainer",
             metadata_timeout_s=metadata_timeout_s,
+            share=share,
         )
         log.info("reading %s from %s", topic, self.position())
 

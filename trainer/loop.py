@@ -22,9 +22,19 @@ lineage: what came after the checkpoint is re-read from Kafka and re-archived.
 Counters in the checkpoint (fresh records, an order-free digest of their event ids)
 make that checkable from outside.
 
+Several processes (`--num-processes N`, jax.distributed): one data-parallel mesh over
+every process's devices, parameters replicated (or FSDP-sharded). Process i reads the
+partitions p % N == i of the topic and builds batch_size / N rows of each global batch;
+the processes step in lockstep (trainer/lockstep.py: a step waits, at most
+lockstep_wait_s, for every process's rows; a late process contributes padding rows) and
+save ONE checkpoint: orbax writes the arrays from every process, process 0 the meta,
+which holds the union of the processes' offsets (their partitions do not overlap) and
+each process's counters and history cursor. Each process archives into its own
+`archive/process-<i>/`.
+
 The machinery lives beside the loop: trainer/data.py (input), trainer/step.py (the
-jitted step), trainer/sharding.py (mesh), trainer/observe.py (gauges, consumer lag,
-progress text), plum/checkpoints.py (orbax).
+jitted step), trainer/sharding.py (mesh), trainer/lockstep.py (processes in step),
+trainer/observe.py (gauges, consumer lag, progress text), plum/checkpoints.py (orbax).
 """
 
 from __future__ import annotations
@@ -51,10 +61,18 @@ from streams.kafka.source import TopicEnds
 from trainer.archive import HistoryArchive
 from trainer.config import ModelConfig
 from trainer.data import DataConfig, DataPosition, MixedBatch, TrainingData
+from trainer.lockstep import Lockstep, agree_on_end, allgather_json, barrier
 from trainer.model import init_params
 from trainer.observe import TrainerObserver
-from trainer.prompt import Batch, SidLookup
-from trainer.sharding import batch_sharding, make_mesh, mesh_size, state_shardings
+from trainer.prompt import Batch, SidLookup, TrainingSequence, collate
+from trainer.sharding import (
+    batch_sharding,
+    local_rows,
+    make_mesh,
+    mesh_size,
+    place,
+    state_shardings,
+)
 from trainer.step import OptimizerConfig, Stepper, TrainState, init_state, make_optimizer
 from trainer.vocab import Vocab
 
@@ -92,6 +110,11 @@ class TrainerConfig:
     # quiet this long, for backfills and tests.
     idle_exit_s: float = 0.0
     max_steps: int = 0  # 0 = unlimited
+    # --- several processes (jax.distributed); num_processes 1 = this process alone
+    coordinator: str = ""  # HOST:PORT of the coordination service (process 0 serves it)
+    num_processes: int = 1
+    process_id: int = 0
+    lockstep_wait_s: float = 5.0  # a process holding its rows waits this long for the rest
 
     def __post_init__(self) -> None:
         if self.checkpoint_every_steps < 1:
@@ -100,6 +123,15 @@ class TrainerConfig:
             raise ValueError("idle_exit_s and max_steps must be >= 0")
         if self.metrics_port < -1:
             raise ValueError(f"metrics_port={self.metrics_port} must be >= -1 (-1 = none)")
+        if self.num_processes < 1 or not 0 <= self.process_id < self.num_processes:
+            raise ValueError(
+                f"process_id={self.process_id} of num_processes={self.num_processes}: "
+                "need num_processes >= 1 and 0 <= process_id < num_processes"
+            )
+        if self.num_processes > 1 and not self.coordinator:
+            raise ValueError(f"num_processes={self.num_processes} needs a coordinator HOST:PORT")
+        if self.lockstep_wait_s < 0:
+            raise ValueError(f"lockstep_wait_s={self.lockstep_wait_s} must be >= 0")
         self.optimizer()  # validates the optimizer fields
 
     def optimizer(self) -> OptimizerConfig:
@@ -166,6 +198,29 @@ class Counters:
         d["fresh_digest"] = int(d["fresh_digest"])
         return cls(**d)
 
+    @classmethod
+    def total(cls, parts: Iterable[Counters]) -> Counters:
+        """The counters of several processes as one run's."""
+        out = cls()
+        for c in parts:
+            for f in dataclasses.fields(cls):
+                if f.name != "newest_event_ts":
+                    setattr(out, f.name, getattr(out, f.name) + getattr(c, f.name))
+            out.newest_event_ts = max(out.newest_event_ts, c.newest_event_ts)
+        out.fresh_digest %= DIGEST_MOD
+        return out
+
+
+def merged_position(parts: Iterable[DataPosition], archive_step: int) -> DataPosition:
+    """One position for processes that read disjoint partitions: the union of their
+    offsets; history draws summed (each process's own cursor is kept beside it)."""
+    offsets: dict[int, int] = {}
+    draws = 0
+    for p in parts:
+        offsets.update(p.fresh_offsets)
+        draws += p.history_draws
+    return DataPosition(dict(sorted(offsets.items())), draws, archive_step)
+
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -217,6 +272,19 @@ class ContinuousTrainer:
                 f"batch_size={data_cfg.batch_size} must divide by the {mesh_size(self.mesh)} "
                 "devices of the mesh"
             )
+        # several processes: each builds its share of every batch, all step together
+        self.process, self.processes = jax.process_index(), jax.process_count()
+        self.lockstep = Lockstep(cfg.lockstep_wait_s) if self.processes > 1 else None
+        self._local_data_cfg = dataclasses.replace(
+            data_cfg, batch_size=local_rows(data_cfg.batch_size)
+        )
+        self.archive_dir = paths.archive
+        if self.processes > 1:
+            self.archive_dir = paths.archive / f"process-{self.process}"
+        self._held: MixedBatch | None = None  # lockstep: a batch waiting for the others'
+        self._held_at = 0.0
+        self._padding: Batch | None = None  # lockstep: rows of a process without a batch
+        self._has_position = False  # restored or moved since start (else nothing to save)
         self.tx = make_optimizer(cfg.optimizer())
         self.metrics = Metrics.for_component("trainer")
         self.observer = TrainerObserver(
@@ -242,23 +310,28 @@ class ContinuousTrainer:
         try:
             state, self.model_cfg, self.vocab = self._restore_or_start(shard)
             # the jitted step takes the state only in the mesh's layout
-            self.state = jax.device_put(state, shard(state))
+            self.state = place(state, shard(state))
             self.stepper = Stepper(
                 self.model_cfg, self.tx, shard(self.state), batch_sharding(self.mesh)
             )
-            self.archive = HistoryArchive(self.paths.archive)
+            self.archive = HistoryArchive(self.archive_dir)
             self.archive.truncate_after(int(self.state.step))
             self.data = TrainingData(
-                self.data_cfg,
+                self._local_data_cfg,
                 self.vocab,
                 self._lookup_source,
                 bootstrap=self._bootstrap,
                 topic=self._topic,
-                archive_dir=self.paths.archive,
+                archive_dir=self.archive_dir,
                 start=self.position,
+                share=(self.process, self.processes),
             )
         except FileNotFoundError as err:
             raise MissingInputError(str(err)) from err
+        self._has_position = self.position is not None
+        if self.lockstep is not None:
+            # this process's partitions only: the checkpoint merges every process's own
+            self.position = self.data.start_position
         self._step0 = int(self.state.step)
         self._last_ckpt = time.monotonic()
         self.observer.start()
@@ -267,6 +340,8 @@ class ContinuousTrainer:
         """fetch batch -> train step -> maybe checkpoint."""
         if self.finished():
             return Step(finished=True)
+        if self.lockstep is not None:
+            return self._lockstep_step()
         mb = self.data.next_batch(timeout_s=1.0)
         if mb is None:
             return Step(active=False)
@@ -275,6 +350,43 @@ class ContinuousTrainer:
         if self._checkpoint_due():
             self.save()
         return Step(done=mb.n_rows, active=mb.has_fresh_input, finished=self.finished())
+
+    def _lockstep_step(self) -> Step:
+        """The step with the other processes: hold this process's batch until every
+        process has one (or one has waited lockstep_wait_s), then all train (or, when
+        no process has a row, all only move their positions) and maybe checkpoint."""
+        if self._held is None:
+            self._held = self.data.next_batch(timeout_s=1.0)
+            self._held_at = time.monotonic()
+        mb = self._held
+        time_due = time.monotonic() - self._last_ckpt >= self.cfg.checkpoint_every_s
+        r = self.lockstep.round(
+            self._held_at if mb is not None else None,
+            mb.n_rows if mb is not None else 0,
+            mb is not None and mb.has_fresh_input,
+            time_due,
+        )
+        if not r.go:
+            return Step(active=r.active)
+        tokens = 0
+        if r.rows:
+            batch = mb.batch if mb is not None else self._padding_batch()
+            self._train(batch)
+            tokens = int((batch.weights > 0).sum())  # this process's rows (the counters' share)
+        if mb is not None:
+            self._account(mb, tokens)
+            self._held = None
+        if int(self.state.step) % self.cfg.checkpoint_every_steps == 0 or r.checkpoint_due:
+            self.save()
+        done = mb.n_rows if mb is not None else 0
+        return Step(done=done, active=r.active, finished=self.finished())
+
+    def _padding_batch(self) -> Batch:
+        if self._padding is None:
+            cfg = self._local_data_cfg
+            rows = [TrainingSequence([], 0, 0.0)] * cfg.batch_size
+            self._padding = collate(rows, cfg.seq_len, self.vocab.pad_id)
+        return self._padding
 
     def checkpoint(self) -> None:
         self.save()
@@ -319,6 +431,7 @@ class ContinuousTrainer:
         self.archive.append(mb.fresh_records)
         self.counters.add(mb, tokens)
         self.position = mb.position
+        self._has_position = True
         self.sid_version = mb.sid_version
         self.observer.batch(
             mb,
@@ -347,8 +460,7 @@ class ContinuousTrainer:
                     shard,
                 )
             )
-            self.position = DataPosition.from_dict(meta["position"])
-            self.counters = Counters.from_dict(meta["counters"])
+            self.position, self.counters = self._share_of(meta)
             log.info(
                 "resuming from checkpoint %d: kafka offsets %s, history draws %d",
                 step,
@@ -357,6 +469,23 @@ class ContinuousTrainer:
             )
             return state, _model_config(meta), Vocab.load(self.store.vocab_dir)
         return self._start_from_cpt(shard)
+
+    def _share_of(self, meta: dict[str, Any]) -> tuple[DataPosition, Counters]:
+        """This process's position and counters in a checkpoint. The offsets are every
+        partition's (the reader keeps its own); history cursor and counters are this
+        process's when the checkpoint was saved by as many processes, else process 0
+        takes the run's and the others start theirs at zero."""
+        position = DataPosition.from_dict(meta["position"])
+        shares = meta.get("processes") or []
+        if len(shares) == self.processes > 1:
+            mine = shares[self.process]
+            draws = DataPosition.from_dict(mine["position"]).history_draws
+            return dataclasses.replace(position, history_draws=draws), Counters.from_dict(
+                mine["counters"]
+            )
+        if self.process == 0:
+            return position, Counters.from_dict(meta["counters"])
+        return dataclasses.replace(position, history_draws=0), Counters()
 
     def _start_from_cpt(self, shard) -> tuple[TrainState, ModelConfig, Vocab]:
         cpt = CheckpointStore(self.paths.cpt_dir, async_save=False)
@@ -367,9 +496,12 @@ class ContinuousTrainer:
         )
         cpt.close()
         model_cfg = _model_config(meta)
-        if self.store.vocab_dir.exists():
-            shutil.rmtree(self.store.vocab_dir)
-        shutil.copytree(cpt.vocab_dir, self.store.vocab_dir)
+        if self.process == 0:  # one copy in the run dir all processes share
+            if self.store.vocab_dir.exists():
+                shutil.rmtree(self.store.vocab_dir)
+            shutil.copytree(cpt.vocab_dir, self.store.vocab_dir)
+        if self.processes > 1:
+            barrier("plum-trainer-vocab")
         log.info(
             "starting from CPT checkpoint %s step %d (sid_version %s)",
             self.paths.cpt_dir,
@@ -380,11 +512,11 @@ class ContinuousTrainer:
         return state, model_cfg, Vocab.load(self.store.vocab_dir)
 
     # ---- checkpoints
-    def _meta(self) -> dict[str, Any]:
+    def _meta(self, position: DataPosition | None, counters: Counters) -> dict[str, Any]:
         return {
             "kind": "sft",
-            "position": self.position.to_dict() if self.position else None,
-            "counters": self.counters.to_dict(),
+            "position": position.to_dict() if position else None,
+            "counters": counters.to_dict(),
             "loss": self.last_loss,
             "sid_version": self.sid_version,
             "model_config": self.model_cfg.to_dict(),
@@ -397,13 +529,41 @@ class ContinuousTrainer:
         """Flush the archive, then save state + position (async); a step is saved once."""
         self._last_ckpt = time.monotonic()
         step = int(self.state.step)
-        if self.position is None or step in self.store.steps():
+        if step in self.store.steps():
+            return step
+        if self.lockstep is not None:
+            return self._save_together(step)
+        if self.position is None:
             return step
         self.archive.flush(step)
         self.position = self.position.with_archive_step(step)
-        self.store.save(step, self.state, self._meta())
+        self.store.save(step, self.state, self._meta(self.position, self.counters))
         self.observer.checkpoint_saved()
         log.info("checkpoint %d saved (offsets %s)", step, self.position.fresh_offsets)
+        return step
+
+    def _save_together(self, step: int) -> int:
+        """save() of a process in lockstep: all processes call it at the same step; their
+        positions and counters are gathered into the one meta process 0 writes."""
+        mine = {
+            "has": self._has_position,
+            "position": self.position.with_archive_step(step).to_dict(),
+            "counters": self.counters.to_dict(),
+        }
+        shares = allgather_json(mine)
+        if not any(s["has"] for s in shares):
+            return step  # no process has moved since start: nothing new to save
+        self.archive.flush(step)
+        self.position = self.position.with_archive_step(step)
+        positions = [DataPosition.from_dict(s["position"]) for s in shares]
+        meta = self._meta(
+            merged_position(positions, step),
+            Counters.total(Counters.from_dict(s["counters"]) for s in shares),
+        )
+        meta["processes"] = [{"position": s["position"], "counters": s["counters"]} for s in shares]
+        self.store.save(step, self.state, meta)
+        self.observer.checkpoint_saved()
+        log.info("checkpoint %d saved by %d processes", step, self.processes)
         return step
 
 
@@ -412,16 +572,20 @@ def trainer_runtime(trainer: ContinuousTrainer, stop: threading.Event | None = N
     cfg.metrics_port (-1 = none, 0 = a free port), a progress line every log_every_s,
     idle-exit after idle_exit_s without Kafka input (0 = never), SIGTERM/SIGINT handled."""
     cfg = trainer.cfg
+    port = cfg.metrics_port
+    if port > 0:  # several processes on one host: process i serves port + i
+        port += trainer.process
     return Runtime(
         trainer,
         RuntimeConfig(
             name="trainer",
             unit="examples",
-            metrics_port=cfg.metrics_port,
+            metrics_port=port,
             progress_every_s=cfg.log_every_s,
             idle_exit_s=cfg.idle_exit_s,
         ),
         registry=trainer.metrics.registry,
         stop=stop,
         fraction=trainer.fraction_done,
+        agree=agree_on_end if trainer.lockstep is not None else None,
     )

@@ -9,7 +9,15 @@ to split (norm scales, scalars) are replicated.
 
 On one CPU or GPU the mesh is 1 x 1 and everything is replicated; tests run the same
 code on several virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N).
-Multi-host: call `initialize_distributed()` first; jax.devices() then spans all hosts.
+
+Multi-process (several hosts, or several processes on one machine): every process calls
+`initialize_distributed(coordinator, num_processes, process_id)` before any other JAX
+use; jax.devices() then lists every process's devices, in process order, and the mesh
+spans them all. Each process builds only its share of a global batch (its rows, in
+process order: process 0's rows come first) and `global_batch` assembles the global
+array from those shares; the jitted step then sees one global batch, so the loss and the
+gradients are means over all processes' rows. On CPU the cross-process collectives are
+gloo's (JAX's default CPU collectives since 0.5; nothing to configure).
 """
 
 from __future__ import annotations
@@ -27,20 +35,35 @@ log = logging.getLogger(__name__)
 DATA, FSDP = "data", "fsdp"
 
 
-def initialize_distributed() -> None:
-    """jax.distributed.initialize() when launched as one process of a multi-host job.
+def initialize_distributed(
+    coordinator: str = "", num_processes: int = 1, process_id: int = 0, timeout_s: int = 300
+) -> None:
+    """jax.distributed.initialize() when this is one process of a multi-process job.
 
-    Detected from JAX's own variables (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-    JAX_PROCESS_ID) or a cluster JAX auto-detects (SLURM, TPU pods); a no-op otherwise.
+    Explicit: `num_processes` > 1, with the coordinator's HOST:PORT (process 0 serves it)
+    and this process's id. Otherwise detected from JAX's own variables
+    (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or a cluster JAX
+    auto-detects (SLURM, TPU pods); a no-op when there is none. Must run before any
+    other JAX call (the first one fixes the backend and its device list).
     """
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_JOB_ID"):
-        jax.distributed.initialize()
-        log.info(
-            "jax.distributed: process %d of %d, %d devices in all",
-            jax.process_index(),
-            jax.process_count(),
-            jax.device_count(),
+    if num_processes > 1:
+        if not coordinator:
+            raise ValueError(f"num_processes={num_processes} needs a coordinator HOST:PORT")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"process_id={process_id} is not in [0, {num_processes})")
+        jax.distributed.initialize(
+            coordinator, num_processes, process_id, initialization_timeout=timeout_s
         )
+    elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_JOB_ID"):
+        jax.distributed.initialize()
+    else:
+        return
+    log.info(
+        "jax.distributed: process %d of %d, %d devices in all",
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+    )
 
 
 def make_mesh(data: int = 0, fsdp: int = 1, devices: list | None = None) -> Mesh:
@@ -87,3 +110,29 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def mesh_size(mesh: Mesh) -> int:
     return int(np.prod(list(mesh.shape.values())))
+
+
+def local_rows(global_rows: int) -> int:
+    """Rows of a global batch of `global_rows` this process builds (its equal share)."""
+    n = jax.process_count()
+    if global_rows % n:
+        raise ValueError(f"batch of {global_rows} rows does not split over {n} processes")
+    return global_rows // n
+
+
+def global_batch(arrays: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """The global batch from this process's rows: one process, a plain device_put; several,
+    each process's rows in process order (jax.make_array_from_process_local_data)."""
+    if jax.process_count() == 1:
+        return jax.device_put(arrays, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """`tree` laid out by `shardings`. Across processes device_put of an array already on
+    the devices fails (jax 0.10: "input arrays must have one shard each"), so there the
+    layout is changed by an identity jit, which also leaves an array already in place as
+    it is."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    return jax.jit(lambda t: t, out_shardings=shardings)(tree)

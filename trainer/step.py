@@ -29,6 +29,7 @@ import optax
 from trainer.config import ModelConfig
 from trainer.model import Transformer
 from trainer.prompt import Batch
+from trainer.sharding import global_batch
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,9 @@ class Stepper:
     """Jitted train and eval steps for one model config and optimizer.
 
     `state_sharding` / `batch_sharding` (from trainer/sharding.py) pin where the state
-    and the batch live; without them everything sits on the default device.
+    and the batch live; without them everything sits on the default device. Across
+    processes (jax.distributed) each process passes only its rows of the global batch to
+    `train` / `eval_loss`, and every process must call them in the same order.
     """
 
     def __init__(
@@ -157,7 +160,7 @@ class Stepper:
         arrays = batch_arrays(batch)
         if self.batch_sharding is None:
             return {k: jnp.asarray(v) for k, v in arrays.items()}
-        return jax.device_put(arrays, self.batch_sharding)
+        return global_batch(arrays, self.batch_sharding)
 
     def train(self, state: TrainState, batch: Batch) -> tuple[TrainState, StepMetrics]:
         return self._train(state, self.put_batch(batch))

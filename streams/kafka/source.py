@@ -70,6 +70,10 @@ class TopicSource(Generic[T]):
     from its beginning; without `start`, every partition starts at `start_from`
     ("earliest" or "latest"), resolved to an offset now so that records produced before
     the first poll are not skipped.
+
+    `share=(index, count)`: only the partitions p with p % count == index (one of
+    `count` readers that split the topic between them, e.g. the processes of a
+    multi-process trainer); `start` may name the others, they are ignored.
     """
 
     def __init__(
@@ -82,10 +86,14 @@ class TopicSource(Generic[T]):
         client_id: str = "plum-reader",
         metadata_timeout_s: float = 30.0,
         max_poll_records: int = 500,
+        share: tuple[int, int] = (0, 1),
     ):
         if start_from not in START_FROM:
             raise ValueError(f"start_from={start_from!r} is not one of {START_FROM}")
+        if not 0 <= share[0] < share[1]:
+            raise ValueError(f"share={share}: need 0 <= index < count")
         self.topic = topic
+        self._share = share
         self._decode = decode
         self._max_poll = max_poll_records
         self._consumer = _consumer(bootstrap, client_id)
@@ -104,7 +112,11 @@ class TopicSource(Generic[T]):
         from confluent_kafka import TopicPartition
 
         deadline = time.monotonic() + timeout_s
-        partitions = _partitions(self._consumer, self.topic, timeout_s)
+        every = _partitions(self._consumer, self.topic, timeout_s)
+        index, count = self._share
+        partitions = [p for p in every if p % count == index]
+        if not partitions:
+            log.warning("%s has no partition for reader %d of %d", self.topic, index, count)
         offsets: dict[int, int] = {}
         for p in partitions:
             if start is not None and p in start:
@@ -117,7 +129,7 @@ class TopicSource(Generic[T]):
             )
             # read_committed: `high` is the last stable offset, as kafka-python's end_offsets
             offsets[p] = low if start is not None or start_from == "earliest" else high
-        gone = sorted(set(start or {}) - set(partitions))
+        gone = sorted(set(start or {}) - set(every))
         if gone:
             log.warning("saved position has partitions %s that %s no longer has", gone, self.topic)
         self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
