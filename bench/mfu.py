@@ -45,6 +45,39 @@ class StepCost:
         return cls(matrix, seq_len, float(flops))
 
 
+def retrieve_flops(cfg: ModelConfig, prompt_len: int, beams: int, sid_slots: int) -> float:
+    """Forward model FLOPs of one retrieval by beam search (trainer/beam.py): the prompt's
+    prefill (every matrix at every prompt position, the output projection at the last one,
+    full prompt x prompt attention as computed) and `sid_slots - 1` decode steps of
+    `beams` beams (every matrix incl. the output projection, attention over the prompt and
+    the beam's tokens so far)."""
+    cost = StepCost.of(cfg, prompt_len)
+    output = cfg.vocab_size * cfg.d_model
+    body = cost.matrix_params_per_token - output
+    width = cfg.n_heads * cfg.head_dim
+    prefill = 2 * body * prompt_len + 2 * output + 4 * cfg.n_layers * prompt_len**2 * width
+    decode = sum(
+        beams * (2 * cost.matrix_params_per_token + 4 * cfg.n_layers * (prompt_len + step) * width)
+        for step in range(1, sid_slots)
+    )
+    return float(prefill + decode)
+
+
+def matmul_flops_per_s(n: int = 1024, seconds: float = 2.0) -> float:
+    """FLOP/s of a float32 n x n matrix product through XLA on this machine's default
+    device (every core it uses): the compute ceiling a model's FLOP count is held to."""
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    product = jax.jit(lambda x: x @ x)
+    product(a).block_until_ready()
+    reps, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        product(a).block_until_ready()
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
 def peak_flops(device: Any | None = None) -> tuple[float | None, str]:
     """(peak dense bf16 FLOP/s, the device kind it was looked up by); None on a CPU or an
     accelerator missing from the table."""
@@ -89,4 +122,12 @@ def step_only_seconds(stepper: Any, state: Any, batch: Any, warmup: int = 3, ste
     return (time.perf_counter() - t) / steps
 
 
-__all__ = ["PEAK_BF16_FLOPS", "StepCost", "peak_flops", "step_only_seconds", "utilisation"]
+__all__ = [
+    "PEAK_BF16_FLOPS",
+    "StepCost",
+    "matmul_flops_per_s",
+    "peak_flops",
+    "retrieve_flops",
+    "step_only_seconds",
+    "utilisation",
+]

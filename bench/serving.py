@@ -45,7 +45,10 @@ from typing import Any
 import httpx
 
 from bench.common import write_result
+from bench.mfu import matmul_flops_per_s, retrieve_flops
 from plum.config import REPO_ROOT
+from trainer.config import ModelConfig
+from trainer.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +268,38 @@ def same_answers(a: list, b: list, tol: float = 1e-3) -> tuple[bool, str]:
     return True, ""
 
 
+def compute_ceiling(
+    cfg: ModelConfig,
+    prompt_len: int,
+    sid_slots: int,
+    beams: list[int],
+    batched: dict[str, Any],
+    matmul_flops: float,
+    connections: int,
+    p99_target_ms: float = 50.0,
+) -> dict[str, Any]:
+    """Per beam: model GFLOP per request, the GFLOP/s the batched server reached, the QPS
+    this machine's matrix rate allows at most, and whether `connections` closed-loop
+    clients can see p99 <= target at all (they need connections / p99 requests/s)."""
+    needed = connections / (p99_target_ms / 1000)
+    out: dict[str, Any] = {
+        "matmul_gflops_per_s": round(matmul_flops / 1e9, 1),
+        f"qps_needed_for_p99_{p99_target_ms:g}ms_at_{connections}_clients": needed,
+    }
+    for b in beams:
+        flops = retrieve_flops(cfg, prompt_len, b, sid_slots)
+        qps = batched.get(f"beam_{b}", {}).get("qps")
+        ceiling = matmul_flops / flops
+        out[f"beam_{b}"] = {
+            "gflop_per_request": round(flops / 1e9, 4),
+            "achieved_model_gflops_per_s": round(qps * flops / 1e9, 1) if qps else None,
+            "share_of_matmul_rate": round(qps * flops / matmul_flops, 3) if qps else None,
+            "ceiling_qps": round(ceiling, 1),
+            "p99_target_reachable": ceiling >= needed,
+        }
+    return out
+
+
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plum bench serving", description=__doc__)
     parser.add_argument("--model-repo", help="serve the newest version of this repository")
@@ -303,7 +338,11 @@ def cli(argv: list[str]) -> int:
             print(f"plum bench serving: no version in {repo}")
             return 2
         manifest = models.manifest(version)
-        video_ids = list(models.load(version).snapshot.video_ids)
+        artifact = models.load(version)
+        video_ids = list(artifact.snapshot.video_ids)
+        sid_slots = Vocab.load(artifact.vocab_dir).num_sid_slots
+        log.info("the machine's float32 matrix rate (the compute ceiling), before the servers")
+        matmul_before = matmul_flops_per_s()
         modes = {
             "unbatched": {"PLUM_SERVING__BATCH_SIZES": "1"},
             "batched": {"PLUM_SERVING__BATCH_SIZES": args.batch_sizes},
@@ -353,6 +392,17 @@ def cli(argv: list[str]) -> int:
                     f"plum bench serving: batched and unbatched answers differ at beam {beam}: {why}"
                 )
                 return 1
+    matmul_after = matmul_flops_per_s()
+    ceiling = compute_ceiling(
+        ModelConfig.from_dict(manifest.model_config),
+        manifest.max_prompt_len,
+        sid_slots,
+        beams,
+        results["batched"],
+        (matmul_before + matmul_after) / 2,
+        args.connections,
+    )
+    log.info("compute ceiling: %s", ceiling)
     ratio = {
         f"batched_qps_over_unbatched_beam_{b}": round(
             results["batched"][f"beam_{b}"]["qps"] / results["unbatched"][f"beam_{b}"]["qps"], 3
@@ -389,12 +439,16 @@ def cli(argv: list[str]) -> int:
             "distinct_bodies": args.bodies,
             "load_generator": "wrk 4.1 (Debian), closed loop, same machine as the server",
         },
-        {"batched": results["batched"], "targets": targets},
+        {"batched": results["batched"], "targets": targets, "compute_ceiling": ceiling},
         {"unbatched": results["unbatched"]},
         ratio,
         notes=(
             "Both servers answered the same probe requests identically (items and order; "
-            "scores within 1e-3) before the ratio was computed."
+            "scores within 1e-3) before the ratio was computed. compute_ceiling: model FLOPs "
+            "per retrieval (bench/mfu.py retrieve_flops) against this machine's float32 "
+            "matrix rate through XLA, measured before and after the servers in the same run; "
+            "qps_needed = connections / p99 target (Little's law for closed-loop clients: "
+            "mean latency <= p99 needs throughput >= connections / p99)."
         ),
     )
     print(json.dumps({"results": str(path), "ratio": ratio, "targets": targets}, indent=1))

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.mfu import StepCost, peak_flops, utilisation
+from bench.mfu import StepCost, peak_flops, retrieve_flops, utilisation
 from trainer.config import ModelConfig
 
 
@@ -47,4 +47,29 @@ def test_no_mfu_without_a_peak():
     assert got["run_mfu"] is None and got["peak_bf16_tflops"] is None
     assert got["run_model_tflops_per_s"] == round(
         StepCost.of(cfg, 4).flops_per_token * 1e3 / 1e12, 4
+    )
+
+
+def test_a_retrieval_costs_the_prompt_once_and_each_beam_per_decoded_slot():
+    cfg = ModelConfig(vocab_size=100, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=16)
+    body, output = 2 * (192 + 384), 800
+    prefill = 2 * body * 10 + 2 * output + 4 * 2 * 10**2 * 8
+    decode = 3 * (2 * (body + output) + 4 * 2 * 11 * 8) + 3 * (2 * (body + output) + 4 * 2 * 12 * 8)
+    assert retrieve_flops(cfg, prompt_len=10, beams=3, sid_slots=3) == prefill + decode
+    assert retrieve_flops(cfg, 10, 6, 3) > retrieve_flops(cfg, 10, 3, 3)
+
+
+def test_the_serving_ceiling_says_whether_closed_loop_clients_can_meet_the_p99_target():
+    from bench.serving import compute_ceiling
+
+    cfg = ModelConfig(vocab_size=100, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=16)
+    flops = retrieve_flops(cfg, 10, 4, 3)
+    got = compute_ceiling(cfg, 10, 3, [4], {"beam_4": {"qps": 50.0}}, 100 * flops, 50)
+    assert got["qps_needed_for_p99_50ms_at_50_clients"] == 1000.0
+    assert got["beam_4"]["ceiling_qps"] == 100.0 and not got["beam_4"]["p99_target_reachable"]
+    assert got["beam_4"]["share_of_matmul_rate"] == 0.5
+    fast = compute_ceiling(cfg, 10, 3, [4], {}, 2000 * flops, 50)
+    assert (
+        fast["beam_4"]["p99_target_reachable"]
+        and fast["beam_4"]["achieved_model_gflops_per_s"] is None
     )
