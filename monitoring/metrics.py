@@ -298,6 +298,13 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "ms",
     ),
     MetricDef(
+        "plum_trainer_checkpoint_failures_total",
+        "counter",
+        "trainer",
+        "checkpoints that could not be written (disk full, directory unwritable); training "
+        "goes on and the last good checkpoint stays the newest",
+    ),
+    MetricDef(
         "plum_trainer_sid_version_info",
         "gauge",
         "trainer",

@@ -15,6 +15,13 @@ orbax writes into a temporary directory and renames it when complete, so a proce
 killed mid-save leaves the previous checkpoint as the latest. A checkpoint that still
 fails to restore (disk damage) is skipped with an error in the log and the one before it
 is used (`restore_latest`).
+
+A save that fails (disk full, directory unwritable) raises `CheckpointSaveError` — from
+`save` itself, or, for an asynchronous save, from the next `save` or `wait` — and leaves
+the checkpoints saved before it untouched: the store keeps `max_to_keep` itself, deleting
+an old step only once a newer one is confirmed on disk (orbax's own max_to_keep would
+count a save that never finalized and delete good steps for it). The caller decides
+whether to go on; a later save, once the disk takes writes again, succeeds.
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ class NoCheckpointError(FileNotFoundError):
     """No restorable checkpoint in the directory."""
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint step could not be written; the steps saved before it are intact."""
+
+    def __init__(self, step: int, cause: BaseException | str):
+        super().__init__(f"checkpoint step {step} was not saved: {cause}")
+        self.step = step
+
+
 def has_checkpoint(directory: Path | str) -> bool:
     """Whether `directory` holds at least one saved step (without opening a manager)."""
     return any((Path(directory) / CHECKPOINTS).glob("*/meta"))
@@ -51,12 +66,19 @@ class CheckpointStore:
 
         self._ocp = ocp
         self.directory = Path(directory)
-        self._manager: orbax.checkpoint.CheckpointManager = ocp.CheckpointManager(
+        self.max_to_keep = max_to_keep
+        self._async = async_save
+        self._pending: int | None = None  # an async save not confirmed on disk yet
+        self._manager: orbax.checkpoint.CheckpointManager = self._open()
+
+    def _open(self) -> orbax.checkpoint.CheckpointManager:
+        ocp = self._ocp
+        return ocp.CheckpointManager(
             (self.directory / CHECKPOINTS).absolute(),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep,
+                max_to_keep=None,  # kept by `_prune`, counting only confirmed steps
                 create=True,
-                enable_async_checkpointing=async_save,
+                enable_async_checkpointing=self._async,
             ),
         )
 
@@ -71,13 +93,68 @@ class CheckpointStore:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Start saving `step` (returns before the write finishes when async)."""
+        """Start saving `step` (returns before the write finishes when async).
+
+        Raises CheckpointSaveError when this save failed to start or, when async, when the
+        previous one turned out not to be on disk (this one is started all the same)."""
+        previous = self._settle()
         args = self._ocp.args
-        self._manager.save(
-            step,
-            args=args.Composite(state=args.StandardSave(state), meta=args.JsonSave(meta)),
-            force=True,
-        )
+        try:
+            self._manager.save(
+                step,
+                args=args.Composite(state=args.StandardSave(state), meta=args.JsonSave(meta)),
+                force=True,
+            )
+        except Exception as err:  # noqa: BLE001 - any write failure: report, keep the old
+            self._reopen()
+            raise CheckpointSaveError(step, err) from err
+        self._pending = step
+        if not self._async:
+            failed = self._settle()
+            if failed is not None:
+                raise failed
+        if previous is not None:
+            raise previous
+
+    def _settle(self) -> CheckpointSaveError | None:
+        """Wait for the pending save; the error when it is not on disk, else prune."""
+        step, self._pending = self._pending, None
+        if step is None:
+            return None
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+            failure: BaseException | str | None = None
+        except Exception as err:  # noqa: BLE001 - any write failure of the async save
+            failure = err
+        if failure is None:
+            self._manager.reload()  # the steps on disk
+            if step not in self._manager.all_steps():
+                failure = "it was not finalized (see the log above)"
+        if failure is not None:
+            self._reopen()
+            return CheckpointSaveError(step, failure)
+        self._prune()
+        return None
+
+    def _reopen(self) -> None:
+        """A new manager after a failed save: orbax's keeps re-raising a failed save's error
+        (from every later wait, save or restore) and counts the unfinished step as saved.
+        The new one lists the steps on disk: a save that never finalized is not one."""
+        try:
+            self._manager.close()
+        except Exception as err:  # noqa: BLE001 - the old manager's error, already reported
+            log.debug("closing the failed checkpoint manager: %s", err)
+        self._manager = self._open()
+
+    def _prune(self) -> None:
+        if self.max_to_keep is None:
+            return
+        for step in self.steps()[: -self.max_to_keep]:
+            try:
+                self._manager.delete(step)
+            except Exception as err:  # noqa: BLE001 - an extra old step is harmless
+                log.warning("old checkpoint %s/%d not deleted: %s", self.directory, step, err)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """The state (laid out like `abstract_state`: shapes, dtypes, shardings) and meta."""
@@ -156,9 +233,15 @@ class CheckpointStore:
         raise NoCheckpointError(f"no restorable checkpoint under {self.directory / CHECKPOINTS}")
 
     def wait(self) -> None:
-        """Block until every pending save is on disk."""
-        self._manager.wait_until_finished()
+        """Block until every pending save is on disk; CheckpointSaveError if it failed."""
+        failed = self._settle()
+        if failed is not None:
+            raise failed
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            failed = self._settle()
+            if failed is not None:
+                log.error("%s", failed)
+        finally:
+            self._manager.close()

@@ -124,7 +124,9 @@ class HistoryArchive:
 
         A no-op for an empty buffer, so saving the same step twice (e.g. right after a
         restore) is harmless. Raises FileExistsError rather than overwrite a part file
-        of the same step: that would silently drop archived examples.
+        of the same step: that would silently drop archived examples. All or nothing: when
+        a write fails (disk full) the part files this call wrote are deleted and the buffer
+        kept, so a later flush archives every record once.
         """
         if step < 0:
             raise ValueError(f"step={step} must be >= 0")
@@ -140,7 +142,25 @@ class HistoryArchive:
         clash = [str(p) for p in targets.values() if p.exists()]
         if clash:
             raise FileExistsError(f"archive part files of step {step} already exist: {clash}")
-        written = []
+        written: list[Path] = []
+        try:
+            self._write_parts(by_date, targets, written)
+        except BaseException:
+            for p in [*written, *(t.with_name(f".{t.name}.tmp") for t in targets.values())]:
+                p.unlink(missing_ok=True)
+            raise
+        log.debug(
+            "archived %d records in %d part files (step %d)", len(self._buffer), len(written), step
+        )
+        self._buffer.clear()
+        return written
+
+    def _write_parts(
+        self,
+        by_date: dict[str, list[ArchiveRecord]],
+        targets: dict[str, Path],
+        written: list[Path],
+    ) -> None:
         for d, rows in sorted(by_date.items()):
             table = pa.Table.from_pydict(
                 {
@@ -155,11 +175,6 @@ class HistoryArchive:
             targets[d].parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(table, targets[d])
             written.append(targets[d])
-        log.debug(
-            "archived %d records in %d part files (step %d)", len(self._buffer), len(written), step
-        )
-        self._buffer.clear()
-        return written
 
     def truncate_after(self, step: int) -> int:
         """Delete every part file of a step > `step` (and leftover temp files); returns how

@@ -14,6 +14,8 @@ progress line. The component, top to bottom:
                 archive.append(batch.fresh_records)
                 every N steps / M seconds: checkpoint
     checkpoint: archive.flush(step); checkpoints.save(step, state, position of this batch)
+                (disk full / unwritable: counted and logged, training goes on, the last
+                good checkpoint stays the newest, the next due checkpoint tries again)
 
 The position saved is that of the last TRAINED batch (not of what the input thread has
 read ahead), and the archive is flushed before the checkpoint that covers it, so a
@@ -54,7 +56,7 @@ import jax
 import numpy as np
 
 from monitoring.metrics import Metrics
-from plum.checkpoints import CheckpointStore
+from plum.checkpoints import CheckpointSaveError, CheckpointStore
 from plum.config import DEFAULT_KAFKA_BOOTSTRAP, load_section
 from plum.runtime import Runtime, RuntimeConfig, Step
 from streams.kafka.source import TopicEnds
@@ -389,8 +391,13 @@ class ContinuousTrainer:
         return self._padding
 
     def checkpoint(self) -> None:
+        """The final checkpoint (SIGTERM, end of run): raises when it is not on disk."""
         self.save()
-        self.store.wait()
+        try:
+            self.store.wait()
+        except CheckpointSaveError as err:
+            self.observer.checkpoint_failed(err)
+            raise
 
     def close(self) -> None:
         try:
@@ -535,9 +542,16 @@ class ContinuousTrainer:
             return self._save_together(step)
         if self.position is None:
             return step
-        self.archive.flush(step)
-        self.position = self.position.with_archive_step(step)
-        self.store.save(step, self.state, self._meta(self.position, self.counters))
+        try:
+            self.archive.flush(step)
+            position = self.position.with_archive_step(step)
+            self.store.save(step, self.state, self._meta(position, self.counters))
+        except OSError as err:  # disk full, directory unwritable (CheckpointSaveError)
+            # Training goes on; the last good checkpoint stays the newest, the archive
+            # keeps its buffer, and the next due checkpoint tries again.
+            self.observer.checkpoint_failed(err)
+            return step
+        self.position = position
         self.observer.checkpoint_saved()
         log.info("checkpoint %d saved (offsets %s)", step, self.position.fresh_offsets)
         return step

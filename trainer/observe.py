@@ -43,6 +43,7 @@ class TrainerObserver:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metrics = metrics
+        metrics.counter("plum_trainer_checkpoint_failures_total")  # exported from 0
         self._ends = ends
         self._lag_every_s = lag_every_s
         self._clock = clock
@@ -123,6 +124,10 @@ class TrainerObserver:
 
     def checkpoint_saved(self) -> None:
         self.metrics.gauge("plum_trainer_last_checkpoint_ts").set(time.time() * 1000)
+
+    def checkpoint_failed(self, err: BaseException) -> None:
+        self.metrics.counter("plum_trainer_checkpoint_failures_total").inc()
+        log.error("checkpoint failed, training goes on from the last good one: %s", err)
 
     def describe(self) -> str:
         """The trainer's part of the runtime's progress line."""

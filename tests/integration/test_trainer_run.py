@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import pytest
 from plum.checkpoints import CheckpointStore
 from plum.ports import free_port
 from streams.contracts import schema
+from tests.flink_support import scrape
 from tests.metrics_support import catalogue_names, scrape_until_complete
 from tests.trainer_run_support import (
     LEVELS,
@@ -298,3 +301,93 @@ def test_cpt_cli_reads_uploads_and_watches_from_kafka(
     assert meta["corpus"]["metadata_sequences"] == 48
     # 5 users x 12 watches x 7 tokens (4 SID + 3 features) do not fit 49 tokens: 2 chunks each
     assert meta["corpus"]["behaviour_sequences"] == 10
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint_and_checkpointing_resumes_with_space(
+    run_setup, topics, topic_prefix, kafka_bootstrap
+):
+    """Fault test (issue 15, section 5): the trainer's disk fills up mid-run. A file size
+    limit of 0 on the running process (RLIMIT_FSIZE via prlimit: every write that grows a
+    file fails with EFBIG, for root too, as on a full disk; logs go to a pipe) makes its
+    checkpoints fail: it keeps training, counts and logs each failure, and the last good
+    checkpoint stays the newest and restorable. With the limit lifted the next checkpoint
+    succeeds; after kill -9 and a restart every example is trained exactly once."""
+    config, index_path, tmp_path = run_setup
+    first, second, third = sft_examples(0, 60), sft_examples(60, 60), sft_examples(120, 40)
+    produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in first])
+    port = free_port()
+    cmd = _run_cmd(config, kafka_bootstrap, topic_prefix, index_path, tmp_path)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*cmd, "--metrics-port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        _wait_for_checkpoint(run_dir, 3, proc)
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+        produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in second])
+        failures = _poll_metric(port, "plum_trainer_checkpoint_failures_total", 2, proc)
+        last_good = max(_finalized_steps(run_dir))
+        assert proc.poll() is None, "the trainer went down on a full disk"
+        store = CheckpointStore(run_dir, async_save=False)
+        assert store.latest_step() == last_good
+        meta = store.restore_meta(last_good)
+        store.close()
+        assert 0 < meta["counters"]["fresh_records"] < len(first) + len(second)
+        assert any("checkpoint failed" in line for line in lines), "".join(lines[-50:])
+
+        resource.prlimit(
+            proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        )
+        produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in third])
+        recovered = _wait_for_checkpoint(run_dir, last_good + 1, proc)
+        assert max(_finalized_steps(run_dir)) == recovered > last_good
+        assert _poll_metric(port, "plum_trainer_checkpoint_failures_total", 0, proc) >= failures
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    again = subprocess.run(
+        [*cmd, "--idle-exit", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
+    assert "resuming from checkpoint" in again.stderr
+    store = CheckpointStore(run_dir, async_save=False)
+    meta = store.restore_meta(store.latest_step())
+    store.close()
+    produced = first + second + third
+    c = meta["counters"]
+    assert c["fresh_records"] == c["fresh_trained"] == len(produced)
+    assert int(c["fresh_digest"]) == event_digest(e.event_id for e in produced)
+    assert sum(meta["position"]["fresh_offsets"].values()) == len(produced)
+    archived = [
+        eid
+        for part in (run_dir / "archive").rglob("*.parquet")
+        for eid in pq.read_table(part, columns=["event_id"]).column("event_id").to_pylist()
+    ]
+    assert sorted(archived) == sorted(e.event_id for e in produced)
+
+
+def _finalized_steps(run_dir: Path) -> list[int]:
+    return [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def _poll_metric(port: int, name: str, at_least: float, proc, timeout_s: float = 180) -> float:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            value = scrape(port).get(name, 0.0)
+        except OSError:
+            value = -1.0  # /metrics not up yet
+        if value >= at_least:
+            return value
+        assert proc.poll() is None, f"trainer exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{name} = {value} < {at_least} after {timeout_s} s"
+        time.sleep(0.2)

@@ -1,13 +1,15 @@
 """Trainer checkpoints: async save/restore round trip, damaged newest falls back, CPT output."""
 
+import contextlib
 import dataclasses
+import resource
 import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from plum.checkpoints import CheckpointStore, NoCheckpointError
+from plum.checkpoints import CheckpointSaveError, CheckpointStore, NoCheckpointError
 from streams.contracts import schema
 from trainer.config import TINY, VocabConfig
 from trainer.cpt import (
@@ -101,3 +103,43 @@ def test_cpt_refuses_a_corpus_without_any_sid():
     vocab = vocab_for_corpus(uploads, VocabConfig(text_vocab_size=300), (4, 2, 1))
     with pytest.raises(ValueError, match="empty CPT corpus"):
         build_corpus(uploads, watches, SidLookup("sv1", {}), vocab, seq_len=48)
+
+
+@contextlib.contextmanager
+def _disk_full():
+    """Every write that grows a file fails with EFBIG in this process (root included):
+    RLIMIT_FSIZE 0, as a full disk would refuse them. Python ignores SIGXFSZ."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_save_on_a_full_disk_fails_keeps_the_last_good_step_and_the_next_succeeds(
+    tmp_path, async_save
+):
+    state = _state()
+    store = CheckpointStore(tmp_path, max_to_keep=2, async_save=async_save)
+    store.save(1, state, {"n": 1})
+    store.save(2, state, {"n": 2})
+    store.wait()
+    with _disk_full():
+        for step in (3, 4, 5):  # more failures than max_to_keep: no good step is deleted for them
+            with pytest.raises(CheckpointSaveError, match=r"checkpoint step \d+ was not saved"):
+                store.save(step, state, {"n": step})
+                store.wait()
+    assert store.steps() == [1, 2]
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    assert store.restore_latest(abstract)[2] == {"n": 2}
+    store.save(6, state, {"n": 6})  # the disk takes writes again
+    store.wait()
+    assert store.steps() == [2, 6]
+    store.close()
+    again = CheckpointStore(tmp_path, async_save=False)
+    step, restored, meta = again.restore_latest(abstract)
+    again.close()
+    assert (step, meta) == (6, {"n": 6})
+    jax.tree.map(np.testing.assert_array_equal, restored, state)

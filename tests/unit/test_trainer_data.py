@@ -163,6 +163,36 @@ def test_empty_flush_is_a_no_op_and_a_step_is_never_overwritten(tmp_path):
         archive.flush(3)
 
 
+def test_a_flush_that_fails_midway_writes_nothing_and_a_later_one_archives_each_once(
+    tmp_path, monkeypatch
+):
+    """Disk full on the second date's part file: the first date's part is removed again
+    and the buffer kept, so the retry at a later step does not archive it twice."""
+    import trainer.archive as archive_module
+
+    archive = HistoryArchive(tmp_path)
+    day1 = [example(i, ts=BASE_TS + i) for i in range(3)]
+    day2 = [example(10 + i, ts=BASE_TS + DAY_MS + i) for i in range(2)]
+    archive.append(archive_records(day1 + day2))
+    real_write, calls = archive_module._write_atomic, []
+
+    def full_on_second(table, path):
+        calls.append(path)
+        if len(calls) == 2:
+            path.with_name(f".{path.name}.tmp").write_bytes(b"half")
+            raise OSError(27, "File too large")
+        real_write(table, path)
+
+    monkeypatch.setattr(archive_module, "_write_atomic", full_on_second)
+    with pytest.raises(OSError, match="File too large"):
+        archive.flush(7)
+    assert archive.pending == 5 and archive.count() == 0
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+    monkeypatch.setattr(archive_module, "_write_atomic", real_write)
+    archive.flush(9)
+    assert archive.pending == 0 and archive.count() == 5
+
+
 def test_truncate_after_deletes_only_later_steps(tmp_path):
     archive = HistoryArchive(tmp_path)
     for step in (1, 2, 3, 4):
