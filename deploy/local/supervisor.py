@@ -6,7 +6,8 @@ whether it is a one-shot step (done when it exits 0) or a service (kept running)
 
 - a child starts once every child it needs is ready and its `start_when` condition
   holds (a Kafka condition, say) — it waits for what it needs, not for a fixed time;
-- it is ready when its `ready` check passes (an HTTP GET on its /metrics, a log line),
+- it is ready when its `ready` check passes (an HTTP GET on its /metrics, a line in
+  its log since this start),
   a service without a check as soon as it runs, a one-shot step when it exited 0;
 - a child that exits (a service at all, a step with a non-zero code) is started again
   after a backoff that doubles from `backoff_s` to `max_backoff_s`; more than
@@ -60,11 +61,18 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True)
+class LogLine:
+    """Ready when the child's log, since its latest start, holds `text`."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ChildSpec:
     name: str
     command: Sequence[str]
     needs: tuple[str, ...] = ()
-    ready: Check | None = None  # None: ready once running (a step: once it exited 0)
+    ready: Check | LogLine | None = None  # None: ready once running (a step: exited 0)
     start_when: Check | None = None  # polled before the (first) start, after the needs
     oneshot: bool = False
     restart: RestartPolicy = field(default_factory=RestartPolicy)
@@ -96,6 +104,7 @@ class Child:
         self.restart_at = 0.0
         self.last_check = 0.0
         self.exit_code: int | None = None
+        self.log_start = 0  # the log's size at the latest start
         self.started_seq = -1  # order of the latest start (shutdown reverses it)
 
     def running(self) -> bool:
@@ -121,18 +130,14 @@ def http_ok(url: str, timeout_s: float = 1.0) -> Check:
     return check
 
 
-def log_contains(path: Path, text: str) -> Check:
-    """Ready when the child's log holds `text` (anywhere in its last 64 KiB)."""
-
-    def check() -> bool:
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(max(0, fh.seek(0, 2) - 65536))
-                return text.encode() in fh.read()
-        except OSError:
-            return False
-
-    return check
+def log_holds(path: Path, text: str, start: int = 0) -> bool:
+    """Whether the file holds `text` after byte `start` (searched in its last 1 MiB)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(start, fh.seek(0, 2) - (1 << 20)))
+            return text.encode() in fh.read()
+    except OSError:
+        return False
 
 
 class Supervisor:
@@ -203,6 +208,7 @@ class Supervisor:
     def _start(self, child: Child) -> None:
         spec = child.spec
         with open(child.log_path, "ab") as out:
+            child.log_start = out.tell()
             child.proc = subprocess.Popen(
                 list(spec.command),
                 stdout=out,
@@ -227,7 +233,11 @@ class Supervisor:
         if now - child.last_check < self.check_every_s:
             return
         child.last_check = now
-        if spec.ready():
+        if isinstance(spec.ready, LogLine):
+            ok = log_holds(child.log_path, spec.ready.text, child.log_start)
+        else:
+            ok = spec.ready()
+        if ok:
             child.state = State.READY
             log.info("%s is ready", spec.name)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.supervisor import ChildSpec, RestartPolicy, State, Supervisor, log_contains
+from deploy.local.supervisor import ChildSpec, LogLine, RestartPolicy, State, Supervisor
 
 PY = sys.executable
 FAST = RestartPolicy(backoff_s=0.2, max_backoff_s=2.0, max_restarts=3, restart_window_s=60.0)
@@ -53,7 +53,7 @@ def test_a_child_starts_only_after_what_it_needs_is_ready(tmp_path, logs):
             f"import time; time.sleep(0.5); print('ready', flush=True); "
             f"open({str(flag)!r}, 'w').close(); time.sleep(60)"
         ),
-        ready=log_contains(logs / "a.log", "ready"),
+        ready=LogLine("ready"),
     )
     b = ChildSpec("b", py("import time; time.sleep(60)"), needs=("a",))
     c = ChildSpec("c", py("import time; time.sleep(60)"), needs=("b",))
@@ -165,20 +165,18 @@ def test_shutdown_stops_in_reverse_order_and_kills_a_child_that_ignores_sigterm(
         "time.sleep(60)\n"
     )
     specs = [
-        ChildSpec(
-            "first", [PY, "-c", polite, "first"], ready=log_contains(logs / "first.log", "up")
-        ),
+        ChildSpec("first", [PY, "-c", polite, "first"], ready=LogLine("up")),
         ChildSpec(
             "second",
             [PY, "-c", polite, "second"],
             needs=("first",),
-            ready=log_contains(logs / "second.log", "up"),
+            ready=LogLine("up"),
         ),
         ChildSpec(
             "stubborn",
             py(stubborn),
             needs=("second",),
-            ready=log_contains(logs / "stubborn.log", "up"),
+            ready=LogLine("up"),
         ),
     ]
     sup = Supervisor(specs, logs, check_every_s=0.05)
@@ -202,3 +200,21 @@ def test_shutdown_stops_in_reverse_order_and_kills_a_child_that_ignores_sigterm(
 def test_unknown_needs_are_refused(logs):
     with pytest.raises(ValueError, match="unknown children"):
         Supervisor([ChildSpec("a", py("pass"), needs=("nope",))], logs)
+
+
+def test_a_log_line_from_an_earlier_run_does_not_count_as_ready(logs):
+    logs.mkdir(parents=True)
+    (logs / "svc.log").write_text("up\n")  # the previous run's line
+    svc = ChildSpec(
+        "svc",
+        py("import time; time.sleep(1.0); print('up', flush=True); time.sleep(60)"),
+        ready=LogLine("up"),
+    )
+    sup = Supervisor([svc], logs, check_every_s=0.0)
+    try:
+        sup.tick()
+        sup.tick()
+        assert sup.state("svc") is State.STARTING
+        run_until(sup, lambda: sup.is_ready("svc"), what="svc ready")
+    finally:
+        sup.shutdown(grace_s=2.0)
