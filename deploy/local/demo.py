@@ -482,7 +482,12 @@ def _supervise(
             log.info("the tokenizer trains on %d simulated uploads first", n)
         sup = Supervisor(stack_specs(config, kafka.bootstrap, args.config, env), log_dir, env)
         urls = [tuple(line.split(maxsplit=1)) for line in monitoring_urls(config, args.config)]
-        request = sample_request(args.config) if "serving" in config.components else ""
+        request = ""
+        if "serving" in config.components:
+            from serving.config import load_serving_config
+
+            urls.append(("serving", load_serving_config(args.config).base_url))
+            request = sample_request(args.config)
         if urls:
             log.info("watch the stack:\n  %s", "\n  ".join(monitoring_urls(config, args.config)))
         if request:
