@@ -95,7 +95,7 @@ test-jvm: setup
 	mvn -o -q -B -f $(PTF_DIR)/pom.xml test
 
 demo: setup
-	$(VENV)/bin/plum demo
+	$(VENV)/bin/plum up
 
 test: setup test-jvm
 	$(PY) -m pytest $(PYTEST_ARGS)

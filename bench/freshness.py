@@ -86,7 +86,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--tokenizer-steps", type=int, default=300)
     parser.add_argument("--checkpoint-every-s", type=float, default=30.0)
     parser.add_argument("--publish-every-s", type=float, default=30.0)
-    parser.add_argument("--trainer-after-s", type=float, default=45.0)
+    parser.add_argument(
+        "--cpt-min-examples", type=int, default=50, help="SFT examples in Kafka before CPT"
+    )
     parser.add_argument("--poll", type=float, default=5.0)
     args = parser.parse_args(argv)
     ports = {name: free_port() for name in ("kafka", "controller", "serving", "metrics")}
@@ -104,7 +106,7 @@ def cli(argv: list[str]) -> int:
         "PLUM_DEMO__COMPONENTS": "simulator,flink,sid_service,trainer,serving,publisher",
         "PLUM_DEMO__CPT_STEPS": args.cpt_steps,
         "PLUM_DEMO__TOKENIZER_STEPS": args.tokenizer_steps,
-        "PLUM_DEMO__TRAINER_AFTER_S": args.trainer_after_s,
+        "PLUM_DEMO__CPT_MIN_EXAMPLES": args.cpt_min_examples,
         "PLUM_DEMO__SIMULATOR_METRICS_PORT": free_port(),
         "PLUM_DEMO__TRAINER_METRICS_PORT": free_port(),
         "PLUM_FLINK__METRICS_PORT": free_port(),

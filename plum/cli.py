@@ -183,7 +183,12 @@ COMMANDS: tuple[Command, ...] = (
         "deploy.prometheus.cli:rules",
         "write the recording/alert rules and a sample prometheus.yml (--out DIR)",
     ),
-    Command("demo", "deploy.local.demo:demo", "bring up the embedded stack on simulated traffic"),
+    Command(
+        "up",
+        "deploy.local.demo:up",
+        "the embedded stack on simulated traffic, supervised, with a live status view",
+    ),
+    Command("demo", "deploy.local.demo:demo", "the same as `plum up` (its older name)"),
 )
 
 

@@ -1,19 +1,29 @@
-"""`plum demo`: the embedded single-machine stack on simulated traffic.
+"""`plum up` (also `plum demo`, what `make demo` runs): the embedded single-machine
+stack on simulated traffic, supervised, with one live status view.
 
-Brings up the local KRaft broker, creates every topic, then runs each built component
-as a child process (its output in state/demo/logs/NAME.log) and reports progress until
-the simulator finishes or Ctrl-C. On Ctrl-C / SIGTERM every child gets SIGTERM (so it
-can flush or checkpoint), then SIGKILL after a grace period, and the broker is stopped
-unless `--keep-kafka` is given. Nothing is left running.
+Brings up the local KRaft broker and creates every topic, then runs each component as a
+supervised child process (deploy/local/supervisor.py) in dependency order, each started
+once what it needs is ready — an HTTP check on its /metrics or /healthz, a log line, or
+a Kafka condition — never after a fixed sleep:
 
-Components join the demo as they are built: the `[demo]` config lists which to start.
-Monitoring comes first (Prometheus scraping every component's /metrics, the dashboard
-page, the Kafka exporter), so the dashboard shows the stack from its first minute; their
-URLs are printed. The simulator runs in real time (event time = wall time) and `plum
-probe` asks serving for recommendations, so the freshness and serving panels read real
-seconds and real requests. Before the SID service starts, a SID-v2 tokenizer is trained on the simulated platform's
-initial catalogue (the same seed, generated offline) unless `state/demo/tokenizer` holds
-one already.
+  prometheus -> dashboard; kafka_exporter; serving -> publisher, probe;
+  tokenizer (trained on the simulated catalogue when STATE/demo/tokenizer has none)
+    -> sid_service -> simulator (real time: event time = wall time), flink;
+  sid_service + flink + Kafka holding cpt_min_sids SIDs and cpt_min_examples SFT
+    examples -> cpt (when STATE/trainer/cpt has no checkpoint) -> trainer.
+
+Each child logs to state/demo/logs/NAME.log. A crashed child restarts after a doubling
+backoff; past the restart cap it is marked failed and the rest keeps running. The
+terminal shows a live table (deploy/local/status.py): each component's state and
+restarts, events/s, examples/s, training step and loss, served version, upload ->
+servable p95, consumer lag and dead letters by reason, read from the stack's Prometheus,
+and the dashboard and serving URLs; without a terminal a status line is logged instead.
+
+The run ends at `--duration`, when a bounded simulator finishes, or on Ctrl-C / SIGTERM:
+every child gets SIGTERM in reverse start order (so it can checkpoint), then SIGKILL of
+its process group after `grace_s`, and the broker is stopped unless `--keep-kafka`.
+Nothing is left running; the exit code is 0 unless a child was marked failed or did not
+stop cleanly.
 """
 
 from __future__ import annotations
@@ -23,7 +33,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -31,11 +40,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local.config_checks import check_stack
+from deploy.local.status import Numbers, Snapshot, StatusOutput, query_numbers
+from deploy.local.supervisor import (
+    Check,
+    ChildSpec,
+    LogLine,
+    RestartPolicy,
+    State,
+    Supervisor,
+    http_ok,
+)
+from deploy.prometheus.targets import HOST as TARGET_HOST
+from deploy.prometheus.targets import stack_targets
 from plum.checkpoints import has_checkpoint
 from plum.config import load_section, state_dir
 from plum.ports import http_url
 from plum.runtime import stop_on_signals
-from streams.contracts.topics import topic_set
+from streams.contracts.topics import SFT_EXAMPLES, SID_ASSIGNMENTS, topic_set
 from streams.kafka.admin import ensure_topics
 from streams.kafka.broker import BrokerError, KafkaConfig, LocalBroker, load_kafka_config
 
@@ -69,10 +90,12 @@ class DemoConfig:
     # read in real seconds; `rate` then only caps the pace.
     real_time: bool = True
     tokenizer_steps: int = 800
-    # The trainer joins once Kafka holds uploads with SIDs and watches: CPT on what is
-    # there after this many seconds (skipped when STATE/trainer/cpt holds a checkpoint),
-    # then continuous SFT on the Flink job's examples.
-    trainer_after_s: float = 60.0
+    # The trainer joins once Kafka holds enough to learn from: CPT (skipped when
+    # STATE/trainer/cpt holds a checkpoint) starts when the SID topic holds this many
+    # assignments and the Flink job has written this many SFT examples, then continuous
+    # SFT on the Flink job's examples.
+    cpt_min_sids: int = 200
+    cpt_min_examples: int = 100
     cpt_steps: int = 60
     trainer_metrics_port: int = 9104
     tokenizer_items: int = 3000
@@ -81,49 +104,14 @@ class DemoConfig:
     exporter_metrics_port: int = 9102  # `plum kafka exporter`: consumer lag per group
     exporter_interval_s: float = 5.0
     probe_rate: float = 2.0  # retrieval requests per second once serving is ready
-
-
-class Child:
-    """One component process with its log file."""
-
-    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str]):
-        self.name = name
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        log.info("started %s (pid %d), log %s", name, self.proc.pid, self.log_path)
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, grace_s: float) -> int:
-        if self.running():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0f s; killing", self.name, grace_s)
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-    def last_line(self) -> str:
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(max(0, fh.seek(0, 2) - 4096))
-                lines = fh.read().decode(errors="replace").strip().splitlines()
-            return lines[-1] if lines else ""
-        except OSError:
-            return ""
+    # a crashed child is started again after 1, 2, 4 … max_backoff_s seconds; more than
+    # max_restarts restarts within restart_window_s mark it failed (the rest keeps running)
+    restart_backoff_s: float = 1.0
+    restart_max_backoff_s: float = 30.0
+    max_restarts: int = 5
+    restart_window_s: float = 300.0
+    status_every_s: float = 2.0  # the live view redraws this often
+    status_line_every_s: float = 15.0  # without a terminal: one status line this often
 
 
 def component_command(
@@ -151,6 +139,21 @@ def component_command(
         if config.real_time:
             cmd += ["--real-time"]
         return cmd
+    if name == "tokenizer":  # SID-v2 on the simulated catalogue (write_catalogue)
+        return (
+            plum
+            + [
+                "tokenizer",
+                "train",
+                "--data",
+                f"simulator:{catalogue_path()}",
+                "--out",
+                str(tokenizer_dir()),
+                "--steps",
+                str(config.tokenizer_steps),
+            ]
+            + (["--config", config_path] if config_path else [])
+        )
     if name == "kafka_exporter":
         return plum + [
             "kafka",
@@ -280,97 +283,158 @@ def cpt_dir() -> Path:
     return state_dir() / "trainer" / "cpt"
 
 
-class TrainerLauncher:
-    """Starts CPT once enough data is in Kafka, then the continuous trainer after it."""
-
-    def __init__(self, config: DemoConfig, bootstrap: str, config_path, log_dir, env) -> None:
-        self.config, self.bootstrap, self.config_path = config, bootstrap, config_path
-        self.log_dir, self.env = log_dir, env
-        self.phase = "waiting"
-        self.cpt: Child | None = None
-
-    def _child(self, name: str) -> Child:
-        cmd = component_command(name, self.config, self.bootstrap, self.config_path)
-        return Child(name, cmd, self.log_dir, self.env)
-
-    def poll(self, elapsed_s: float, children: list[Child]) -> None:
-        """Advance: waiting -> cpt -> running. Raises RuntimeError when CPT fails."""
-        if self.phase == "waiting" and elapsed_s >= self.config.trainer_after_s:
-            if has_checkpoint(cpt_dir()):
-                log.info("using the CPT checkpoint in %s", cpt_dir())
-                self.phase = "start"
-            else:
-                log.info("CPT on what Kafka holds now (%d steps)", self.config.cpt_steps)
-                self.cpt = self._child("cpt")
-                children.append(self.cpt)
-                self.phase = "cpt"
-        if self.phase == "cpt" and self.cpt is not None and not self.cpt.running():
-            if self.cpt.proc.returncode != 0:
-                raise RuntimeError(
-                    f"CPT failed (exit {self.cpt.proc.returncode}); see {self.cpt.log_path}"
-                )
-            self.phase = "start"
-        if self.phase == "start":
-            children.append(self._child("trainer"))
-            self.phase = "running"
-
-
 def tokenizer_dir() -> Path:
     return state_dir() / "demo" / "tokenizer"
 
 
-def train_demo_tokenizer(
-    config: DemoConfig, config_path: str | None, log_dir: Path, env: dict[str, str]
-) -> None:
-    """Write the simulated catalogue's uploads to JSONL and train a tokenizer on them."""
-    if has_checkpoint(tokenizer_dir()):
-        log.info("using the tokenizer in %s", tokenizer_dir())
-        return
+def catalogue_path() -> Path:
+    return state_dir() / "demo" / "catalogue-uploads.jsonl"
+
+
+def write_catalogue(config: DemoConfig, config_path: str | None) -> int:
+    """The simulated platform's initial uploads (same seed, generated offline) as JSONL:
+    what the demo's tokenizer trains on. Returns how many were written."""
     from streams.simulator.config import load_config
     from streams.simulator.stream import generate
 
     sim = load_config(config_path, seed=config.seed, bad_fraction=0.0, out_of_order_fraction=0.0)
-    uploads = tokenizer_dir().parent / "catalogue-uploads.jsonl"
-    uploads.parent.mkdir(parents=True, exist_ok=True)
+    path = catalogue_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with open(uploads, "wb") as fh:
+    with open(path, "wb") as fh:
         for record in generate(sim):
             if record.topic.endswith("uploads.v1"):
                 fh.write(record.value + b"\n")
                 n += 1
                 if n >= config.tokenizer_items:
                     break
-    log.info(
-        "training the demo tokenizer on %d simulated uploads (%d steps); log %s",
-        n,
-        config.tokenizer_steps,
-        log_dir / "tokenizer-train.log",
+    return n
+
+
+def kafka_holds(bootstrap: str, minimum: dict[str, int]) -> Check:
+    """A start condition: each topic's end offsets add up to at least its minimum (end
+    offsets count transaction markers too: close enough for "there is data")."""
+    from streams.kafka.clients import end_offsets
+
+    def check() -> bool:
+        try:
+            ends = end_offsets(bootstrap, minimum)
+        except Exception as exc:  # noqa: BLE001 - the broker busy or restarting: not yet
+            log.debug("end offsets: %s", exc)
+            return False
+        held = {t: sum(v for tp, v in ends.items() if tp.topic == t) for t in minimum}
+        ok = all(held[t] >= n for t, n in minimum.items())
+        if ok:
+            log.info("Kafka holds %s: starting CPT", held)
+        return ok
+
+    return check
+
+
+def metrics_url(port: int) -> str | None:
+    return f"http://{TARGET_HOST}:{port}/metrics" if port > 0 else None
+
+
+def stack_specs(
+    config: DemoConfig, bootstrap: str, config_path: str | None, env: dict[str, str]
+) -> list[ChildSpec]:
+    """Every child of the stack with what it needs and how it shows it is ready.
+
+    The tokenizer (trained first when STATE/demo/tokenizer has none) and CPT (when
+    STATE/trainer/cpt has none) are one-shot steps; the rest are services."""
+    from monitoring.dashboards.config import load_dashboard_config
+    from serving.config import load_serving_config
+
+    chosen = set(config.components)
+    ports = {t.job: t.port for t in stack_targets(config_path, DemoConfig, env)}
+    policy = RestartPolicy(
+        config.restart_backoff_s,
+        config.restart_max_backoff_s,
+        config.max_restarts,
+        config.restart_window_s,
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "plum.cli",
-        "tokenizer",
-        "train",
-        "--data",
-        f"simulator:{uploads}",
-        "--out",
-        str(tokenizer_dir()),
-        "--steps",
-        str(config.tokenizer_steps),
-    ]
-    cmd += ["--config", config_path] if config_path else []
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "tokenizer-train.log", "ab") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"tokenizer training failed; see {log_dir / 'tokenizer-train.log'}")
+    serving_url = load_serving_config(config_path).base_url
+    ready: dict[str, Check | LogLine | None] = {
+        "prometheus": http_ok(f"{prometheus_url(config_path)}/-/ready"),
+        "dashboard": http_ok(f"{_dashboard_url(load_dashboard_config(config_path))}/healthz"),
+        "kafka_exporter": _http_or_none(metrics_url(ports.get("kafka", -1))),
+        "simulator": _http_or_none(metrics_url(ports.get("simulator", -1))),
+        "flink": LogLine(" started (live"),  # the job is submitted and running
+        "sid_service": _http_or_none(metrics_url(ports.get("sid_service", -1))),
+        "trainer": _http_or_none(metrics_url(ports.get("trainer", -1))),
+        "serving": http_ok(f"{serving_url}/healthz"),  # /readyz waits for a model
+        "publisher": _http_or_none(metrics_url(ports.get("publisher", -1))),
+        "probe": None,
+    }
+    needs = {
+        "dashboard": ("prometheus",),
+        # SIDs are assigned from the first upload on, so upload -> servable is honest
+        "simulator": ("sid_service",),
+        "sid_service": ("tokenizer",),
+        "cpt": ("sid_service", "flink"),
+        "trainer": ("cpt", "sid_service"),
+        "publisher": ("serving", "sid_service"),
+        "probe": ("serving",),
+    }
+    names = [c for c in config.components]
+    if "sid_service" in chosen and not has_checkpoint(tokenizer_dir()):
+        names.insert(0, "tokenizer")
+    elif "sid_service" in chosen:
+        log.info("using the tokenizer in %s", tokenizer_dir())
+    if "trainer" in chosen and not has_checkpoint(cpt_dir()):
+        names.insert(names.index("trainer"), "cpt")
+    elif "trainer" in chosen:
+        log.info("using the CPT checkpoint in %s", cpt_dir())
+    specs = []
+    for name in names:
+        start_when = None
+        if name == "cpt":
+            start_when = kafka_holds(
+                bootstrap,
+                {SID_ASSIGNMENTS: config.cpt_min_sids, SFT_EXAMPLES: config.cpt_min_examples},
+            )
+        simulator_bounded = name == "simulator" and (
+            config.seconds or _simulator_events(config_path)
+        )
+        specs.append(
+            ChildSpec(
+                name,
+                component_command(name, config, bootstrap, config_path),
+                needs=tuple(n for n in needs.get(name, ()) if n in names),
+                ready=ready.get(name),
+                start_when=start_when,
+                oneshot=name in ("tokenizer", "cpt") or bool(simulator_bounded),
+                restart=policy,
+            )
+        )
+    return specs
 
 
-def demo(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="plum demo", description=__doc__)
+def _simulator_events(config_path: str | None) -> int:
+    """The simulator's configured number of events (0: it runs until stopped)."""
+    from streams.simulator.config import load_config
+
+    return load_config(config_path).events
+
+
+def _http_or_none(url: str | None) -> Check | None:
+    return http_ok(url) if url else None
+
+
+def _dashboard_url(dash) -> str:
+    return http_url(dash.host, dash.port)
+
+
+def up(argv: list[str], prog: str = "plum up") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--config", help="TOML config (default configs/demo.toml)")
-    parser.add_argument("--seconds", type=float, help="stop after this many wall-clock seconds")
+    parser.add_argument(
+        "--duration",
+        "--seconds",
+        dest="duration",
+        type=float,
+        help="stop (cleanly, exit 0) after this many wall-clock seconds",
+    )
     parser.add_argument(
         "--keep-kafka", action="store_true", help="leave the broker running at the end"
     )
@@ -382,8 +446,13 @@ def demo(argv: list[str]) -> int:
         parser.error(f"[demo].components: unknown {unknown}; known: {list(COMPONENTS)}")
     kafka = load_kafka_config(args.config)
     broker = LocalBroker(kafka)
-    with stop_on_signals(threading.Event(), "demo") as stop:
+    with stop_on_signals(threading.Event(), prog) as stop:
         return _supervise(config, args, kafka, broker, stop)
+
+
+def demo(argv: list[str]) -> int:
+    """`plum demo`: the same as `plum up` (its older name)."""
+    return up(argv, prog="plum demo")
 
 
 def _supervise(
@@ -393,9 +462,10 @@ def _supervise(
     broker: LocalBroker,
     stop: threading.Event,
 ) -> int:
-    """Start the stack and watch it until the simulator ends, a child dies, `--seconds`
-    pass or `stop` is set; then stop every child and (unless --keep-kafka) the broker."""
-    children: list[Child] = []
+    """Start the stack and watch it until the simulator finishes, `--duration` passes or
+    `stop` is set; then stop every child (reverse order) and, unless --keep-kafka, the
+    broker. Exit 0 unless a child was marked failed or did not stop cleanly."""
+    sup: Supervisor | None = None
     try:
         broker.up()
         created = ensure_topics(kafka.bootstrap, topic_set())
@@ -407,66 +477,57 @@ def _supervise(
         )
         env = admin_env(dict(os.environ, PYTHONUNBUFFERED="1"))
         log_dir = state_dir() / "demo" / "logs"
-
-        def start(name: str) -> None:
-            cmd = component_command(name, config, kafka.bootstrap, args.config)
-            children.append(Child(name, cmd, log_dir, env))
-
-        for name in (c for c in config.components if c in MONITORING):
-            start(name)
-        urls = monitoring_urls(config, args.config)
-        if urls:
-            log.info("watch the stack:\n  %s", "\n  ".join(urls))
-        if "sid_service" in config.components:
-            train_demo_tokenizer(config, args.config, log_dir, env)
-        launcher = (
-            TrainerLauncher(config, kafka.bootstrap, args.config, log_dir, env)
-            if "trainer" in config.components
-            else None
-        )
-        for name in (c for c in config.components if c != "trainer" and c not in MONITORING):
-            start(name)
+        if "sid_service" in config.components and not has_checkpoint(tokenizer_dir()):
+            n = write_catalogue(config, args.config)
+            log.info("the tokenizer trains on %d simulated uploads first", n)
+        sup = Supervisor(stack_specs(config, kafka.bootstrap, args.config, env), log_dir, env)
+        urls = [tuple(line.split(maxsplit=1)) for line in monitoring_urls(config, args.config)]
+        request = ""
         if "serving" in config.components:
+            from serving.config import load_serving_config
+
+            urls.append(("serving", load_serving_config(args.config).base_url))
+            request = sample_request(args.config)
+        if urls:
+            log.info("watch the stack:\n  %s", "\n  ".join(monitoring_urls(config, args.config)))
+        if request:
             log.info(
                 "serving answers once the publisher has pushed a model (GET /readyz); try:\n  %s",
-                sample_request(args.config),
+                request,
             )
+        log.info("logs of every component in %s", log_dir)
+        prometheus = prometheus_url(args.config) if "prometheus" in config.components else ""
         started = time.monotonic()
-        last_report = 0.0
-        while not stop.wait(0.5):
-            if args.seconds and time.monotonic() - started > args.seconds:
-                log.info("demo ran %.0f s: stopping", args.seconds)
-                break
-            if launcher is not None:
-                launcher.poll(time.monotonic() - started, children)
-            simulator = next((c for c in children if c.name == "simulator"), None)
-            if simulator is not None and not simulator.running():
-                log.info("simulator finished (exit %s)", simulator.proc.returncode)
-                break
-            dead = [c for c in children if not c.running() and c.name not in ("simulator", "cpt")]
-            if dead:
-                log.error(
-                    "%s exited with %s; see %s",
-                    dead[0].name,
-                    dead[0].proc.returncode,
-                    dead[0].log_path,
-                )
-                break
-            if time.monotonic() - last_report > 5:
-                last_report = time.monotonic()
-                for c in children:
-                    if c.running():  # a finished step (CPT) has nothing new to say
-                        log.info("[%s] %s", c.name, c.last_line()[-200:])
+        next_view = 0.0
+        numbers = Numbers()
+        with StatusOutput(sys.stdout.isatty(), config.status_line_every_s, log) as view:
+            while not stop.wait(0.25):
+                sup.tick()
+                elapsed = time.monotonic() - started
+                if args.duration and elapsed > args.duration:
+                    log.info("ran %.0f s: stopping", args.duration)
+                    break
+                if "simulator" in sup.children and sup.state("simulator") is State.DONE:
+                    log.info("simulator finished: stopping")
+                    break
+                if time.monotonic() >= next_view:
+                    next_view = time.monotonic() + config.status_every_s
+                    if prometheus:
+                        numbers = query_numbers(prometheus)
+                    view.show(Snapshot(elapsed, tuple(sup.status()), numbers, tuple(urls), request))
     except (BrokerError, RuntimeError) as exc:
         log.error("%s", exc)
         return 1
     finally:
-        codes = {c.name: c.stop(config.grace_s) for c in reversed(children)}
+        codes = sup.shutdown(config.grace_s) if sup is not None else {}
         if codes:
             log.info("components stopped: %s", codes)
         if not args.keep_kafka:
             broker.down()
-    failed = {
-        n: c for n, c in ((c.name, c.proc.returncode) for c in children) if c not in (0, None, -15)
-    }
-    return 1 if failed else 0
+    failed = [s.name for s in sup.status() if s.state is State.FAILED]
+    unclean = [n for n, c in codes.items() if c not in (0, None, -signal.SIGTERM)]
+    if failed:
+        log.error("failed (restart cap reached): %s", failed)
+    if unclean:
+        log.error("did not stop cleanly: %s", {n: codes[n] for n in unclean})
+    return 1 if failed or unclean else 0

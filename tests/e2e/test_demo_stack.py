@@ -108,7 +108,8 @@ def demo_env(state: Path) -> tuple[dict[str, str], dict[str, int]]:
         "PLUM_SIMULATOR__NEW_UPLOADS_PER_SIM_MINUTE": 120.0,
         "PLUM_DEMO__BAD_FRACTION": 0.05,
         "PLUM_ALERTS__DEADLETTER_RATE_PER_S": 0.1,  # per component and reason
-        "PLUM_DEMO__TRAINER_AFTER_S": 30.0,
+        "PLUM_DEMO__CPT_MIN_SIDS": 100,
+        "PLUM_DEMO__CPT_MIN_EXAMPLES": 50,
         "PLUM_DEMO__CPT_STEPS": 10,
         "PLUM_DEMO__TOKENIZER_STEPS": 100,
         "PLUM_DEMO__TOKENIZER_ITEMS": 500,
