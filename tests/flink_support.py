@@ -24,7 +24,9 @@ from pathlib import Path
 
 from plum.config import REPO_ROOT
 from streams.contracts import schema
+from streams.flink.reference import RefParams, in_backfill_range, run_reference
 from streams.kafka.clients import make_producer, read_all
+from streams.replay.cli import END_OF_TIME_MS
 
 TEST_CONFIG = REPO_ROOT / "configs" / "test.toml"
 PARTITIONS = 4  # of plum.watches.v1 (streams/topics.py)
@@ -95,6 +97,15 @@ def produce(
     return stored
 
 
+def backfill_reference(stored, cfg, topic: str, start_ms: int = 0, end_ms: int = END_OF_TIME_MS):
+    """What a backfill over `stored` (partition, offset, value) records of `topic` must
+    write: the reference pipeline on the records whose event time is in [start, end)."""
+    in_range = [r for r in stored if in_backfill_range(r[2], start_ms, end_ms)]
+    return run_reference(
+        in_range, RefParams.from_flink_config(cfg), int(time.time() * 1000), None, topic
+    )
+
+
 def job_command(bootstrap: str, prefix: str, checkpoint_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -111,6 +122,18 @@ def job_command(bootstrap: str, prefix: str, checkpoint_dir: Path, *extra: str) 
         str(checkpoint_dir),
         *extra,
     ]
+
+
+def start_fresh_job(bootstrap: str, prefix: str, tmp_path: Path) -> tuple[JobProcess, int]:
+    """The job from the topics' start (checkpoints under tmp_path/ck, its log in
+    tmp_path/job.log) with /metrics on a free port; returns (job, metrics port)."""
+    from plum.ports import free_port
+
+    port = free_port()
+    command = job_command(
+        bootstrap, prefix, tmp_path / "ck", "--fresh", "--metrics-port", str(port)
+    )
+    return JobProcess(command, tmp_path / "job.log"), port
 
 
 class JobProcess:

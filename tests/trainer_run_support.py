@@ -4,6 +4,7 @@ tiny trainer sections of their config, their 24 videos, SFT examples over them, 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,43 @@ import numpy as np
 from plum.config import REPO_ROOT
 from streams.contracts import schema
 from streams.kafka.clients import make_producer
+from tokenizer.index import SidIndex
+from trainer.config import TINY, VocabConfig
+from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
+from trainer.prompt import SidLookup
 
 VIDEOS = [f"v{i}" for i in range(24)]
 LEVELS = (8, 4, 2)  # what a tokenizer with codebook_base 8 and 3 levels has
+
+
+def video_sid(i: int) -> tuple[int, ...]:
+    return (i % 8, i // 8, i % 2, i // 16)  # unique for the 24 videos
+
+
+def sid_lookup() -> SidLookup:
+    """Every video's SID under version sv1."""
+    return SidLookup("sv1", {v: video_sid(i) for i, v in enumerate(VIDEOS)})
+
+
+def write_sid_index(path: Path) -> Path:
+    """A SID index with every video under active version sv1."""
+    index = SidIndex(path)
+    for i, v in enumerate(VIDEOS):
+        index.record("sv1", v, video_sid(i), 0)
+    index.switch("sv1")
+    index.close()
+    return path
+
+
+def small_cpt_checkpoint(directory: Path) -> Path:
+    """A CPT checkpoint of a tiny model (2 steps) over the 24 videos, in `directory`."""
+    uploads = [schema.UploadEvent(v, 0, f"title {v}", "", "c", ("t",), 60.0, {}) for v in VIDEOS]
+    vocab = vocab_for_corpus(uploads, VocabConfig(300, 1, 3), LEVELS)
+    corpus = build_corpus(uploads, [], sid_lookup(), vocab, seq_len=48)
+    model = dataclasses.replace(TINY, d_model=32, d_ff=64, max_len=64)
+    train_cpt(CptConfig(steps=2, batch_size=4, seq_len=48), model, vocab, corpus, directory)
+    return directory
+
 
 # [trainer_model], [trainer_vocab], [trainer], [trainer_data]: a model that compiles in
 # seconds, a checkpoint every 3 steps, batches of 4 fresh examples. A test adds [sid],

@@ -17,7 +17,6 @@ from collections import Counter
 
 import pytest
 
-from plum.ports import free_port
 from streams.contracts import schema
 from streams.flink.job import load_flink_config
 from streams.flink.reference import RefParams, run_reference
@@ -117,13 +116,7 @@ def test_malformed_flood_is_dead_lettered_and_valid_watches_are_kept(
     assert expected.accepted + Counter(r for *_, r in expected.dead)[schema.LATE] == valid_stored
     assert valid_stored == len(valid) + HUGE_VALID + len(sentinels)
 
-    port = free_port()
-    job = fs.JobProcess(
-        fs.job_command(
-            kafka_bootstrap, topic_prefix, tmp_path / "ck", "--fresh", "--metrics-port", str(port)
-        ),
-        tmp_path / "job.log",
-    )
+    job, port = fs.start_fresh_job(kafka_bootstrap, topic_prefix, tmp_path)
     try:
         t1 = time.monotonic()
         outs = fs.wait_for_outputs(kafka_bootstrap, topics, expected, job, timeout_s=300)

@@ -16,7 +16,6 @@ from dataclasses import replace
 
 import pytest
 
-from plum.ports import free_port
 from streams.flink.job import latest_checkpoint, load_flink_config
 from streams.flink.reference import RefParams, in_backfill_range, run_reference
 from streams.kafka.clients import end_offsets, read_all
@@ -64,13 +63,7 @@ def test_live_job_matches_reference_exactly(
     assert reasons["late"] > 0 and len(reasons) >= 8, reasons
     assert expected.examples and expected.pairs
 
-    port = free_port()
-    job = fs.JobProcess(
-        fs.job_command(
-            kafka_bootstrap, topic_prefix, tmp_path / "ck", "--fresh", "--metrics-port", str(port)
-        ),
-        tmp_path / "job.log",
-    )
+    job, port = fs.start_fresh_job(kafka_bootstrap, topic_prefix, tmp_path)
     try:
         outs = fs.wait_for_outputs(kafka_bootstrap, topics, expected, job, timeout_s=180)
         fs.compare(outs, expected)
@@ -157,10 +150,7 @@ def test_backfill_replays_a_time_range_and_exits(
     stored = fs.produce(kafka_bootstrap, topics.watches_replay, stream)
     ts = sorted(json.loads(v)["ts"] for _, _, v in stream[: -fs.PARTITIONS] if _has_int_ts(v))
     t1, t2 = ts[len(ts) // 5], ts[4 * len(ts) // 5]  # the middle 60% of event time
-    in_range = [r for r in stored if in_backfill_range(r[2], t1, t2)]
-    expected = run_reference(
-        in_range, RefParams.from_flink_config(cfg), _now_ms(), None, topics.watches_replay
-    )
+    expected = fs.backfill_reference(stored, cfg, topics.watches_replay, t1, t2)
     assert expected.examples and expected.pairs and expected.pending == 0
 
     job = _backfill(kafka_bootstrap, topic_prefix, tmp_path, t1, t2, ".bf")

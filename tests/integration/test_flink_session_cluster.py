@@ -4,12 +4,9 @@ plain-Python reference exactly, and each operator really ran on both TaskManager
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from streams.flink.job import load_flink_config
-from streams.flink.reference import RefParams, in_backfill_range, run_reference
 from streams.flink.session_cluster import SessionCluster, SessionClusterConfig
 from tests import flink_support as fs
 
@@ -26,14 +23,7 @@ def test_backfill_on_a_two_taskmanager_session_cluster_matches_the_reference(
     cfg = load_flink_config(fs.TEST_CONFIG)
     stream = fs.build_stream(SEED, EVENTS, cfg.out_of_orderness_ms, cfg.window_size_ms)
     stored = fs.produce(kafka_bootstrap, topics.watches_replay, stream)
-    in_range = [r for r in stored if in_backfill_range(r[2], 0, END_OF_TIME)]
-    expected = run_reference(
-        in_range,
-        RefParams.from_flink_config(cfg),
-        int(time.time() * 1000),
-        None,
-        topics.watches_replay,
-    )
+    expected = fs.backfill_reference(stored, cfg, topics.watches_replay, 0, END_OF_TIME)
     assert expected.examples and expected.pairs
 
     cluster = SessionCluster(SessionClusterConfig(taskmanagers=2), tmp_path / "cluster")

@@ -6,14 +6,11 @@ reference pipeline's output on the copied records."""
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 
 from streams.flink.job import load_flink_config
-from streams.flink.reference import RefParams, in_backfill_range, run_reference
 from streams.kafka.clients import make_producer, read_all
-from streams.replay.cli import END_OF_TIME_MS
 from streams.replay.copy import CopyRequest, copy_range
 from tests import flink_support as fs
 
@@ -47,14 +44,7 @@ def test_backfill_over_a_copied_range_matches_the_reference(
     replayed = read_all(kafka_bootstrap, topics.watches_replay, timeout_s=60)
     assert len(replayed) == t2 - t1
     stored = sorted((r.partition, r.offset, r.value) for r in replayed)
-    in_range = [r for r in stored if in_backfill_range(r[2], 0, END_OF_TIME_MS)]
-    expected = run_reference(
-        in_range,
-        RefParams.from_flink_config(cfg),
-        int(time.time() * 1000),
-        None,
-        topics.watches_replay,
-    )
+    expected = fs.backfill_reference(stored, cfg, topics.watches_replay)
     assert expected.examples and expected.pairs and expected.dead
 
     def backfill(log_name: str) -> fs.JobProcess:

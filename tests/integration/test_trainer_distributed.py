@@ -16,7 +16,6 @@ process behind.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -31,13 +30,17 @@ from plum.checkpoints import CheckpointStore
 from plum.ports import free_port
 from streams.contracts import schema
 from streams.kafka.clients import make_producer
-from tests.trainer_run_support import LEVELS, TINY_TRAINER_CONFIG, VIDEOS, sft_examples
-from tokenizer.index import SidIndex
-from trainer.config import TINY, ModelConfig, VocabConfig
-from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
+from tests.trainer_run_support import (
+    TINY_TRAINER_CONFIG,
+    sft_examples,
+    sid_lookup,
+    small_cpt_checkpoint,
+    write_sid_index,
+)
+from trainer.config import ModelConfig
 from trainer.data import load_data_config
 from trainer.loop import event_digest, load_trainer_config
-from trainer.prompt import SidLookup, collate, sft_sequence
+from trainer.prompt import collate, sft_sequence
 from trainer.step import Stepper, init_state, make_optimizer
 from trainer.vocab import Vocab
 
@@ -50,10 +53,6 @@ RUN_TIMEOUT_S = 240
 # fresh_wait_ms: a batch waits for its full share (2 rows) instead of going out short, so
 # the batches are the ones computed below however slowly the box runs
 ENV = {"PLUM_TRAINER_DATA__FRESH_WAIT_MS": "5000", "JAX_PLATFORMS": "cpu"}
-
-
-def _sid(i: int) -> tuple[int, ...]:
-    return (i % 8, i // 8, i % 2, i // 16)  # unique for the 24 videos
 
 
 CONFIG = (
@@ -73,21 +72,9 @@ def setup(tmp_path):
     """Config, a SID index (all videos under sv1) and a small CPT checkpoint."""
     config = tmp_path / "trainer.toml"
     config.write_text(CONFIG)
-    index = SidIndex(tmp_path / "index.sqlite")
-    for i, v in enumerate(VIDEOS):
-        index.record("sv1", v, _sid(i), 0)
-    index.switch("sv1")
-    index.close()
-    uploads = [schema.UploadEvent(v, 0, f"title {v}", "", "c", ("t",), 60.0, {}) for v in VIDEOS]
-    vocab = vocab_for_corpus(uploads, VocabConfig(300, 1, 3), LEVELS)
-    corpus = build_corpus(uploads, [], _lookup(), vocab, seq_len=48)
-    model = dataclasses.replace(TINY, d_model=32, d_ff=64, max_len=64)
-    train_cpt(CptConfig(steps=2, batch_size=4, seq_len=48), model, vocab, corpus, tmp_path / "cpt")
+    write_sid_index(tmp_path / "index.sqlite")
+    small_cpt_checkpoint(tmp_path / "cpt")
     return config, tmp_path
-
-
-def _lookup() -> SidLookup:
-    return SidLookup("sv1", {v: _sid(i) for i, v in enumerate(VIDEOS)})
 
 
 def _produce(bootstrap: str, topic: str, by_partition: dict[int, list[schema.SftExample]]):
@@ -192,7 +179,7 @@ def test_two_processes_train_like_one_on_the_global_batches_and_resume_from_one_
     # the global batches: process 0's two rows (partition 0) first, then process 1's
     vocab = Vocab.load(run / "vocab")
     data = load_data_config(config, env={})
-    seq = lambda e: sft_sequence(e, _lookup(), vocab, data.max_prompt_len)  # noqa: E731
+    seq = lambda e: sft_sequence(e, sid_lookup(), vocab, data.max_prompt_len)  # noqa: E731
     batches = [
         collate(
             [seq(e) for e in parts[0][2 * k : 2 * k + 2] + parts[1][2 * k : 2 * k + 2]],

@@ -9,7 +9,6 @@ and the saved offsets must be the topic's end.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import resource
 import signal
@@ -28,16 +27,14 @@ from streams.contracts import schema
 from tests.flink_support import scrape
 from tests.metrics_support import catalogue_names, scrape_until_complete
 from tests.trainer_run_support import (
-    LEVELS,
     TINY_TRAINER_CONFIG,
     VIDEOS,
     produce,
     sft_examples,
+    small_cpt_checkpoint,
     tokenizer_checkpoint,
+    write_sid_index,
 )
-from tokenizer.index import SidIndex
-from trainer.config import TINY, VocabConfig
-from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
 from trainer.data import index_lookup_source, load_data_config
 from trainer.loop import (
     ContinuousTrainer,
@@ -46,15 +43,10 @@ from trainer.loop import (
     load_trainer_config,
     trainer_runtime,
 )
-from trainer.prompt import SidLookup
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _sid(i: int) -> tuple[int, ...]:
-    return (i % 8, i // 8, i % 2, i // 16)  # unique for the 24 videos
 
 
 CONFIG = (
@@ -76,25 +68,13 @@ def _config_and_index(tmp_path: Path) -> tuple[Path, Path]:
     """The test's config file and a SID index with every video under active version sv1."""
     config = tmp_path / "trainer.toml"
     config.write_text(CONFIG)
-    index_path = tmp_path / "index.sqlite"
-    index = SidIndex(index_path)
-    for i, v in enumerate(VIDEOS):
-        index.record("sv1", v, _sid(i), 0)
-    index.switch("sv1")
-    index.close()
-    return config, index_path
+    return config, write_sid_index(tmp_path / "index.sqlite")
 
 
 @pytest.fixture
 def run_setup(tmp_path, topics, kafka_bootstrap):
     config, index_path = _config_and_index(tmp_path)
-    # a small CPT checkpoint (the CLI path of CPT is tested below)
-    uploads = [schema.UploadEvent(v, 0, f"title {v}", "", "c", ("t",), 60.0, {}) for v in VIDEOS]
-    vocab = vocab_for_corpus(uploads, VocabConfig(300, 1, 3), LEVELS)
-    lookup = SidLookup("sv1", {v: _sid(i) for i, v in enumerate(VIDEOS)})
-    corpus = build_corpus(uploads, [], lookup, vocab, seq_len=48)
-    model = dataclasses.replace(TINY, d_model=32, d_ff=64, max_len=64)
-    train_cpt(CptConfig(steps=2, batch_size=4, seq_len=48), model, vocab, corpus, tmp_path / "cpt")
+    small_cpt_checkpoint(tmp_path / "cpt")  # the CLI path of CPT is tested below
     return config, index_path, tmp_path
 
 
