@@ -94,6 +94,16 @@ def alerts(t: AlertThresholds) -> tuple[Alert, ...]:
             "model stops getting fresher.",
         ),
         Alert(
+            "TrainerCheckpointFailing",
+            "increase(plum_trainer_checkpoint_failures_total[15m]) > 0",
+            "0s",
+            "page",
+            '{{ $labels.job }}: {{ $value | printf "%.0f" }} checkpoint saves failed in 15 minutes',
+            "The trainer keeps training, but its checkpoints do not land (a full disk or an "
+            "unwritable checkpoint directory; see its log): a restart now goes back to the "
+            "last good checkpoint and the publisher sees no newer one.",
+        ),
+        Alert(
             "PublishRejectedRepeatedly",
             f"sum(increase(plum_publisher_rejections_total[30m])) >= {_num(t.publish_rejections)}",
             "0s",

@@ -55,6 +55,7 @@ DEADLETTERS = (
 )
 STEP = 'plum_trainer_step{job="trainer", instance="t:9104"}'
 TRAINER_UP = 'up{job="trainer", instance="t:9104"}'
+CHECKPOINT_FAILURES = 'plum_trainer_checkpoint_failures_total{job="trainer", instance="t:9104"}'
 REJECTIONS = 'plum_publisher_rejections_total{job="publisher", instance="p:9107", reason="%s"}'
 REQUESTS = 'plum_serving_requests_total{job="serving", instance="s:9106", route="/v1/retrieve", status="%s"}'
 SERVING_UP = 'up{job="serving", instance="127.0.0.1:9106"}'
@@ -146,6 +147,26 @@ CASES: tuple[Case, ...] = (
         {STEP: "0+10x20 200+0x9 stale", TRAINER_UP: "1+0x29 0+0x20"},
         "33m",
     ),
+    # --- a trainer checkpoint failed in the last 15 minutes
+    Case(
+        "TrainerCheckpointFailing",
+        "two saves failed at minutes 10 and 12",
+        {CHECKPOINT_FAILURES: "0x10 1 1 2+0x8"},
+        "15m",
+        (
+            Fired(
+                {"job": "trainer", "instance": "t:9104"},
+                "trainer: 2 checkpoint saves failed in 15 minutes",
+            ),
+        ),
+    ),
+    Case(
+        "TrainerCheckpointFailing",
+        "one failure, 40 minutes ago",
+        {CHECKPOINT_FAILURES: "0x5 1+0x50"},
+        "45m",
+    ),
+    Case("TrainerCheckpointFailing", "no failure", {CHECKPOINT_FAILURES: "0+0x30"}, "20m"),
     # --- publish rejected 3 or more times in 30 minutes
     Case(
         "PublishRejectedRepeatedly",
