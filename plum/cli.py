@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from plum.config import ConfigError
 
 # Libraries whose INFO lines drown our own (orbax logs every save/restore through absl).
-QUIET_LOGGERS = ("absl", "jax._src.xla_bridge", "httpx")
+# kafka-python 3 logs every connection, bootstrap and metadata refresh at INFO
+QUIET_LOGGERS = ("absl", "jax._src.xla_bridge", "httpx", "kafka")
 # apscheduler logs every skipped run of a job still running (max_instances=1 working) at
 # WARNING and every run at INFO: only its errors are worth a line.
 ERROR_ONLY_LOGGERS = ("apscheduler",)

@@ -95,8 +95,8 @@ class DemoConfig:
     # assignments and the Flink job has written this many SFT examples, then continuous
     # SFT on the Flink job's examples.
     cpt_min_sids: int = 200
-    cpt_min_examples: int = 100
-    cpt_steps: int = 60
+    cpt_min_examples: int = 0
+    cpt_steps: int = 12
     trainer_metrics_port: int = 9104
     tokenizer_items: int = 3000
     grace_s: float = 20.0

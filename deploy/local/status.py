@@ -44,6 +44,7 @@ QUERIES: dict[str, str] = {
 STATE_STYLE = {
     State.WAITING: "dim",
     State.STARTING: "yellow",
+    State.RUNNING: "cyan",
     State.READY: "green",
     State.RESTARTING: "bold yellow",
     State.DONE: "cyan",

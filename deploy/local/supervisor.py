@@ -41,6 +41,7 @@ Check = Callable[[], bool]
 class State(StrEnum):
     WAITING = "waiting"  # for its needs or its start condition
     STARTING = "starting"  # running, not ready yet
+    RUNNING = "running"  # a one-shot step under way (done when it exits 0)
     READY = "ready"
     RESTARTING = "restarting"  # exited; started again after the backoff
     DONE = "done"  # a one-shot step that exited 0
@@ -179,7 +180,7 @@ class Supervisor:
         readiness. Call it every fraction of a second."""
         now = time.monotonic()
         for child in self.children.values():
-            if child.state in (State.STARTING, State.READY) and not child.running():
+            if child.state in (State.STARTING, State.RUNNING, State.READY) and not child.running():
                 self._exited(child, now)
             if child.state is State.RESTARTING and now >= child.restart_at:
                 self._start(child)
@@ -217,7 +218,7 @@ class Supervisor:
                 env=dict(spec.env) if spec.env is not None else self.env,
                 start_new_session=True,  # its own process group: stopped as a whole
             )
-        child.state = State.STARTING
+        child.state = State.RUNNING if spec.oneshot else State.STARTING
         child.last_check = 0.0
         child.started_seq = self._seq
         self._seq += 1
@@ -225,8 +226,6 @@ class Supervisor:
 
     def _check_ready(self, child: Child, now: float) -> None:
         spec = child.spec
-        if spec.oneshot:
-            return  # a step is ready when it exited 0 (_exited)
         if spec.ready is None:
             child.state = State.READY
             return

@@ -135,10 +135,12 @@ def test_backoff_doubles_up_to_its_maximum():
 
 
 def test_a_oneshot_step_is_done_when_it_exits_zero_and_unblocks_its_dependents(logs):
-    step = ChildSpec("step", py("print('trained')"), oneshot=True)
+    step = ChildSpec("step", py("import time; time.sleep(0.5); print('trained')"), oneshot=True)
     service = ChildSpec("service", py("import time; time.sleep(60)"), needs=("step",))
     sup = Supervisor([step, service], logs)
     try:
+        sup.tick()  # under way: running (not "starting": a step has no readiness of its own)
+        assert sup.state("step") is State.RUNNING and sup.state("service") is State.WAITING
         run_until(sup, lambda: sup.is_ready("service"), what="service ready")
         assert sup.state("step") is State.DONE and sup.children["step"].restarts == 0
     finally:
