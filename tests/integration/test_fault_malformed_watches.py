@@ -10,7 +10,6 @@ agreeing by reason.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import Counter
 
@@ -23,6 +22,7 @@ from streams.kafka.clients import read_all
 from tests import flink_support as fs
 from tests import fuzz_support as fuzz
 from tests import watch_fuzz_support as fz
+from tests.metrics_support import dead_letters_by_reason
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -127,7 +127,7 @@ def test_malformed_flood_is_dead_lettered_and_valid_watches_are_kept(
         want = Counter(r for (*_, r) in expected.dead.elements())
         deadline = time.monotonic() + 60
         while True:
-            by_reason = _dead_by_reason(fs.scrape(port))
+            by_reason = dead_letters_by_reason(fs.scrape(port))
             if by_reason == want or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
@@ -154,11 +154,3 @@ def _is_valid(value: bytes | None, limits: schema.ValidationLimits) -> bool:
     except schema.ValidationError:
         return False
     return True
-
-
-def _dead_by_reason(metrics: dict[str, float]) -> Counter:
-    out: Counter = Counter()
-    for k, v in metrics.items():
-        if k.startswith("plum_deadletter_total{"):
-            out[re.search(r'reason="([^"]+)"', k).group(1)] += int(v)
-    return +out
