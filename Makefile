@@ -36,9 +36,10 @@ check-tools:
 	@command -v mvn >/dev/null || { echo "error: mvn not found: install Maven (apt-get install maven)"; exit 1; }
 
 # Debian packages the stack and its tests run: Prometheus (with promtool) for monitoring,
-# Chromium and ChromeDriver for the dashboard's browser test. Installed only when missing;
-# apt needs root (CI runs as root), otherwise one line says what to install.
-SYSTEM_TOOLS := prometheus:prometheus promtool:prometheus chromium:chromium chromedriver:chromium-driver
+# Chromium and ChromeDriver for the dashboard's browser test, wrk for the serving
+# saturation test and `plum bench serving`. Installed only when missing; apt needs root
+# (CI runs as root), otherwise one line says what to install.
+SYSTEM_TOOLS := prometheus:prometheus promtool:prometheus chromium:chromium chromedriver:chromium-driver wrk:wrk
 system-packages:
 	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t##*:}; done | sort -u | tr '\n' ' '); \
 	if [ -n "$$missing" ]; then \
@@ -46,7 +47,7 @@ system-packages:
 	    echo "installing Debian packages: $$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "warning: missing $$missing: run 'sudo apt-get install $$missing' (monitoring and dashboard tests need them)"; \
+	    echo "warning: missing $$missing: run 'sudo apt-get install $$missing' (monitoring, dashboard and serving load tests need them)"; \
 	  fi; \
 	fi
 
@@ -110,9 +111,8 @@ lint: setup
 bench: setup
 	$(VENV)/bin/plum bench kafka
 
-# Load generator of `plum bench serving` (wrk, from Debian's packages; CI runs as root).
-bench-tools:
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+# Load generator of `plum bench serving`: wrk, one of SYSTEM_TOOLS (the serving test needs it too).
+bench-tools: system-packages
 
 # Re-resolve requirements.in into requirements.lock in a scratch venv.
 lock: | check-tools

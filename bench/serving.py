@@ -52,32 +52,54 @@ from trainer.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
+# Each wrk thread counts its answers by status class in `response` (globals, so `done`,
+# in wrk's main Lua state, can read them with thread:get); `done` prints one JSON line.
 WRK_SCRIPT = """
 local path = os.getenv("PLUM_BENCH_BODIES")
 local bodies = {}
 for line in io.lines(path) do bodies[#bodies + 1] = line end
 local i = math.random(#bodies)
 local headers = {["Content-Type"] = "application/json"}
+local threads = {}
+s2xx, s4xx, s5xx, sother = 0, 0, 0, 0
+setup = function(thread) threads[#threads + 1] = thread end
 request = function()
   i = i % #bodies + 1
   return wrk.format("POST", "/v1/retrieve", headers, bodies[i])
 end
+response = function(status, headers, body)
+  if status >= 200 and status < 300 then s2xx = s2xx + 1
+  elseif status >= 400 and status < 500 then s4xx = s4xx + 1
+  elseif status >= 500 and status < 600 then s5xx = s5xx + 1
+  else sother = sother + 1 end
+end
 done = function(summary, latency, requests)
+  local c = {s2xx = 0, s4xx = 0, s5xx = 0, sother = 0}
+  for _, t in ipairs(threads) do
+    for name, _ in pairs(c) do c[name] = c[name] + t:get(name) end
+  end
   io.write(string.format(
     "PLUM_WRK {\\"requests\\": %d, \\"duration_us\\": %d, \\"status_errors\\": %d, " ..
     "\\"connect_errors\\": %d, \\"read_errors\\": %d, \\"write_errors\\": %d, " ..
     "\\"timeouts\\": %d, \\"p50_us\\": %d, \\"p90_us\\": %d, \\"p99_us\\": %d, " ..
-    "\\"max_us\\": %d, \\"mean_us\\": %.1f}\\n",
+    "\\"max_us\\": %d, \\"mean_us\\": %.1f, \\"status_2xx\\": %d, \\"status_4xx\\": %d, " ..
+    "\\"status_5xx\\": %d, \\"status_other\\": %d}\\n",
     summary.requests, summary.duration, summary.errors.status, summary.errors.connect,
     summary.errors.read, summary.errors.write, summary.errors.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, latency.mean))
+    latency.max, latency.mean, c.s2xx, c.s4xx, c.s5xx, c.sother))
 end
 """
 
 
-def demo_size_repository(directory: Path, items: int, seed: int = 0) -> Path:
-    """A model repository holding one demo-size version with random weights (see module doc)."""
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo.toml"
+
+
+def demo_size_repository(
+    directory: Path, items: int, seed: int = 0, config: Path = DEMO_CONFIG
+) -> Path:
+    """A model repository holding one version with random weights in `config`'s shapes:
+    demo-size by default (see module doc); configs/test.toml gives the tiny model."""
     import jax
 
     from serving.artifact import ModelRepository, snapshot_of
@@ -90,8 +112,7 @@ def demo_size_repository(directory: Path, items: int, seed: int = 0) -> Path:
     from trainer.model import init_params
     from trainer.vocab import build_vocab
 
-    demo = REPO_ROOT / "configs" / "demo.toml"
-    sim = load_config(demo, bad_fraction=0.0, out_of_order_fraction=0.0)
+    sim = load_config(config, bad_fraction=0.0, out_of_order_fraction=0.0)
     texts = []
     for rec in generate(sim):
         if rec.topic.endswith("uploads.v1"):
@@ -99,12 +120,12 @@ def demo_size_repository(directory: Path, items: int, seed: int = 0) -> Path:
             texts.append(f"{event['title']} {event['description']}")
             if len(texts) >= 3000:
                 break
-    level_sizes = load_tokenizer_config(demo).level_sizes
-    disamb = load_sid_config(demo).disambiguation_size
-    vocab = build_vocab(texts, load_vocab_config(demo), level_sizes)
+    level_sizes = load_tokenizer_config(config).level_sizes
+    disamb = load_sid_config(config).disambiguation_size
+    vocab = build_vocab(texts, load_vocab_config(config), level_sizes)
     vocab_dir = directory / "vocab-src"
     vocab.save(vocab_dir)
-    model_cfg = load_model_config(demo).with_vocab(vocab.size)
+    model_cfg = load_model_config(config).with_vocab(vocab.size)
     params = jax.device_get(init_params(model_cfg, jax.random.PRNGKey(seed)))
     rng = random.Random(seed)
     sids: set[tuple[int, ...]] = set()
@@ -118,9 +139,9 @@ def demo_size_repository(directory: Path, items: int, seed: int = 0) -> Path:
         snapshot_of("bench-sid-v1", len(rows), rows),
         step=0,
         model_config=model_cfg.to_dict(),
-        max_prompt_len=load_data_config(demo).max_prompt_len,
+        max_prompt_len=load_data_config(config).max_prompt_len,
         newest_event_ts_ms=0,
-        source={"kind": "bench: random weights, demo shapes"},
+        source={"kind": f"bench: random weights, {config.name} shapes"},
     )
     return repo
 
@@ -145,9 +166,16 @@ def request_bodies(video_ids: list[str], n: int, k: int, beam: int, seed: int) -
 
 
 class ServerProcess:
-    """`plum serve` as a child process on a free port; SIGTERM on exit."""
+    """`plum serve` as a child process on a free port; SIGTERM on exit. Its settings are
+    `config`'s [serving] (demo.toml by default) with `env_overrides` on top."""
 
-    def __init__(self, repo: Path, env_overrides: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        env_overrides: dict[str, str],
+        log_path: Path,
+        config: Path = DEMO_CONFIG,
+    ) -> None:
         self.port_file = log_path.with_suffix(".port")
         self.port_file.unlink(missing_ok=True)
         env = dict(
@@ -168,7 +196,7 @@ class ServerProcess:
                 "plum.cli",
                 "serve",
                 "--config",
-                str(REPO_ROOT / "configs/demo.toml"),
+                str(config),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -241,7 +269,11 @@ def run_wrk(url: str, bodies_path: Path, duration_s: int, connections: int, thre
         "max_ms": raw["max_us"] / 1000,
         "mean_ms": round(raw["mean_us"] / 1000, 3),
         "errors": errors,
+        "socket_errors": sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors")),
         "timeouts": raw["timeouts"],
+        "status_classes": {
+            c: raw[f"status_{c}"] for c in ("2xx", "4xx", "5xx", "other") if raw[f"status_{c}"]
+        },
     }
 
 

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from streams.contracts import schema
 from streams.flink.reference import RefParams, in_backfill_range, run_reference
 from streams.kafka.clients import make_producer, read_all
 from streams.replay.cli import END_OF_TIME_MS
+from tests.metrics_support import scrape  # noqa: F401  (fs.scrape, as the Flink tests call it)
 
 TEST_CONFIG = REPO_ROOT / "configs" / "test.toml"
 PARTITIONS = 4  # of plum.watches.v1 (streams/topics.py)
@@ -263,14 +263,3 @@ def compare(outs: dict, expected) -> None:
         f"dead letters differ: missing {list((expected.dead - got_dead).items())[:5]}, "
         f"extra {list((got_dead - expected.dead).items())[:5]}"
     )
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Prometheus text exposition -> {sample with labels: value}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,3 +47,23 @@ def scrape_until_complete(port: int, names: set[str], timeout_s: float = 60) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"/metrics lacks {sorted(missing)} after {timeout_s} s")
         time.sleep(0.2)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text exposition -> {sample with labels: value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def dead_letters_by_reason(samples: dict[str, float]) -> Counter:
+    """plum_deadletter_total of a `scrape`, summed by its reason label."""
+    out: Counter = Counter()
+    for k, v in samples.items():
+        if k.startswith("plum_deadletter_total{"):
+            out[re.search(r'reason="([^"]+)"', k).group(1)] += int(v)
+    return +out

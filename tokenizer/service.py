@@ -28,8 +28,9 @@ With librdkafka a batch's Kafka transaction runs in a worker thread while the ne
 is polled (its commit is ~75 ms of broker round trips); the next batch touches the index
 only after that commit and the index commit that follows it, so the order above holds.
 
-The service never stops on a bad record: decode errors, wrong or missing modalities,
-NaN/inf and a full disambiguation space all become dead letters. SIGTERM finishes the
+The service never stops on a bad record: decode errors, records with no value
+(tombstones), wrong or missing modalities, NaN/inf and a full disambiguation space all
+become dead letters. SIGTERM finishes the
 batch in hand, commits it and exits 0; `/metrics`, the progress line and idle-exit are
 the runtime's.
 """
@@ -213,13 +214,14 @@ class SidService:
         letters: list[schema.DeadLetter] = []
         decode = schema.decode_upload
         for rec in records:
+            # A record with no value (a tombstone) is read as empty bytes, as the Flink
+            # job reads it: not_json, a dead letter like any other bad upload.
+            raw = rec.value if rec.value is not None else b""
             try:
-                event = decode(rec.value, limits)
+                event = decode(raw, limits)
             except schema.ValidationError as err:
                 letters.append(
-                    schema.DeadLetter.of(
-                        rec.topic, rec.partition, rec.offset, err, rec.value, now_ms
-                    )
+                    schema.DeadLetter.of(rec.topic, rec.partition, rec.offset, err, raw, now_ms)
                 )
                 continue
             uploads[event.video_id] = (event, rec)  # the last upload of a video in a batch wins

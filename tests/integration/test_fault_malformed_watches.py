@@ -10,8 +10,6 @@ agreeing by reason.
 from __future__ import annotations
 
 import json
-import random
-import re
 import time
 from collections import Counter
 
@@ -22,7 +20,9 @@ from streams.flink.job import load_flink_config
 from streams.flink.reference import RefParams, run_reference
 from streams.kafka.clients import read_all
 from tests import flink_support as fs
+from tests import fuzz_support as fuzz
 from tests import watch_fuzz_support as fz
+from tests.metrics_support import dead_letters_by_reason
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -72,17 +72,13 @@ def test_malformed_flood_is_dead_lettered_and_valid_watches_are_kept(
             lines.append((key.decode(), json.dumps(fz.huge_but_valid(obj, huge))))
             huge += 1
     assert sum(fuzz_values.values()) == MALFORMED and huge == HUGE_VALID
-    too_large = ["z" * fz.TOO_LARGE_FOR_BROKER + str(i) for i in range(TOO_LARGE)]
+    too_large = ["z" * fuzz.TOO_LARGE_FOR_BROKER + str(i) for i in range(TOO_LARGE)]
     lines += [(f"too-large-{i}", v) for i, v in enumerate(too_large)]
 
     t0 = time.monotonic()
-    out = fz.console_produce(kafka_bootstrap, topics.watches, lines)
-    rng = random.Random(SEED)
-    raw = [
-        (f"raw-{i}".encode(), b"\xff" + rng.randbytes(rng.randrange(1, 2000)))
-        for i in range(RAW_BYTES)
-    ]
-    fz.raw_produce(kafka_bootstrap, topics.watches, raw)
+    out = fuzz.console_produce(kafka_bootstrap, topics.watches, lines)
+    raw = fuzz.raw_bytes(RAW_BYTES, SEED)
+    fuzz.raw_produce(kafka_bootstrap, topics.watches, raw)
     fuzz_values.update(v for _, v in raw)
     fs.produce(kafka_bootstrap, topics.watches, sentinels)
     produce_s = time.monotonic() - t0
@@ -131,7 +127,7 @@ def test_malformed_flood_is_dead_lettered_and_valid_watches_are_kept(
         want = Counter(r for (*_, r) in expected.dead.elements())
         deadline = time.monotonic() + 60
         while True:
-            by_reason = _dead_by_reason(fs.scrape(port))
+            by_reason = dead_letters_by_reason(fs.scrape(port))
             if by_reason == want or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
@@ -158,11 +154,3 @@ def _is_valid(value: bytes | None, limits: schema.ValidationLimits) -> bool:
     except schema.ValidationError:
         return False
     return True
-
-
-def _dead_by_reason(metrics: dict[str, float]) -> Counter:
-    out: Counter = Counter()
-    for k, v in metrics.items():
-        if k.startswith("plum_deadletter_total{"):
-            out[re.search(r'reason="([^"]+)"', k).group(1)] += int(v)
-    return +out

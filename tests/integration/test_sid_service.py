@@ -3,11 +3,9 @@ run the way `plum tokenizer serve` runs it: `plum.runtime.Runtime(BatchCycle(ser
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -19,13 +17,11 @@ from confluent_kafka import KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.metrics import CATALOGUE
-from plum.config import REPO_ROOT
 from streams.contracts import schema
 from streams.kafka.admin import committed_offsets
 from streams.kafka.clients import make_producer, read_all
 from streams.kafka.transactional import ConfluentIO
-from streams.simulator.config import load_config as load_simulator_config
-from streams.simulator.stream import generate
+from tests.sid_service_support import serve_process, simulated_uploads, small_tokenizer
 from tokenizer.checkpoint import save_tokenizer
 from tokenizer.config import load_tokenizer_config
 from tokenizer.index import SidIndex
@@ -39,23 +35,14 @@ both_clients = pytest.mark.parametrize("kafka_client", ["confluent", "kafka-pyth
 
 
 @pytest.fixture(scope="module")
-def uploads(repo_root):
+def uploads():
     """Simulated upload records: valid ones and malformed ones of every upload kind."""
-    cfg = load_simulator_config(repo_root / "configs" / "test.toml", events=1500, bad_fraction=0.05)
-    return [r for r in generate(cfg) if r.topic.endswith("plum.uploads.v1")]
+    return simulated_uploads()
 
 
 @pytest.fixture(scope="module")
-def tokenizer(repo_root, uploads):
-    valid = [schema.decode_upload(r.value) for r in uploads if r.kind == "valid"]
-    names = sorted(valid[0].embeddings)
-    emb = {n: np.asarray([u.embeddings[n] for u in valid], np.float32) for n in names}
-    # Deliberately small codebooks and few steps: collisions must happen so the
-    # disambiguation path is exercised.
-    config = load_tokenizer_config(
-        repo_root / "configs" / "test.toml", env={}, steps=60, codebook_base=16
-    )
-    return train_tokenizer(emb, None, config)
+def tokenizer(uploads):
+    return small_tokenizer(uploads)
 
 
 def service_config(
@@ -278,17 +265,10 @@ def test_plum_tokenizer_serve_serves_metrics_and_on_sigterm_commits_what_it_cons
     ordered = sorted(uploads, key=lambda r: r.kind == "valid")
     produce(kafka_bootstrap, topics.uploads, ordered)
     index_path = tmp_path / "sids.sqlite"
-    cmd = [
-        sys.executable, "-m", "plum.cli", "tokenizer", "serve",
-        "--config", str(REPO_ROOT / "configs" / "test.toml"),
-        "--bootstrap", kafka_bootstrap,
-        "--topic-prefix", topic_prefix,
-        "--checkpoint", str(tmp_path / "tokenizer"),
-        "--index", str(index_path),
-        "--metrics-port", "0",
-    ]  # fmt: skip
-    env = dict(os.environ, PLUM_SID_SERVICE__BATCH_SIZE="2")
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    env = {"PLUM_SID_SERVICE__BATCH_SIZE": "2"}
+    proc = serve_process(
+        kafka_bootstrap, topic_prefix, tmp_path / "tokenizer", index_path, subprocess.PIPE, env
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
