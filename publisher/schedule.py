@@ -9,6 +9,16 @@
       every endpoint: /v1/status != target -> push model,   re-send from expected_seq)
         confirm by /v1/status, then its deltas
 
+SID version switch (a checkpoint trained on another sid_version than the served model's,
+after `plum tokenizer reindex`): the checkpoint is gated against the served model on the
+same held-out examples, each model reading them through its own version's SIDs; it is
+exported with the snapshot of ITS version from the delta log, and pushed as one (model,
+index) pair. Until the delta log holds a complete index of the new version (dense, and
+`serving.artifact.SWITCH_MIN_COVERAGE` of the served version's videos) the checkpoint is
+deferred (`sid_version_incomplete`), never pushed for serving to refuse. Deltas always
+follow the sid_version each endpoint's index reports, so after the switch only the new
+version's deltas go out, and before it only the old one's.
+
 `served_version()` is what the gate compares against: the ledger's target, or, before
 this publisher has decided anything, the newest version of the model repository (what
 serving loads on start). The deltas follow each endpoint's own index (as /v1/status and
@@ -64,7 +74,7 @@ from publisher.gate import (
 )
 from publisher.ledger import DEFERRED, PUBLISHED, REJECTED, Ledger
 from publisher.push import PushError, ServingClient, ServingStatus, push_deltas, push_model
-from serving.artifact import ArtifactError, Manifest, ModelRepository
+from serving.artifact import ArtifactError, Manifest, ModelRepository, switch_shortfall
 from streams.contracts.schema import SftExample
 from streams.contracts.topics import TopicNames
 from trainer.config import ModelConfig
@@ -74,6 +84,7 @@ from trainer.vocab import Vocab
 log = logging.getLogger(__name__)
 
 NOT_A_TRAINER_CHECKPOINT = "not_a_trainer_checkpoint"
+SID_VERSION_INCOMPLETE = "sid_version_incomplete"  # deferred: the new version's log is short
 KAFKA_TIMEOUT_S = 60.0
 
 
@@ -308,6 +319,13 @@ class Publisher:
         if not caught_up and checkpoint.sid_version and not self.deltas.seq(checkpoint.sid_version):
             # the log may only be behind: deciding "sid_version_unknown" now would be final
             return PublishReport("error", step, reason="SID assignments unreadable")
+        shortfall = self._switch_shortfall(checkpoint)
+        if shortfall is not None:
+            self.ledger.decide(step, DEFERRED, SID_VERSION_INCOMPLETE, {"detail": shortfall})
+            log.info("deferred step %d (a SID version switch): %s", step, shortfall)
+            return PublishReport(
+                DEFERRED, step, reason=SID_VERSION_INCOMPLETE, gate={"detail": shortfall}
+            )
         result = self._gate(checkpoint)
         if result is None:
             return PublishReport("error", step, reason="held-out examples unreadable")
@@ -328,6 +346,25 @@ class Publisher:
             )
             return PublishReport(DEFERRED, step, reason=result.reason, gate=result.metrics)
         return self._reject(step, result.reason, result.metrics)
+
+    def _switch_shortfall(self, checkpoint: TrainerCheckpoint) -> str | None:
+        """Why `checkpoint`, of another sid_version than the served model's, cannot go out
+        yet (its version's index in the delta log is incomplete); None when it can, or when
+        it is no switch. A version the log has never seen is the gate's to reject."""
+        new = checkpoint.sid_version
+        version = self.served_version()
+        if not new or version is None or not self.deltas.seq(new):
+            return None
+        try:
+            served = self._manifest(version).sid_version
+        except ArtifactError:
+            return None
+        if served == new:
+            return None
+        shortfall = switch_shortfall(self.deltas.snapshot(new), self.deltas.lookup(served).sids)
+        if shortfall is None:
+            log.info("step %d switches sid_version %s -> %s", checkpoint.step, served, new)
+        return shortfall
 
     def _gate(self, checkpoint: TrainerCheckpoint) -> GateResult | None:
         sid_version = checkpoint.sid_version
@@ -555,6 +592,13 @@ class Publisher:
         except PushError as err:
             self.metrics.counter("plum_publisher_push_failures_total").labels(kind="delta").inc()
             log.warning("%s", err)
+            # e.g. its index switched sid_version behind our back (an operator's rollback,
+            # another publisher): follow what it now runs, so the next cycle sends that
+            # version's deltas instead of failing on the old one until the next publish
+            try:
+                self._acknowledge(url, client.status())
+            except PushError:
+                pass
             return
         self.metrics.histogram("plum_publisher_push_seconds").labels(kind="delta").observe(
             time.monotonic() - started

@@ -24,10 +24,10 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,6 +37,13 @@ VOCAB = "vocab"
 SID_INDEX = "sid-index.json"
 FORMAT = 1
 DTYPES = ("float32", "bfloat16")
+
+# A SID version switch (a model of another sid_version than the one served) must bring an
+# index that can replace the served one: every assignment numbered up to its seq, and at
+# least this share of the videos the served index holds. Not 1.0: videos uploaded between
+# the export and the push reach the new index as deltas right after the swap. Far below it
+# is a reindex that has not finished, or no SID service assigning the new version.
+SWITCH_MIN_COVERAGE = 0.99
 
 
 class ArtifactError(ValueError):
@@ -326,3 +333,41 @@ def snapshot_of(
         tuple(tuple(int(c) for c in r[1]) for r in rows),
         tuple(int(r[2]) for r in rows),
     )
+
+
+class IndexContents(Protocol):
+    """What a version switch checks of an index (an IndexSnapshot, serving's index)."""
+
+    @property
+    def sid_version(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def video_ids(self) -> Sequence[str]: ...
+
+
+def switch_shortfall(
+    snapshot: IndexContents,
+    served_video_ids: Collection[str],
+    min_coverage: float = SWITCH_MIN_COVERAGE,
+) -> str | None:
+    """Why `snapshot` (an index of a NEW sid_version) cannot replace an index holding
+    `served_video_ids`; None when it can. Serving refuses such a version switch, and the
+    publisher defers it rather than push an artifact serving would refuse."""
+    if snapshot.seq != len(snapshot.video_ids):
+        return (
+            f"its {snapshot.sid_version!r} index is numbered to seq {snapshot.seq} but holds "
+            f"{len(snapshot.video_ids)} assignments (incomplete)"
+        )
+    if not served_video_ids:
+        return None
+    held = set(snapshot.video_ids)
+    missing = [v for v in served_video_ids if v not in held]
+    coverage = 1.0 - len(missing) / len(served_video_ids)
+    if coverage < min_coverage:
+        return (
+            f"its {snapshot.sid_version!r} index holds {len(served_video_ids) - len(missing)} "
+            f"of the {len(served_video_ids)} videos served ({coverage:.1%} < "
+            f"{min_coverage:.0%}; missing e.g. {missing[:3]}): the reindex is incomplete"
+        )
+    return None

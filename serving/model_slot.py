@@ -15,6 +15,17 @@ current one and swaps it in with one reference assignment under a lock:
 A retrieval batch takes `served` once at its start and finishes on that snapshot, so
 in-flight requests finish on the model (and index) they started with.
 
+SID version switches (a reindex under a new tokenizer) go out as a model trained on the
+new sid_version, never as deltas: loading a version of another sid_version builds its
+index from the artifact's own snapshot and swaps model and index as ONE `Served`, so every
+answer comes from one consistent (model, index) pair, before or after the switch. A switch
+to a NEWER version is refused (422, the old pair keeps serving) unless its snapshot is
+complete (`serving.artifact.switch_shortfall`: dense up to its seq, covering the videos
+served); going back to an older version (a rollback) is not held to that, and gets the
+index its version had when it was last left, deltas included, when that is at least its
+snapshot. After a switch, deltas of the old sid_version are refused with 409 naming the
+served sid_version and its seq (serving/index.py), so a sender knows to follow the model.
+
 Compiled searches are kept by (model config, SID slot layout, width) in a `SearchCache`:
 loading a new version of the same architecture reuses them, and its warm-up only runs them.
 """
@@ -34,7 +45,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from monitoring.metrics import Metrics
-from serving.artifact import ArtifactError, IndexSnapshot, Manifest, ModelRepository
+from serving.artifact import (
+    ArtifactError,
+    IndexSnapshot,
+    Manifest,
+    ModelRepository,
+    switch_shortfall,
+)
 from serving.index import SequenceGap, ServingIndex
 from serving.sid_delta import DeltaError, SidDelta
 from streams.contracts import schema
@@ -233,6 +250,7 @@ class ModelSlot:
         self.searches = searches or SearchCache()
         self._clock = clock
         self._served: Served | None = None
+        self._left: ServingIndex | None = None  # the index of the sid_version last left
         self._history: list[int] = []
         self._last_error: LastError | None = None
         self._lock = threading.Lock()  # one change at a time; readers never take it
@@ -360,6 +378,16 @@ class ModelSlot:
             self._fail(action, error)
             log.warning("%s of version %d failed: %s", action, version, error.detail)
             raise
+        if current is not None and current.index.sid_version != served.index.sid_version:
+            self._left = current.index  # a rollback across the switch gets it back
+            log.info(
+                "%s: SID version %s -> %s (model %d -> %d, swapped as one pair)",
+                action,
+                current.index.sid_version,
+                served.index.sid_version,
+                current.version,
+                version,
+            )
         self._served = served
         self._history.append(version)
         self.metrics.counter("plum_serving_model_loads_total").labels(outcome="loaded").inc()
@@ -402,10 +430,22 @@ class ModelSlot:
                 f"{vocab.num_sid_slots} SID tokens exceeds the model's max_len {config.max_len}",
                 version,
             )
+        index = self._index_for(artifact.snapshot, vocab, current)
+        if (
+            current is not None
+            and index.sid_version != current.index.sid_version
+            and version > current.version
+        ):
+            shortfall = switch_shortfall(index, current.index.video_ids)
+            if shortfall is not None:
+                raise ModelLoadError(
+                    f"version {version} switches sid_version {current.index.sid_version!r} -> "
+                    f"{index.sid_version!r}, but {shortfall}",
+                    version,
+                )
         params = jax.device_put(artifact.params)
         if not _all_finite(params):  # serving's own check, on what it will really run
             raise ModelLoadError(f"version {version}: parameters are not finite", version)
-        index = self._index_for(artifact.snapshot, vocab, current)
         searches = {w: self.searches.get(config, vocab, w) for w in self.beam_widths}
         return Served(
             manifest=manifest,
@@ -418,20 +458,21 @@ class ModelSlot:
             loaded_at_ms=self.now_ms(),
         )
 
-    @staticmethod
-    def _index_for(snapshot: IndexSnapshot, vocab: Vocab, current: Served | None) -> ServingIndex:
-        """The current index when it already holds the artifact's snapshot (same
-        sid_version, seq at least the snapshot's): deltas applied since are kept; else the
-        artifact's snapshot."""
+    def _index_for(
+        self, snapshot: IndexSnapshot, vocab: Vocab, current: Served | None
+    ) -> ServingIndex:
+        """The current index, or the one of the sid_version last left, when it already
+        holds the artifact's snapshot (same sid_version, seq at least the snapshot's):
+        deltas applied since are kept; else the artifact's snapshot."""
         try:
-            if (
-                current is not None
-                and current.index.sid_version == snapshot.sid_version
-                and current.index.seq >= snapshot.seq
-            ):
-                if _same_sid_layout(current.vocab, vocab):
-                    return current.index
-                return current.index.with_vocab(vocab)
+            held = [] if current is None else [current.index]
+            if self._left is not None:
+                held.append(self._left)
+            for index in held:
+                if index.sid_version == snapshot.sid_version and index.seq >= snapshot.seq:
+                    if _same_sid_layout(index.vocab, vocab):
+                        return index
+                    return index.with_vocab(vocab)
             return ServingIndex.from_snapshot(snapshot, vocab)
         except DeltaError as err:
             raise ModelLoadError(f"SID index snapshot: {err}") from err

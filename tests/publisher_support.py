@@ -19,7 +19,13 @@ from plum.batch_cycle import Record
 from plum.checkpoints import CheckpointStore
 from publisher.config import PublisherConfig
 from publisher.deltas import DeltaLog
-from serving.artifact import SID_INDEX, ArtifactError, IndexSnapshot, ModelRepository
+from serving.artifact import (
+    SID_INDEX,
+    ArtifactError,
+    IndexSnapshot,
+    ModelRepository,
+    switch_shortfall,
+)
 from serving.sid_delta import DeltaError, SidDelta
 from streams.contracts import schema
 from streams.contracts.topics import SID_ASSIGNMENTS
@@ -245,6 +251,14 @@ class FakeServing:
         snapshot = IndexSnapshot.from_json(
             json.loads((self.repo.path(version) / SID_INDEX).read_text())
         )
+        if (
+            self.model is not None
+            and snapshot.sid_version != self.index_version
+            and version > self.model.version
+        ):
+            shortfall = switch_shortfall(snapshot, self.video_ids())
+            if shortfall is not None:
+                return _problem(422, f"version {version} switches sid_version: {shortfall}")
         keep = self.index_version == manifest.sid_version and self.seq >= snapshot.seq
         if not keep:
             self.index_version = snapshot.sid_version

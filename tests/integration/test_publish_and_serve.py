@@ -6,7 +6,8 @@ answers over HTTP, and `plum publish once` / `plum publish run` gate, export and
 The tests run in file order and build on each other's state (what a long-running
 deployment would see): publish v1; admin and delta protocol; a NaN checkpoint rejected; a
 corrupt artifact refused while v1 keeps answering; kill -9 of the publisher mid-push;
-a new upload servable before any retrain; rollback.
+a new upload servable before any retrain; rollback; a SID version switch (reindex under a
+second tokenizer) published with its model while a client asks in a loop.
 """
 
 from __future__ import annotations
@@ -493,7 +494,7 @@ def test_rollback_returns_serving_to_the_earlier_version_and_it_stays(stack):
 
 
 def test_serving_and_the_publisher_emit_every_catalogue_metric(stack):
-    """The last test: a new checkpoint is gated (against the rolled-back-to version 1),
+    """A new checkpoint is gated (against the rolled-back-to version 1),
     published and pushed by a `plum publish run` with /metrics, while serving's own
     /metrics has seen every kind of request, load and delta above."""
     stack.produce_examples(24)
@@ -528,3 +529,73 @@ def test_serving_and_the_publisher_emit_every_catalogue_metric(stack):
     assert samples["plum_serving_upload_to_servable_seconds_count"] >= 1
     # the SID service's records carry a Kafka timestamp: SID assigned -> servable measured
     assert samples["plum_serving_sid_to_servable_seconds_count"] >= 1
+
+
+def test_a_sid_version_switch_goes_out_with_its_model_and_serving_answers_throughout(stack):
+    """Reindex under a second tokenizer, switch the index, train (the trainer follows the
+    active version), publish: serving swaps (model, index) as one pair while a client asks
+    in a loop; no request fails and each answer comes from one consistent pair."""
+    before = stack.status()
+    old_sid, old_version = before["model"]["sid_version"], before["model"]["version"]
+    tok2 = tokenizer_checkpoint(stack.tmp / "tok2", items=48, dim=DIM)
+    index_args = [*stack.common(), "--index", str(stack.index_path)]
+
+    def plum(*args: str) -> str:
+        done = subprocess.run(
+            _plum(*args), cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        return done.stdout
+
+    out = plum("tokenizer", "reindex", *index_args, "--checkpoint", str(tok2))
+    new_sid = out.split(" under ")[1].split(";")[0]
+    assert new_sid != old_sid, out
+    plum("tokenizer", "switch", *index_args, new_sid)
+    stack.produce_examples(24)
+    stack.train(max_steps=15)  # resumes and follows the index's active version
+    stack.produce_examples(24)
+    answers: list[tuple[bool, int, dict]] = []  # (sent after the switch was seen, status, body)
+    switched = threading.Event()
+    stop = threading.Event()
+
+    def ask() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                after = switched.is_set()
+                r = client.post(
+                    f"{stack.url}/v1/retrieve",
+                    json={"history": [{"video_id": "v1"}, {"video_id": "v3"}], "k": 5},
+                )
+                answers.append((after, r.status_code, r.json() if r.status_code == 200 else {}))
+
+    worker = threading.Thread(target=ask)
+    worker.start()
+    try:
+        _poll("requests before the switch", lambda: len(answers) >= 3, 30)
+        decision = stack.publish_once()
+        assert decision["publish"]["outcome"] == "published", decision
+        status = _poll(
+            "serving on the new sid_version",
+            lambda: (s := stack.status())["model"]["sid_version"] == new_sid and s,
+            120,
+        )
+        switched.set()
+        n = len(answers)
+        _poll("requests after the switch", lambda: len(answers) >= n + 3, 30)
+    finally:
+        stop.set()
+        worker.join()
+    assert {code for _, code, _ in answers} == {200}, [a for a in answers if a[1] != 200][:3]
+    print(f"{len(answers)} requests across the SID version switch, all answered")
+    new_version = status["model"]["version"]
+    assert new_version > old_version and status["index"]["sid_version"] == new_sid
+    pairs = {old_version: old_sid, new_version: new_sid}
+    for after, _, doc in answers:
+        assert pairs[doc["model_version"]] == doc["sid_version"], doc
+        assert not after or doc["sid_version"] == new_sid, doc
+    assert {doc["sid_version"] for _, _, doc in answers} == {old_sid, new_sid}
+    # deltas of the old version are refused now: the switch came with the model
+    old = SidDelta.of(old_sid, 10_000, [("old-video", (1, 1, 1, 0), 0, 0)])
+    resp = stack.admin("/v1/admin/sid-deltas", old.to_json())
+    assert resp.status_code == 409, resp.text
+    assert resp.json()["sid_version"] == new_sid

@@ -330,3 +330,90 @@ def test_a_publisher_with_a_lost_state_follows_what_serving_loaded(world):
     world.run.save(20, world.b)
     report = fresh.publish_cycle()  # gated against the repository's newest version
     assert report.gate["served"] == "version 1" and report.reason == "recall_regressed"
+
+
+# ------------------------------------------------------------------ SID version switch
+
+
+def test_a_new_sid_version_goes_out_with_its_own_index_and_then_only_its_deltas(world, monkeypatch):
+    import publisher.schedule
+
+    server = world.servers[URL_A]
+    world.run.save(10, world.a)
+    pub = world.publisher()
+    pub.publish_cycle()
+    assert (server.model.version, server.index_version) == (1, "v1")
+    world.inputs.assign(*range(N_VIDEOS - 4), version="v2")  # `plum tokenizer reindex`
+    gated = []
+    real_gate = publisher.schedule.gate
+
+    def spy(candidate, served, *args, **kwargs):
+        gated.append((candidate.lookup.version, served.lookup.version))
+        return real_gate(candidate, served, *args, **kwargs)
+
+    monkeypatch.setattr(publisher.schedule, "gate", spy)
+    world.run.save(20, world.a, sid_version="v2")
+    report = pub.publish_cycle()
+    assert (report.outcome, report.version) == (PUBLISHED, 2), report
+    assert gated == [("v2", "v1")]  # each model read the examples through its own SIDs
+    manifest = world.repo.manifest(2)
+    assert (manifest.sid_version, manifest.index_seq) == ("v2", N_VIDEOS - 4)
+    assert server.loads == [1, 2] and (server.index_version, server.seq) == ("v2", N_VIDEOS - 4)
+    assert pub.ledger.endpoint(URL_A).sid_version == "v2"
+    # new uploads: the old version's SID service still runs, the new one's too
+    world.inputs.assign(*range(N_VIDEOS - 4, N_VIDEOS), version="v1")
+    world.inputs.assign(*range(N_VIDEOS - 4, N_VIDEOS), version="v2")
+    assert pub.delta_cycle() == {URL_A: N_VIDEOS}
+    assert server.index_version == "v2" and server.video_ids() == [f"v{i}" for i in range(N_VIDEOS)]
+    assert [d["status"] for d in server.deltas] == [200]  # never a delta of v1 to a v2 index
+    # a rollback restores the old pair, and the old version's deltas follow it again
+    pub.rollback()
+    assert (server.model.version, server.index_version) == (1, "v1")
+    assert pub.ledger.endpoint(URL_A).sid_version == "v1"
+    assert pub.delta_cycle() == {URL_A: N_VIDEOS}
+    assert [d["status"] for d in server.deltas] == [200, 200]
+
+
+def test_a_sid_version_switch_waits_for_the_new_versions_complete_index(world):
+    server = world.servers[URL_A]
+    world.run.save(10, world.a)
+    pub = world.publisher()
+    pub.publish_cycle()
+    world.inputs.assign(*range(8), version="v2")  # the reindex is under way
+    world.run.save(20, world.a, sid_version="v2")
+    report = pub.publish_cycle()
+    assert (report.outcome, report.reason) == (DEFERRED, "sid_version_incomplete")
+    assert f"holds 8 of the {N_VIDEOS - 4} videos served" in report.gate["detail"]
+    assert world.repo.versions() == [1] and server.loads == [1]  # nothing serving would refuse
+    assert len(world.inputs.held_out_calls) == 1  # not even gated
+    world.inputs.assign(*range(8, N_VIDEOS - 4), version="v2")  # the reindex finished
+    report = pub.publish_cycle()
+    assert (report.outcome, report.step, report.version) == (PUBLISHED, 20, 2)
+    assert (server.model.sid_version, server.index_version) == ("v2", "v2")
+
+
+def test_a_checkpoint_of_a_sid_version_never_assigned_is_still_rejected(world):
+    world.run.save(10, world.a)
+    pub = world.publisher()
+    pub.publish_cycle()
+    world.run.save(20, world.a, sid_version="v9")
+    report = pub.publish_cycle()
+    assert (report.outcome, report.reason) == (REJECTED, "sid_version_unknown")
+
+
+def test_deltas_follow_an_endpoint_switched_behind_the_publishers_back(world):
+    server = world.servers[URL_A]
+    world.run.save(10, world.a)
+    pub = world.publisher()
+    pub.publish_cycle()
+    world.inputs.assign(*range(N_VIDEOS - 4), version="v2")
+    world.run.save(20, world.a, sid_version="v2")
+    pub.publish_cycle()
+    pub.rollback()  # serving runs version 1 (v1); the ledger knows it
+    server._load(2, None)  # an operator loads version 2 (v2) directly
+    world.inputs.assign(*range(N_VIDEOS - 4, N_VIDEOS), version="v1")
+    world.inputs.assign(*range(N_VIDEOS - 4, N_VIDEOS), version="v2")
+    pub.delta_cycle()  # v1 deltas: 409 naming v2; the publisher re-reads its status
+    assert pub.ledger.endpoint(URL_A).sid_version == "v2"
+    assert pub.delta_cycle() == {URL_A: N_VIDEOS}
+    assert server.index_version == "v2" and server.seq == N_VIDEOS

@@ -97,7 +97,12 @@ def test_retrieve_changes_no_state(stack, client):
         assert after[key] == before[key]
 
 
-def test_a_new_video_is_retrievable_as_soon_as_its_delta_is_applied(stack, client):
+def test_a_new_video_is_retrievable_as_soon_as_its_delta_is_applied(tmp_path):
+    with serving_stack(tmp_path, load=False) as stack:
+        _retrieve_a_video_once_its_delta_lands(stack, stack.client())
+
+
+def _retrieve_a_video_once_its_delta_lands(stack, client):
     tiny_index = stack.tiny.write_version(snapshot=snapshot(2, sid_version="fresh"))
     assert (
         client.post(

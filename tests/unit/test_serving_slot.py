@@ -132,9 +132,9 @@ def test_model_swap_takes_the_artifacts_index_when_it_is_newer_or_another_versio
     v3 = stack.tiny.write_version(snapshot=snapshot(18))
     stack.slot.load(v3.version)
     assert stack.slot.served.index.seq == 18
-    v4 = stack.tiny.write_version(snapshot=snapshot(12, sid_version="v2"))
+    v4 = stack.tiny.write_version(snapshot=snapshot(20, sid_version="v2"))
     stack.slot.load(v4.version)
-    assert (stack.slot.served.index.sid_version, stack.slot.served.index.seq) == ("v2", 12)
+    assert (stack.slot.served.index.sid_version, stack.slot.served.index.seq) == ("v2", 20)
 
 
 def test_delta_swaps_the_index_atomically_and_observes_upload_to_servable(stack):
@@ -187,7 +187,7 @@ def test_delta_gap_and_bad_delta_change_nothing(stack):
     assert stack.slot.status()["last_error"]["action"] == "delta"
 
 
-def test_delta_that_changes_the_trie_shape_is_warmed_up_before_the_swap(stack, monkeypatch):
+def test_delta_that_changes_the_trie_shape_is_warmed_up_before_the_swap(empty, monkeypatch):
     # The tiny vocabulary's tables are padded to every prefix it can hold, so its shapes
     # never change; without the headroom a growing index does change them.
     import serving.index
@@ -200,6 +200,7 @@ def test_delta_that_changes_the_trie_shape_is_warmed_up_before_the_swap(stack, m
         warmed.append((served.index.shapes, stack.slot.served, tuple(batch_sizes)))
 
     monkeypatch.setattr(serving.model_slot.Served, "warm_up", spy)
+    stack = empty
     small = stack.tiny.write_version(snapshot=snapshot(4, sid_version="v2"))
     stack.slot.load(small.version)
     before = stack.slot.served
