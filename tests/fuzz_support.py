@@ -17,6 +17,7 @@ instead, which is not our producer code either.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import subprocess
@@ -91,6 +92,27 @@ def garbage_text(obj: dict, rng: random.Random) -> str:
     raw = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
     text = raw.replace(b"\n", b"").replace(b"\r", b"").decode("utf-8", "replace")
     return "~" + text  # never a JSON value's first character
+
+
+def shared_kinds(
+    id_field: str, required: Sequence[str], ids: Sequence[str], wrong_type: Builder
+) -> dict[str, tuple[str, Builder]]:
+    """The kinds every JSON contract has, first in each topic's table (in this order):
+    `id_field` is the key a torn record keeps, `required` the fields one of which goes
+    missing, `ids` the id fields one of which is emptied, `wrong_type` the topic's own
+    breakage of a field's type."""
+    return {
+        "not_json": (schema.NOT_JSON, functools.partial(not_json, id_field=id_field)),
+        "random_text": (schema.NOT_JSON, garbage_text),
+        "not_object": (schema.NOT_OBJECT, not_object),
+        "unknown_schema": (schema.UNKNOWN_SCHEMA, unknown_schema),
+        "missing_field": (
+            schema.MISSING_FIELD,
+            functools.partial(missing_field, required=required),
+        ),
+        "wrong_type": (schema.WRONG_TYPE, wrong_type),
+        "empty_id": (schema.EMPTY_ID, functools.partial(empty_id, ids=ids)),
+    }
 
 
 def break_records(

@@ -105,16 +105,7 @@ def _missing_modality(u: dict, rng: random.Random) -> str:
 
 # kind -> (reason it must get, builder). Several kinds may share a reason.
 KINDS: Mapping[str, tuple[str, fz.Builder]] = {
-    "not_json": (schema.NOT_JSON, functools.partial(fz.not_json, id_field="video_id")),
-    "random_text": (schema.NOT_JSON, fz.garbage_text),
-    "not_object": (schema.NOT_OBJECT, fz.not_object),
-    "unknown_schema": (schema.UNKNOWN_SCHEMA, fz.unknown_schema),
-    "missing_field": (
-        schema.MISSING_FIELD,
-        functools.partial(fz.missing_field, required=_REQUIRED),
-    ),
-    "wrong_type": (schema.WRONG_TYPE, _wrong_type),
-    "empty_id": (schema.EMPTY_ID, functools.partial(fz.empty_id, ids=("video_id",))),
+    **fz.shared_kinds("video_id", _REQUIRED, ("video_id",), _wrong_type),
     "negative_duration": (schema.NEGATIVE_DURATION, _negative_duration),
     "future_timestamp": (schema.FUTURE_TIMESTAMP, fz.future_timestamp),
     "non_finite_embedding": (schema.NAN_EMBEDDING, _non_finite_embedding),

@@ -58,16 +58,7 @@ def _bad_satisfaction(w: dict, rng: random.Random) -> str:
 
 # kind -> (reason it must get, builder). Several kinds may share a reason.
 KINDS: dict[str, tuple[str, Callable[[dict, random.Random], str]]] = {
-    "not_json": (schema.NOT_JSON, functools.partial(fz.not_json, id_field="user_id")),
-    "random_text": (schema.NOT_JSON, fz.garbage_text),
-    "not_object": (schema.NOT_OBJECT, fz.not_object),
-    "unknown_schema": (schema.UNKNOWN_SCHEMA, fz.unknown_schema),
-    "missing_field": (
-        schema.MISSING_FIELD,
-        functools.partial(fz.missing_field, required=_REQUIRED),
-    ),
-    "wrong_type": (schema.WRONG_TYPE, _wrong_type),
-    "empty_id": (schema.EMPTY_ID, functools.partial(fz.empty_id, ids=_IDS)),
+    **fz.shared_kinds("user_id", _REQUIRED, _IDS, _wrong_type),
     "negative_duration": (schema.NEGATIVE_DURATION, _negative_duration),
     "watch_time_exceeds": (schema.WATCH_TIME_EXCEEDS_DURATION, _watch_time_exceeds),
     "future_timestamp": (schema.FUTURE_TIMESTAMP, fz.future_timestamp),
