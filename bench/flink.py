@@ -41,6 +41,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import bench_broker, write_result
@@ -52,6 +53,7 @@ from streams.flink import timeline as ut
 from streams.flink.job import load_flink_config
 from streams.flink.job_metrics import FlinkRest
 from streams.flink.reference import in_backfill_range
+from streams.flink.session_cluster import SessionCluster, SessionClusterConfig
 from streams.kafka.admin import ensure_topics
 from streams.kafka.clients import make_consumer, make_producer, read_all
 
@@ -77,7 +79,16 @@ NOTES = (
     "previous layout, an SQL window aggregate behind a DataStream round trip: ~22k/s). C1 "
     "only (-XX:TieredStopAtLevel=1) cuts the JIT's share but runs the warm job at ~19k/s, so "
     "the configs keep the default tiered JIT. The naive loop and the job share the same two "
-    "cores in each repeat."
+    "cores in each repeat. fixed_cost: the same job on a near-empty input (--fixed-events "
+    "simulator events): its job seconds are what every run pays before and after its records "
+    "(planning and code generation, deployment, the final checkpoint), and "
+    "flink_vs_naive_if_records_were_free = records / those seconds / the naive rate is the "
+    "most the whole-run ratio can reach on this input with that fixed cost. "
+    "flink_session_cluster: the same job submitted (plum flink run --cluster) to a standalone "
+    "session cluster (1 JobManager + 1 TaskManager) that already ran one warm-up job, as in a "
+    "deployment where the cluster outlives its jobs; its job_seconds still include the "
+    "client's planning in a fresh JVM, flink_job_seconds is Flink's own duration of the job "
+    "(scheduling to finished); the idle cluster stays up during the MiniCluster runs."
 )
 
 
@@ -248,18 +259,29 @@ class SourceProgress:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else None
 
 
-def flink_run(bootstrap: str, prefix: str, n_records: int, suffix: str, workdir: Path) -> dict:
-    """One backfill run of the job over the topic. Whole-run rate: input records / job
-    seconds (submission to finish: planning, deployment, the JIT's warm-up and the final
-    checkpoint included). Warm rate: the source's rate over the second half of the input,
-    from Flink's own counter (after the JVM has compiled the hot code; on a busy 2-core box
-    that takes ~30 s, so it shows only on a long input)."""
-    rest_port = free_port()
+def flink_run(
+    bootstrap: str,
+    prefix: str,
+    n_records: int,
+    suffix: str,
+    workdir: Path,
+    cluster: SessionCluster | None = None,
+) -> dict:
+    """One backfill run of the job over the topic, in its own MiniCluster or submitted to
+    `cluster`. Whole-run rate: input records / job seconds (from the client's submit call
+    to the job's end: planning, deployment, the JIT's warm-up and the final checkpoint
+    included). Warm rate: the source's rate over the second half of the input, from
+    Flink's own counter (after the JVM has compiled the hot code; on a busy 2-core box that
+    takes ~30 s, so it shows only on a long input). On a cluster, Flink's own duration of
+    the job (scheduling to finished, without the client's planning) is reported too."""
+    rest_port = cluster.rest_port if cluster else free_port()
     env = dict(
         os.environ,
         PLUM_FLINK__CHECKPOINT_INTERVAL_MS="5000",
         PLUM_FLINK__REST_PORT=str(rest_port),
     )
+    if cluster is not None:
+        env["PLUM_FLINK__CLUSTER_REST"] = cluster.rest
     cmd = [
         sys.executable,
         "-m",
@@ -297,7 +319,7 @@ def flink_run(bootstrap: str, prefix: str, n_records: int, suffix: str, workdir:
     m = re.search(r"ended after ([\d.]+) s", done.stderr + done.stdout)
     job_s = float(m.group(1)) if m else wall
     warm = progress.second_half_rate()
-    return {
+    out = {
         "records": n_records,
         "job_seconds": job_s,
         "wall_seconds": round(wall, 3),
@@ -305,6 +327,14 @@ def flink_run(bootstrap: str, prefix: str, n_records: int, suffix: str, workdir:
         "records_per_s_incl_start": round(n_records / wall),
         "second_half_records_per_s": None if warm is None else round(warm),
     }
+    if cluster is not None:
+        job_id = re.search(r"flink job ([0-9a-f]{32}) started", done.stderr + done.stdout)
+        if job_id is None:
+            raise RuntimeError(f"no job id in the client's log:\n{done.stderr[-3000:]}")
+        flink_s = progress.rest.job_seconds(job_id.group(1))
+        out["flink_job_seconds"] = flink_s
+        out["flink_job_records_per_s"] = round(n_records / flink_s)
+    return out
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -370,13 +400,32 @@ def check_outputs(got: dict, want: dict, what: str) -> None:
         raise OutputMismatch(f"{what}: outputs differ from the naive loop's: " + "; ".join(bad))
 
 
+@dataclass
+class ComparedRuns:
+    """Every run of one input, in the order made; each naive and Flink run's outputs were
+    checked equal to the first naive run's."""
+
+    python_consume: list[dict] = field(default_factory=list)
+    java_consume: list[dict] = field(default_factory=list)
+    naive: list[dict] = field(default_factory=list)
+    flink: list[dict] = field(default_factory=list)  # each in its own MiniCluster
+    session: list[dict] = field(default_factory=list)  # submitted to a warm session cluster
+    session_warmup: dict | None = None  # the cluster's first job, not in `session`
+
+
 def compared_runs(
-    bootstrap: str, events: int, repeats: int, tmp: Path, ceilings: bool = True
-) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    bootstrap: str,
+    events: int,
+    repeats: int,
+    tmp: Path,
+    ceilings: bool = True,
+    cluster: SessionCluster | None = None,
+) -> ComparedRuns:
     """Consume ceilings, naive loop and the Flink job over one topic of `events` simulator
     records, `repeats` times interleaved (so a busy spell on the machine hits all of them
-    alike). Every naive and Flink run's outputs must equal the first naive run's
-    (OutputMismatch otherwise). Returns (python consume, java consume, naive, flink) runs."""
+    alike). With `cluster`, each repeat also submits the job to that session cluster,
+    after one warm-up job there (a session cluster's JVMs outlive its jobs). Every naive
+    and Flink run's outputs must equal the first naive run's (OutputMismatch otherwise)."""
     from bench.kafka import java_consume, python_consume
     from streams.flink.cli import _ensure_suffixed_topics
 
@@ -385,52 +434,145 @@ def compared_runs(
     topics = TopicNames.with_prefix(prefix)
     n = produce_stream(bootstrap, topics.watches_replay, events)
     log.info("produced %d watch-topic records", n)
-    py_consume, j_consume, naive, flink = [], [], [], []
+    runs = ComparedRuns()
     reference = None
+
+    def job(suffix: str, what: str, on: SessionCluster | None = None) -> dict:
+        got = flink_run(bootstrap, prefix, n, suffix, tmp / f"{prefix}{suffix}", on)
+        check_outputs(read_outputs(bootstrap, topics, suffix), reference, what)
+        return got
+
     for r in range(repeats):
         if ceilings:
-            py_consume.append(python_consume(bootstrap, topics.watches_replay, 4))
-            j_consume.append(java_consume(bootstrap, topics.watches_replay, n))
+            runs.python_consume.append(python_consume(bootstrap, topics.watches_replay, 4))
+            runs.java_consume.append(java_consume(bootstrap, topics.watches_replay, n))
         _ensure_suffixed_topics(bootstrap, topics, f".naive{r}")
-        naive.append(naive_loop(bootstrap, topics, n, suffix=f".naive{r}"))
+        runs.naive.append(naive_loop(bootstrap, topics, n, suffix=f".naive{r}"))
         outs = read_outputs(bootstrap, topics, f".naive{r}")
         if reference is None:
             reference = outs
             log.info("naive outputs: %s", reference)
         check_outputs(outs, reference, f"naive run {r + 1}")
-        naive[-1]["outputs"] = reference
-        flink.append(flink_run(bootstrap, prefix, n, f".jvm{r}", tmp / f"{prefix}{r}"))
-        check_outputs(read_outputs(bootstrap, topics, f".jvm{r}"), reference, f"flink run {r + 1}")
+        runs.naive[-1]["outputs"] = reference
+        runs.flink.append(job(f".jvm{r}", f"flink run {r + 1}"))
+        if cluster is not None:
+            if runs.session_warmup is None:
+                runs.session_warmup = job(".session-warmup", "session warm-up", cluster)
+            runs.session.append(job(f".session{r}", f"session run {r + 1}", cluster))
         log.info(
-            "%d records, repeat %d/%d: naive %s/s, flink %s/s (second half %s/s), outputs equal",
+            "%d records, repeat %d/%d: naive %s/s, flink %s/s (second half %s/s)%s, outputs equal",
             n,
             r + 1,
             repeats,
-            naive[-1]["records_per_s"],
-            flink[-1]["records_per_s"],
-            flink[-1]["second_half_records_per_s"],
+            runs.naive[-1]["records_per_s"],
+            runs.flink[-1]["records_per_s"],
+            runs.flink[-1]["second_half_records_per_s"],
+            f", session cluster {runs.session[-1]['records_per_s']}/s" if runs.session else "",
         )
-    return py_consume, j_consume, naive, flink
+    return runs
+
+
+@dataclass
+class BenchRuns:
+    """What `plum bench flink` measured, each a median run (see _median_run)."""
+
+    ceiling: dict
+    naive: dict
+    flink: dict
+    session: dict | None  # the job on a warm session cluster
+    session_warmup: dict | None
+    warm: dict | None  # the long input: naive loop and job, one run each
+    fixed: dict | None  # a near-empty input: the job's fixed cost
 
 
 def run(
-    bootstrap: str, events: int, repeats: int, warm_events: int
-) -> tuple[dict, dict, dict, dict | None]:
-    """The repeats on `events` records, each reported as its median run, and one run of
-    the naive loop and the job on `warm_events` records (0: skipped) for the warm rate."""
+    bootstrap: str,
+    events: int,
+    repeats: int,
+    warm_events: int,
+    fixed_events: int = 0,
+    session: bool = False,
+) -> BenchRuns:
+    """The repeats on `events` records (and on a session cluster too, with `session`), each
+    reported as its median run; one run of the naive loop and the job on `warm_events`
+    records (0: skipped) for the warm rate; and `repeats` runs on `fixed_events` records
+    (0: skipped), whose job seconds are the job's fixed cost (planning, deployment, the
+    final checkpoint) with next to no records to process."""
     with tempfile.TemporaryDirectory(prefix="plum-bench-flink-") as tmp:
-        py_consume, j_consume, naive, flink = compared_runs(bootstrap, events, repeats, Path(tmp))
+        root = Path(tmp)
+        cluster = None
+        if session:
+            cluster = SessionCluster(
+                SessionClusterConfig(taskmanagers=1, taskmanager_memory="2048m"),
+                root / "session-cluster",
+            )
+            cluster.up()
+        try:
+            main = compared_runs(bootstrap, events, repeats, root, cluster=cluster)
+        finally:
+            if cluster is not None:
+                cluster.down()
+        fixed = None
+        if fixed_events:
+            small = compared_runs(bootstrap, fixed_events, repeats, root, ceilings=False)
+            fixed = {
+                "events": fixed_events,
+                "naive_kafka_python_loop": _median_run(small.naive),
+                "flink": _median_run(small.flink),
+            }
         warm = None
         if warm_events:
-            _, _, w_naive, w_flink = compared_runs(
-                bootstrap, warm_events, 1, Path(tmp), ceilings=False
-            )
-            warm = {"naive_kafka_python_loop": w_naive[0], "flink": w_flink[0]}
-    ceiling = {
-        "kafka_python_consume": _median_run(py_consume),
-        "java_consume": _median_run(j_consume),
+            long = compared_runs(bootstrap, warm_events, 1, root, ceilings=False)
+            warm = {"naive_kafka_python_loop": long.naive[0], "flink": long.flink[0]}
+    return BenchRuns(
+        ceiling={
+            "kafka_python_consume": _median_run(main.python_consume),
+            "java_consume": _median_run(main.java_consume),
+        },
+        naive=_median_run(main.naive),
+        flink=_median_run(main.flink),
+        session=_median_run(main.session) if main.session else None,
+        session_warmup=main.session_warmup,
+        warm=warm,
+        fixed=fixed,
+    )
+
+
+def _ratios(runs: BenchRuns) -> dict:
+    """Every rate against the naive loop and the consume ceilings of the same run."""
+    naive = runs.naive["records_per_s"]
+    py_consume = runs.ceiling["kafka_python_consume"]["records_per_s"]
+    flink = runs.flink["records_per_s"]
+    ratio = {
+        "flink_vs_naive": round(flink / naive, 3),
+        "flink_vs_kafka_python_consume": round(flink / py_consume, 3),
+        "flink_vs_java_consume": round(flink / runs.ceiling["java_consume"]["records_per_s"], 3),
+        "targets": {"flink_vs_naive": 3.0, "flink_vs_consume_ceiling": 0.25},
     }
-    return ceiling, _median_run(naive), _median_run(flink), warm
+    if runs.session:
+        ratio["flink_session_cluster_vs_naive"] = round(runs.session["records_per_s"] / naive, 3)
+        ratio["flink_session_cluster_vs_kafka_python_consume"] = round(
+            runs.session["records_per_s"] / py_consume, 3
+        )
+        ratio["flink_session_cluster_job_only_vs_naive"] = round(
+            runs.session["flink_job_records_per_s"] / naive, 3
+        )
+    if runs.fixed:
+        # Were the records free, the whole run would last the fixed cost: the best ratio
+        # this input allows a job with that fixed cost.
+        ratio["flink_vs_naive_if_records_were_free"] = round(
+            runs.flink["records"] / runs.fixed["flink"]["job_seconds"] / naive, 3
+        )
+    if runs.warm:
+        w_naive = runs.warm["naive_kafka_python_loop"]["records_per_s"]
+        warm_rate = runs.warm["flink"]["second_half_records_per_s"]
+        if warm_rate:
+            ratio["flink_warm_vs_naive"] = round(warm_rate / w_naive, 3)
+            ratio["flink_warm_vs_kafka_python_consume"] = round(warm_rate / py_consume, 3)
+        ratio["flink_vs_naive_long_run_whole"] = round(
+            runs.warm["flink"]["records_per_s"] / w_naive, 3
+        )
+    return ratio
 
 
 def cli(argv: list[str]) -> int:
@@ -453,43 +595,55 @@ def cli(argv: list[str]) -> int:
         help="records of one more naive and Flink run whose second half gives the job's "
         "warm rate (0: skip)",
     )
+    parser.add_argument(
+        "--fixed-events",
+        type=int,
+        default=2_000,
+        help="records of --repeats more runs whose job seconds are the job's fixed cost (0: skip)",
+    )
+    parser.add_argument(
+        "--no-session-cluster",
+        action="store_true",
+        help="skip the runs submitted to a warm standalone session cluster",
+    )
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
         with bench_broker(args.bootstrap) as bootstrap:
-            ceiling, naive, flink, warm = run(
-                bootstrap, args.events, args.repeats, args.warm_events
+            runs = run(
+                bootstrap,
+                args.events,
+                args.repeats,
+                args.warm_events,
+                fixed_events=args.fixed_events,
+                session=not args.no_session_cluster,
             )
     except OutputMismatch as exc:
         print(f"plum bench flink: {exc}", file=sys.stderr)
         return 1
-    ceil_rate = ceiling["kafka_python_consume"]["records_per_s"]
-    metrics = {"flink": flink, "flink_records_per_s": flink["records_per_s"], "outputs_equal": True}
-    baseline = {"naive_kafka_python_loop": naive, **ceiling}
-    ratio = {
-        "flink_vs_naive": round(flink["records_per_s"] / naive["records_per_s"], 3),
-        "flink_vs_kafka_python_consume": round(flink["records_per_s"] / ceil_rate, 3),
-        "flink_vs_java_consume": round(
-            flink["records_per_s"] / ceiling["java_consume"]["records_per_s"], 3
-        ),
-        "targets": {"flink_vs_naive": 3.0, "flink_vs_consume_ceiling": 0.25},
+    metrics: dict = {
+        "flink": runs.flink,
+        "flink_records_per_s": runs.flink["records_per_s"],
+        "outputs_equal": True,
     }
-    if warm:
-        metrics["warm"] = warm
-        warm_rate = warm["flink"]["second_half_records_per_s"]
-        if warm_rate:
-            ratio["flink_warm_vs_naive"] = round(
-                warm_rate / warm["naive_kafka_python_loop"]["records_per_s"], 3
-            )
-            ratio["flink_warm_vs_kafka_python_consume"] = round(warm_rate / ceil_rate, 3)
-        ratio["flink_vs_naive_long_run_whole"] = round(
-            warm["flink"]["records_per_s"] / warm["naive_kafka_python_loop"]["records_per_s"], 3
-        )
+    if runs.session:
+        metrics["flink_session_cluster"] = runs.session
+        metrics["flink_session_cluster_warmup"] = runs.session_warmup
+    if runs.fixed:
+        metrics["fixed_cost"] = runs.fixed
+    if runs.warm:
+        metrics["warm"] = runs.warm
+    baseline = {"naive_kafka_python_loop": runs.naive, **runs.ceiling}
+    ratio = _ratios(runs)
     cfg = load_flink_config(BENCH_CONFIG)
     config = {
         "events": args.events,
         "repeats": args.repeats,
         "warm_events": args.warm_events,
+        "fixed_events": args.fixed_events,
+        "session_cluster": None
+        if args.no_session_cluster
+        else "standalone, 1 JobManager + 1 TaskManager (1 slot, 2048m), one warm-up job first",
         "parallelism": cfg.parallelism,
         "operator": "jvm (streams/flink/jvm, Process Table Function)",
         "checkpoint_interval_ms": 5000,

@@ -150,17 +150,23 @@ class FlinkRest:
         return parse_report(self._get(f"/jobs/{job_id}"), self._get(f"/jobs/{job_id}/checkpoints"))
 
     def source_records_out(self) -> int | None:
-        """Records the sources of the (one) running or finished job have emitted so far
-        (their vertices' write-records, summed); None when no job is listed yet."""
+        """Records the sources of the newest job (the one a MiniCluster runs; on a session
+        cluster the one submitted last) have emitted so far (their vertices'
+        write-records, summed); None when no job is listed yet."""
         jobs = self._get("/jobs/overview").get("jobs", [])
         if not jobs:
             return None
-        vertices = self._get(f"/jobs/{jobs[0]['jid']}").get("vertices", [])
+        newest = max(jobs, key=lambda job: int(job.get("start-time", 0)))
+        vertices = self._get(f"/jobs/{newest['jid']}").get("vertices", [])
         return sum(
             int(v.get("metrics", {}).get("write-records", 0))
             for v in vertices
             if str(v.get("name", "")).startswith("Source")
         )
+
+    def job_seconds(self, job_id: str) -> float:
+        """The job's duration as Flink counts it (scheduling to its end state)."""
+        return int(self._get(f"/jobs/{job_id}")["duration"]) / 1000.0
 
     def operator_sample(self, job_id: str, known: dict[str, list[str]]) -> OperatorSample:
         """The operator's metrics; `known` (vertex id -> metric ids) caches where they were

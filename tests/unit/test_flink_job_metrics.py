@@ -189,6 +189,18 @@ def test_source_records_are_the_source_vertices_write_records_summed():
             ],
         }
         assert rest.source_records_out() == 705
+        # a session cluster lists every job it ran: the newest one is counted
+        flink.jobs = [
+            {"jid": "0" * 32, "state": "FINISHED", "start-time": 1796008400000},
+            {"jid": JOB_ID, "state": "RUNNING", "start-time": 1796008500000},
+        ]
+        assert rest.source_records_out() == 705
+
+
+def test_a_jobs_seconds_are_flinks_own_duration():
+    with fake_flink() as flink:
+        flink.job = {**JOB, "duration": 12761}
+        assert FlinkRest(flink.url).job_seconds(JOB_ID) == pytest.approx(12.761)
 
 
 def test_a_rest_port_binds_flinks_endpoint_to_localhost_on_that_port(tmp_path):
