@@ -20,9 +20,14 @@ backfill reads only records with an integer ts, so the naive loop's dead letters
 others are left out). A run whose outputs differ is an error, not a number.
 
 All three are run --repeats times (default 3), interleaved, and each is reported as its
-median run with every run's rate beside it.
+median run with every run's rate beside it. Then, on the same input and checked the same
+way: the job submitted --repeats times to a standalone session cluster after one warm-up
+job there (its JVMs outlive the jobs, as in a deployment; --no-session-cluster skips it);
+--repeats runs of both on a near-empty input (--fixed-events), whose job seconds are the
+job's fixed cost; and one run of both on a long input (--warm-events) for the warm rate.
 
-    plum bench flink [--bootstrap H:P] [--events N] [--repeats R]
+    plum bench flink [--bootstrap H:P] [--events N] [--repeats R] [--warm-events N]
+                     [--fixed-events N] [--no-session-cluster]
 """
 
 from __future__ import annotations
@@ -88,7 +93,8 @@ NOTES = (
     "session cluster (1 JobManager + 1 TaskManager) that already ran one warm-up job, as in a "
     "deployment where the cluster outlives its jobs; its job_seconds still include the "
     "client's planning in a fresh JVM, flink_job_seconds is Flink's own duration of the job "
-    "(scheduling to finished); the idle cluster stays up during the MiniCluster runs."
+    "(scheduling to finished); the cluster runs after the MiniCluster repeats (not "
+    "interleaved with them), so it takes no CPU from them."
 )
 
 
@@ -403,29 +409,42 @@ def check_outputs(got: dict, want: dict, what: str) -> None:
 @dataclass
 class ComparedRuns:
     """Every run of one input, in the order made; each naive and Flink run's outputs were
-    checked equal to the first naive run's."""
+    checked equal to the first naive run's (`reference`)."""
 
+    prefix: str  # of the input's topics
+    records: int
+    reference: dict
     python_consume: list[dict] = field(default_factory=list)
     java_consume: list[dict] = field(default_factory=list)
     naive: list[dict] = field(default_factory=list)
     flink: list[dict] = field(default_factory=list)  # each in its own MiniCluster
-    session: list[dict] = field(default_factory=list)  # submitted to a warm session cluster
-    session_warmup: dict | None = None  # the cluster's first job, not in `session`
+
+
+def checked_job(
+    bootstrap: str,
+    runs: ComparedRuns,
+    suffix: str,
+    what: str,
+    tmp: Path,
+    cluster: SessionCluster | None = None,
+) -> dict:
+    """One Flink run over the input of `runs` into `<topic><suffix>`, its outputs checked
+    against the reference (OutputMismatch otherwise)."""
+    got = flink_run(
+        bootstrap, runs.prefix, runs.records, suffix, tmp / f"{runs.prefix}{suffix}", cluster
+    )
+    topics = TopicNames.with_prefix(runs.prefix)
+    check_outputs(read_outputs(bootstrap, topics, suffix), runs.reference, what)
+    return got
 
 
 def compared_runs(
-    bootstrap: str,
-    events: int,
-    repeats: int,
-    tmp: Path,
-    ceilings: bool = True,
-    cluster: SessionCluster | None = None,
+    bootstrap: str, events: int, repeats: int, tmp: Path, ceilings: bool = True
 ) -> ComparedRuns:
     """Consume ceilings, naive loop and the Flink job over one topic of `events` simulator
     records, `repeats` times interleaved (so a busy spell on the machine hits all of them
-    alike). With `cluster`, each repeat also submits the job to that session cluster,
-    after one warm-up job there (a session cluster's JVMs outlive its jobs). Every naive
-    and Flink run's outputs must equal the first naive run's (OutputMismatch otherwise)."""
+    alike). Every naive and Flink run's outputs must equal the first naive run's
+    (OutputMismatch otherwise)."""
     from bench.kafka import java_consume, python_consume
     from streams.flink.cli import _ensure_suffixed_topics
 
@@ -434,14 +453,7 @@ def compared_runs(
     topics = TopicNames.with_prefix(prefix)
     n = produce_stream(bootstrap, topics.watches_replay, events)
     log.info("produced %d watch-topic records", n)
-    runs = ComparedRuns()
-    reference = None
-
-    def job(suffix: str, what: str, on: SessionCluster | None = None) -> dict:
-        got = flink_run(bootstrap, prefix, n, suffix, tmp / f"{prefix}{suffix}", on)
-        check_outputs(read_outputs(bootstrap, topics, suffix), reference, what)
-        return got
-
+    runs = ComparedRuns(prefix, n, reference={})
     for r in range(repeats):
         if ceilings:
             runs.python_consume.append(python_consume(bootstrap, topics.watches_replay, 4))
@@ -449,27 +461,54 @@ def compared_runs(
         _ensure_suffixed_topics(bootstrap, topics, f".naive{r}")
         runs.naive.append(naive_loop(bootstrap, topics, n, suffix=f".naive{r}"))
         outs = read_outputs(bootstrap, topics, f".naive{r}")
-        if reference is None:
-            reference = outs
-            log.info("naive outputs: %s", reference)
-        check_outputs(outs, reference, f"naive run {r + 1}")
-        runs.naive[-1]["outputs"] = reference
-        runs.flink.append(job(f".jvm{r}", f"flink run {r + 1}"))
-        if cluster is not None:
-            if runs.session_warmup is None:
-                runs.session_warmup = job(".session-warmup", "session warm-up", cluster)
-            runs.session.append(job(f".session{r}", f"session run {r + 1}", cluster))
+        if not runs.reference:
+            runs.reference = outs
+            log.info("naive outputs: %s", outs)
+        check_outputs(outs, runs.reference, f"naive run {r + 1}")
+        runs.naive[-1]["outputs"] = runs.reference
+        runs.flink.append(checked_job(bootstrap, runs, f".jvm{r}", f"flink run {r + 1}", tmp))
         log.info(
-            "%d records, repeat %d/%d: naive %s/s, flink %s/s (second half %s/s)%s, outputs equal",
+            "%d records, repeat %d/%d: naive %s/s, flink %s/s (second half %s/s), outputs equal",
             n,
             r + 1,
             repeats,
             runs.naive[-1]["records_per_s"],
             runs.flink[-1]["records_per_s"],
             runs.flink[-1]["second_half_records_per_s"],
-            f", session cluster {runs.session[-1]['records_per_s']}/s" if runs.session else "",
         )
     return runs
+
+
+def session_cluster_runs(
+    bootstrap: str, runs: ComparedRuns, repeats: int, tmp: Path
+) -> tuple[dict, list[dict]]:
+    """The job over the input of `runs`, submitted to a standalone session cluster (one
+    JobManager, one TaskManager) started for this: one warm-up job, then `repeats` measured
+    ones, each checked against the reference. The cluster is up only here, so it takes no
+    CPU from the other runs. Returns (warm-up run, measured runs)."""
+    cluster = SessionCluster(
+        SessionClusterConfig(taskmanagers=1, taskmanager_memory="2048m"), tmp / "session-cluster"
+    )
+    cluster.up()
+    try:
+        warmup = checked_job(bootstrap, runs, ".session-warmup", "session warm-up", tmp, cluster)
+        measured = []
+        for r in range(repeats):
+            measured.append(
+                checked_job(bootstrap, runs, f".session{r}", f"session run {r + 1}", tmp, cluster)
+            )
+            log.info(
+                "%d records, session cluster run %d/%d: %s/s (Flink's job duration: %s/s), "
+                "outputs equal",
+                runs.records,
+                r + 1,
+                repeats,
+                measured[-1]["records_per_s"],
+                measured[-1]["flink_job_records_per_s"],
+            )
+    finally:
+        cluster.down()
+    return warmup, measured
 
 
 @dataclass
@@ -500,18 +539,10 @@ def run(
     final checkpoint) with next to no records to process."""
     with tempfile.TemporaryDirectory(prefix="plum-bench-flink-") as tmp:
         root = Path(tmp)
-        cluster = None
-        if session:
-            cluster = SessionCluster(
-                SessionClusterConfig(taskmanagers=1, taskmanager_memory="2048m"),
-                root / "session-cluster",
-            )
-            cluster.up()
-        try:
-            main = compared_runs(bootstrap, events, repeats, root, cluster=cluster)
-        finally:
-            if cluster is not None:
-                cluster.down()
+        main = compared_runs(bootstrap, events, repeats, root)
+        warmup, on_cluster = (
+            session_cluster_runs(bootstrap, main, repeats, root) if session else (None, [])
+        )
         fixed = None
         if fixed_events:
             small = compared_runs(bootstrap, fixed_events, repeats, root, ceilings=False)
@@ -531,8 +562,8 @@ def run(
         },
         naive=_median_run(main.naive),
         flink=_median_run(main.flink),
-        session=_median_run(main.session) if main.session else None,
-        session_warmup=main.session_warmup,
+        session=_median_run(on_cluster) if on_cluster else None,
+        session_warmup=warmup,
         warm=warm,
         fixed=fixed,
     )
