@@ -326,8 +326,11 @@ def test_the_page_shows_every_panel_and_the_firing_alert(stack, tmp_path):
 KILL_ORDER = ("trainer", "sid_service", "flink", "serving", "publisher")
 RECOVERY_DEADLINE_S = 240.0  # kill -9 -> restarted, ready, scraped again (2 cores, loaded)
 CHECK_DEADLINE_S = 180.0  # then its invariant shows (a new step, SID, example, delta ...)
-SERVING_OUTAGE_BOUND_S = 150.0  # longest run of failed requests while serving is down
-OTHER_OUTAGE_BOUND_S = 10.0  # ... while any other component is down
+# The longest run of failed client requests while serving is down (kill -> restarted ->
+# model loaded; measured 24 s on an idle 2-core box) and while any other component is
+# (measured 0: no request failed).
+SERVING_OUTAGE_BOUND_S = 120.0
+OTHER_OUTAGE_BOUND_S = 10.0
 # The request `plum demo` prints, at a beam configs/test.toml compiles (beam_widths).
 RETRIEVE = {"history": [{"video_id": "v0000001"}, {"video_id": "v0000002"}], "k": 10, "beam": 10}
 
@@ -579,7 +582,12 @@ def _trainer_round(stack: Stack, client: RetrieveLoop) -> dict:
         "a training step after the restart", trained_past_checkpoint, stack, CHECK_DEADLINE_S, 1
     )
     assert min(steps) >= newest, f"the step went back past checkpoint {newest}: {steps}"
-    return {"down_s": out.down_s, "checkpoint": newest, "steps_after": [min(steps), max(steps)]}
+    return {
+        "down_s": out.down_s,
+        "training_again_s": time.monotonic() - out.killed_at,  # kill -> a step past it
+        "checkpoint": newest,
+        "steps_after": [min(steps), max(steps)],
+    }
 
 
 def sid_assignments(stack: Stack) -> list[tuple[bytes, tuple[int, ...], int]]:
@@ -717,15 +725,19 @@ def test_kill_9_of_each_component_in_turn_recovers_on_its_own(stack, tmp_path):
     the demo's status line shows each killed child ready with one more restart than
     before, nothing failed, and its log one `exited with -9` per kill.
 
-    Not checked here: that no record is lost (Flink examples, SIDs and trained examples
-    are not reconciled event by event against the reference pipelines; the Flink,
-    SID-service and trainer integration tests do that for a kill of each alone), kills
-    of Kafka, Prometheus or the supervisor itself, and two components down at once."""
+    Not checked here: that no record is lost or wrong (Flink examples, SIDs and trained
+    examples are not reconciled event by event against the reference pipelines; the
+    Flink and trainer integration tests do that for a kill -9 of each alone, the SID
+    service's for a crash at each commit point); that the trainer's restored state equals
+    the checkpoint's; kills of Kafka, Prometheus, the simulator or the supervisor itself;
+    two components down at once; a kill in the middle of a specific operation (a push, a
+    checkpoint save): each is killed whenever the round reaches it."""
     demo_log_start = stack.log_path.stat().st_size
     restarts_before = supervisor_view(stack.log_path.read_text(errors="replace"))
     assert set(KILL_ORDER) <= set(restarts_before), restarts_before
     client = RetrieveLoop(stack.serving)
     client.start()
+    began = time.monotonic()
     spans: dict[str, tuple[float, float]] = {}
     numbers: dict[str, dict] = {}
     try:
@@ -733,9 +745,9 @@ def test_kill_9_of_each_component_in_turn_recovers_on_its_own(stack, tmp_path):
             "an answer before the first kill", lambda: client.answered_since(0), stack, 60, 0.5
         )
         for name in KILL_ORDER:
-            began = time.monotonic()
+            start = time.monotonic()
             numbers[name] = ROUNDS[name](stack, client)
-            spans[name] = (began, time.monotonic())
+            spans[name] = (start, time.monotonic())
             log.info("kill -9 round %s: %s", name, numbers[name])
     finally:
         client.stop.set()
@@ -747,6 +759,7 @@ def test_kill_9_of_each_component_in_turn_recovers_on_its_own(stack, tmp_path):
         name = next((n for n, (a, b) in spans.items() if a <= start <= b), "between rounds")
         longest[name] = max(longest.get(name, 0.0), end - start)
     failed = [a for a in client.answers if a[1] is None]
+    numbers["round_s"] = time.monotonic() - began
     numbers["client"] = {
         "requests": len(client.answers),
         "failed": len(failed),
@@ -770,7 +783,8 @@ def test_kill_9_of_each_component_in_turn_recovers_on_its_own(stack, tmp_path):
         with open(stack.log_path, "rb") as fh:
             fh.seek(demo_log_start)
             text = fh.read().decode(errors="replace")
-        view = supervisor_view(text[text.find(f"{KILL_ORDER[-1]} exited with") :])
+        last_kill = text.find(f"{KILL_ORDER[-1]} exited with")
+        view = supervisor_view(text[last_kill:]) if last_kill >= 0 else {}
         return view if view and all(view[n][0] == "ready" for n in KILL_ORDER) else {}
 
     view = wait_until(
