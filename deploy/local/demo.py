@@ -77,6 +77,8 @@ COMPONENTS = (
 )
 # Started before the tokenizer is trained, so the dashboard is up from the first minute.
 MONITORING = ("prometheus", "dashboard", "kafka_exporter")
+# What `plum flink run` logs once its live job is submitted and running: its readiness.
+FLINK_READY = LogLine(" started (live")
 
 
 @dataclass(frozen=True)
@@ -359,7 +361,7 @@ def stack_specs(
         "dashboard": http_ok(f"{_dashboard_url(load_dashboard_config(config_path))}/healthz"),
         "kafka_exporter": _http_or_none(metrics_url(ports.get("kafka", -1))),
         "simulator": _http_or_none(metrics_url(ports.get("simulator", -1))),
-        "flink": LogLine(" started (live"),  # the job is submitted and running
+        "flink": FLINK_READY,
         "sid_service": _http_or_none(metrics_url(ports.get("sid_service", -1))),
         "trainer": _http_or_none(metrics_url(ports.get("trainer", -1))),
         "serving": http_ok(f"{serving_url}/healthz"),  # /readyz waits for a model
