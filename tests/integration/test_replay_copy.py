@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka import KafkaException
@@ -20,7 +21,10 @@ from streams.replay.copy import ORIGIN_HEADER, CopyOptions, CopyRequest, copy_ra
 
 pytestmark = pytest.mark.integration
 
-BASE_MS = 1_700_000_000_000
+# The records' Kafka timestamps start an hour ago: within the topic's retention (7 days),
+# so the broker's retention check cannot delete them mid-test (with a fixed 2023 base it
+# did, once, between a copy and its rerun).
+BASE_MS = (int(time.time()) - 3600) * 1000
 PARTITIONS = 4
 
 
@@ -46,6 +50,10 @@ def _produce(bootstrap: str, topic: str, n: int) -> list[tuple]:
         out.append((md.partition, md.offset, key, value, ts, headers))
     producer.close()
     return sorted(out)
+
+
+def iso_utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _in_range(stored, from_ms, to_ms):
@@ -159,7 +167,7 @@ def _copy_process(bootstrap: str, prefix: str, log_path, *extra: str) -> subproc
         "--from",
         str(BASE_MS),
         "--to",
-        "2023-11-15T00:00:00Z",
+        iso_utc(BASE_MS + 3_600_000),  # the same range: times are ms or ISO-8601
         "--bootstrap",
         bootstrap,
         "--topic-prefix",
