@@ -234,10 +234,12 @@ def naive_loop(bootstrap: str, topics: TopicNames, n_records: int, suffix: str) 
 class SourceProgress:
     """Records the job's Kafka source has emitted, over time, from Flink's REST API (the
     source vertex's write-records, polled every `interval_s` in a thread while the job
-    runs): what the warm rate is computed from."""
+    runs): what the warm rate is computed from. Only a job started after this object was
+    made is counted: on a session cluster the jobs before it are still listed."""
 
     def __init__(self, rest_port: int, interval_s: float = 0.5) -> None:
         self.rest = FlinkRest(f"http://127.0.0.1:{rest_port}", timeout_s=2.0)
+        self.since_ms = int(time.time() * 1000)
         self.interval_s = interval_s
         self.samples: list[tuple[float, int]] = []  # (perf_counter, records)
         self.stop = threading.Event()
@@ -246,7 +248,7 @@ class SourceProgress:
     def _poll(self) -> None:
         while not self.stop.wait(self.interval_s):
             try:
-                n = self.rest.source_records_out()
+                n = self.rest.source_records_out(self.since_ms)
             except (OSError, ValueError):  # not up yet, or gone: the samples taken are what counts
                 continue
             if n is not None:

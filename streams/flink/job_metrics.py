@@ -149,11 +149,16 @@ class FlinkRest:
     def report(self, job_id: str) -> JobReport:
         return parse_report(self._get(f"/jobs/{job_id}"), self._get(f"/jobs/{job_id}/checkpoints"))
 
-    def source_records_out(self) -> int | None:
-        """Records the sources of the newest job (the one a MiniCluster runs; on a session
-        cluster the one submitted last) have emitted so far (their vertices'
-        write-records, summed); None when no job is listed yet."""
-        jobs = self._get("/jobs/overview").get("jobs", [])
+    def source_records_out(self, started_from_ms: int = 0) -> int | None:
+        """Records the sources of the newest job started at or after `started_from_ms`
+        (epoch ms; a MiniCluster runs one job, a session cluster lists every job it ran, so
+        a caller waiting for its own job passes the time it submitted) have emitted so far
+        (their vertices' write-records, summed); None when no such job is listed yet."""
+        jobs = [
+            job
+            for job in self._get("/jobs/overview").get("jobs", [])
+            if int(job.get("start-time", 0)) >= started_from_ms
+        ]
         if not jobs:
             return None
         newest = max(jobs, key=lambda job: int(job.get("start-time", 0)))

@@ -195,6 +195,9 @@ def test_source_records_are_the_source_vertices_write_records_summed():
             {"jid": JOB_ID, "state": "RUNNING", "start-time": 1796008500000},
         ]
         assert rest.source_records_out() == 705
+        # a caller waiting for a job it submitted at t counts no job started before t
+        assert rest.source_records_out(started_from_ms=1796008500000) == 705
+        assert rest.source_records_out(started_from_ms=1796008500001) is None
 
 
 def test_a_jobs_seconds_are_flinks_own_duration():
