@@ -31,13 +31,14 @@ def bench_broker(bootstrap: str | None = None, heap_mb: int = 1024) -> Iterator[
     if bootstrap is not None:
         yield bootstrap
         return
-    from plum.ports import free_port
+    from plum.ports import free_ports
     from streams.kafka.broker import KafkaConfig, LocalBroker
 
+    port, controller_port = free_ports(2)
     with tempfile.TemporaryDirectory(prefix="plum-bench-kafka-") as tmp:
         broker = LocalBroker(
             KafkaConfig(
-                port=free_port(), controller_port=free_port(), state_dir=Path(tmp), heap_mb=heap_mb
+                port=port, controller_port=controller_port, state_dir=Path(tmp), heap_mb=heap_mb
             )
         )
         try:  # a stop while it starts (SIGTERM: plum.cli) still stops what was started

@@ -42,7 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.common import write_result
 from monitoring.freshness import histogram_quantile
 from plum.config import REPO_ROOT
-from plum.ports import free_port
+from plum.ports import free_ports
 from plum.runtime import Progress
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,19 @@ def cli(argv: list[str]) -> int:
     )
     parser.add_argument("--poll", type=float, default=5.0)
     args = parser.parse_args(argv)
-    ports = {name: free_port() for name in ("kafka", "controller", "serving", "metrics")}
+    names = (
+        "kafka",
+        "controller",
+        "serving",
+        "metrics",
+        "simulator",
+        "trainer",
+        "flink",
+        "flink_job",
+        "sid_service",
+        "publisher",
+    )
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     settings = {
         "PLUM_KAFKA__PORT": ports["kafka"],
         "PLUM_KAFKA__CONTROLLER_PORT": ports["controller"],
@@ -107,13 +119,13 @@ def cli(argv: list[str]) -> int:
         "PLUM_DEMO__CPT_STEPS": args.cpt_steps,
         "PLUM_DEMO__TOKENIZER_STEPS": args.tokenizer_steps,
         "PLUM_DEMO__CPT_MIN_EXAMPLES": args.cpt_min_examples,
-        "PLUM_DEMO__SIMULATOR_METRICS_PORT": free_port(),
-        "PLUM_DEMO__TRAINER_METRICS_PORT": free_port(),
-        "PLUM_FLINK__METRICS_PORT": free_port(),
-        "PLUM_FLINK__JOB_METRICS_PORT": free_port(),
+        "PLUM_DEMO__SIMULATOR_METRICS_PORT": ports["simulator"],
+        "PLUM_DEMO__TRAINER_METRICS_PORT": ports["trainer"],
+        "PLUM_FLINK__METRICS_PORT": ports["flink"],
+        "PLUM_FLINK__JOB_METRICS_PORT": ports["flink_job"],
         "PLUM_FLINK__REST_PORT": 0,  # a free one, picked by `plum flink run`
-        "PLUM_SID_SERVICE__METRICS_PORT": free_port(),
-        "PLUM_PUBLISHER__METRICS_PORT": free_port(),
+        "PLUM_SID_SERVICE__METRICS_PORT": ports["sid_service"],
+        "PLUM_PUBLISHER__METRICS_PORT": ports["publisher"],
         "PLUM_TRAINER__CHECKPOINT_EVERY_S": args.checkpoint_every_s,
         "PLUM_PUBLISHER__PUBLISH_EVERY_S": args.publish_every_s,
     }

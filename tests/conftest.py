@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from plum.ports import free_port
+from plum.ports import free_ports
 from streams.contracts.topics import TopicNames, topic_set
 from streams.kafka.admin import ensure_topics
 from streams.kafka.broker import KafkaConfig, LocalBroker
@@ -24,9 +24,10 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory) -> LocalBroker:
+    broker_port, controller_port = free_ports(2)
     config = KafkaConfig(
-        port=free_port(),
-        controller_port=free_port(),
+        port=broker_port,
+        controller_port=controller_port,
         state_dir=tmp_path_factory.mktemp("kafka"),
         startup_timeout_s=90.0,
     )

@@ -32,7 +32,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plum.ports import free_port
+from plum.ports import free_ports
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,9 @@ class SessionCluster:
         self.root = Path(root)
         self.conf_dir = self.root / "conf"
         self.logs_dir = self.root / "logs"
-        self.rest_port = cfg.rest_port or free_port()
-        self.rpc_port = cfg.rpc_port or free_port()
+        picked = free_ports(2)  # distinct, so rest and rpc never collide
+        self.rest_port = cfg.rest_port or picked[0]
+        self.rpc_port = cfg.rpc_port or picked[1]
         self._procs: list[subprocess.Popen] = []
 
     @property

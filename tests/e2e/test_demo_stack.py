@@ -46,7 +46,7 @@ from deploy.local.demo import FLINK_READY
 from deploy.local.supervisor import http_ok, log_holds
 from monitoring.panels import BY_KEY, PANELS
 from plum.config import REPO_ROOT
-from plum.ports import free_port
+from plum.ports import free_ports
 from streams.contracts import schema
 from streams.contracts.topics import SFT_EXAMPLES, SID_ASSIGNMENTS
 from streams.flink.job import latest_checkpoint
@@ -79,25 +79,23 @@ class Stack:
 
 def demo_env(state: Path) -> tuple[dict[str, str], dict[str, int]]:
     """The environment of a demo on free ports and test-sized settings."""
-    ports = {
-        name: free_port()
-        for name in (
-            "kafka",
-            "controller",
-            "simulator",
-            "exporter",
-            "flink",
-            "flink_rest",
-            "flink_job",
-            "sid_service",
-            "trainer",
-            "serving",
-            "serving_metrics",
-            "publisher",
-            "prometheus",
-            "dashboard",
-        )
-    }
+    names = (
+        "kafka",
+        "controller",
+        "simulator",
+        "exporter",
+        "flink",
+        "flink_rest",
+        "flink_job",
+        "sid_service",
+        "trainer",
+        "serving",
+        "serving_metrics",
+        "publisher",
+        "prometheus",
+        "dashboard",
+    )
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     overrides = {
         "PLUM_STATE_DIR": str(state),
         "PLUM_KAFKA__PORT": ports["kafka"],

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from plum.ports import free_port
+from plum.ports import free_port, free_ports
 from streams.contracts import schema
 from streams.contracts.topics import ALL_TOPICS
 from streams.kafka.admin import partition_counts, topic_configs
@@ -83,7 +83,8 @@ def test_aborted_transaction_is_invisible_to_read_committed(kafka_bootstrap, top
 
 
 def _private_config(tmp_path, **kw) -> KafkaConfig:
-    return KafkaConfig(port=free_port(), controller_port=free_port(), state_dir=tmp_path, **kw)
+    port, controller_port = free_ports(2)
+    return KafkaConfig(port=port, controller_port=controller_port, state_dir=tmp_path, **kw)
 
 
 def test_busy_port_is_a_clear_error_not_a_hang(tmp_path):

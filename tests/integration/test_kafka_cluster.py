@@ -9,7 +9,7 @@ import uuid
 import pytest
 from kafka import KafkaAdminClient
 
-from plum.ports import free_port
+from plum.ports import free_ports
 from streams.contracts.topics import TopicNames, topic_set
 from streams.kafka.admin import ensure_topics, topic_configs
 from streams.kafka.broker import KafkaConfig, _pid_alive
@@ -51,10 +51,11 @@ def _produce(bootstrap: str, topic: str, values: list[bytes], transactional: boo
 
 
 def test_three_brokers_keep_every_record_through_a_killed_broker(tmp_path):
+    ports = free_ports(6)
     nodes = [
         KafkaConfig(
-            port=free_port(),
-            controller_port=free_port(),
+            port=ports[2 * i],
+            controller_port=ports[2 * i + 1],
             state_dir=tmp_path / f"node-{i + 1}",
             heap_mb=384,
             startup_timeout_s=180,

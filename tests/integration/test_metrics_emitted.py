@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.metrics import BY_NAME, CATALOGUE, Metrics, serve_metrics
 from plum.config import REPO_ROOT
-from plum.ports import free_port
+from plum.ports import free_ports
 from streams.contracts import schema
 from streams.contracts.topics import TopicNames
 from streams.kafka.clients import make_consumer, make_producer
@@ -241,8 +241,7 @@ def flink_job(env: Env) -> Iterator[dict[str, int]]:
     """The Flink job with its workers' /metrics (flink) and its driver's view of the job
     from Flink's REST API (flink_job), yielded once a checkpoint has completed."""
     fs.produce(env.bootstrap, env.topics.watches, fs.build_stream(5, 600, 2000, 10_000))
-    port = free_port()  # the job's workers serve a fixed port (0 turns /metrics off)
-    job_port = free_port()
+    port, job_port = free_ports(2)  # the job's workers serve a fixed port (0 turns it off)
     started_ms = time.time() * 1000
     job = fs.JobProcess(
         fs.job_command(
