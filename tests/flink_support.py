@@ -81,6 +81,13 @@ def build_stream(
     return out
 
 
+def final_watermark(stream: list[tuple[int, bytes | None, bytes | None]], cfg) -> int:
+    """The watermark the job reaches on `build_stream`'s output: its last record is the
+    sentinel that pushes event time past everything before it."""
+    sentinel_ts = json.loads(stream[-1][2])["ts"]
+    return sentinel_ts - cfg.out_of_orderness_ms
+
+
 def produce(
     bootstrap: str, topic: str, stream: list[tuple[int, bytes | None, bytes | None]]
 ) -> list[tuple[int, int, bytes | None]]:

@@ -38,11 +38,6 @@ def stream(cfg):
     return fs.build_stream(SEED, EVENTS, cfg.out_of_orderness_ms, cfg.window_size_ms)
 
 
-def _final_watermark(stream, cfg) -> int:
-    sentinel_ts = json.loads(stream[-1][2])["ts"]
-    return sentinel_ts - cfg.out_of_orderness_ms
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -55,7 +50,7 @@ def test_live_job_matches_reference_exactly(
         stored,
         RefParams.from_flink_config(cfg),
         _now_ms(),
-        _final_watermark(stream, cfg),
+        fs.final_watermark(stream, cfg),
         topics.watches,
     )
     # The stream exercises what it should: malformed, late, out-of-order, sampled.
@@ -130,7 +125,7 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_duplicates(
         stored,
         RefParams.from_flink_config(cfg),
         _now_ms(),
-        _final_watermark(stream, cfg),
+        fs.final_watermark(stream, cfg),
         topics.watches,
     )
 
