@@ -37,6 +37,7 @@ from plum.config import ConfigError, ConfigFile
 T = TypeVar("T")
 
 RELATIONS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
     "<=": operator.le,
     ">=": operator.ge,
     "==": operator.eq,

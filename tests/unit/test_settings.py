@@ -192,6 +192,13 @@ CONTRADICTIONS = [
         "8400 vs 8400",
     ),
     (
+        "[simulator]\nout_of_order_fraction = 0.01\nmax_delay_ms = 45000\n"
+        "[flink]\nout_of_orderness_ms = 45000\n",  # a held-back watch may reach the bound
+        "[simulator].max_delay_ms",
+        "[flink].out_of_orderness_ms",
+        "45000 vs 45000",
+    ),
+    (
         "[kafka]\nport = 9104\n",  # the demo's trainer metrics port
         "[kafka].port",
         "[demo].trainer_metrics_port",
@@ -204,6 +211,11 @@ CONTRADICTIONS = [
 def test_a_contradictory_config_is_refused_naming_both_fields(tmp_path, text, left, right, values):
     message = refusal(write(tmp_path, text))
     assert left in message and right in message and values in message, message
+
+
+def test_a_simulator_without_held_back_watches_has_no_delay_bound(tmp_path):
+    text = "[simulator]\nout_of_order_fraction = 0.0\nmax_delay_ms = 90000\n"
+    assert Settings.load(write(tmp_path, text), env={}).problems(FLINK_CHECKS) == []
 
 
 def test_ports_of_zero_clash_with_nothing(tmp_path):
@@ -258,8 +270,9 @@ def test_the_trainer_command_refuses_a_contradictory_config(tmp_path):
 
 
 def test_check_relations_are_the_ones_named():
-    with pytest.raises(ValueError, match="relation '<'"):
-        Check("a", "<", "b", lambda s: (1, 2))
+    with pytest.raises(ValueError, match="relation '<<'"):
+        Check("a", "<<", "b", lambda s: (1, 2))
+    assert Check("[a].x", "<", "[b].y", lambda s: (2, 2)).failure(Settings.load(None, env={}))
     holds = Check("[a].x", "<=", "[b].y", lambda s: (1, 2))
     fails = Check("[a].x", ">=", "[b].y", lambda s: (1, 2), "why not")
     settings = Settings.load(CONFIGS / "test.toml", env={})
