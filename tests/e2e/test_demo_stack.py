@@ -53,18 +53,12 @@ from monitoring.panels import BY_KEY, PANELS
 from plum.config import REPO_ROOT, load_section
 from plum.ports import free_ports
 from streams.contracts import schema
-from streams.contracts.topics import (
-    COOCCURRENCE,
-    DEADLETTER,
-    SFT_EXAMPLES,
-    SID_ASSIGNMENTS,
-    WATCHES,
-)
+from streams.contracts.topics import SFT_EXAMPLES, SID_ASSIGNMENTS, WATCHES, TopicNames
 from streams.flink.job import FlinkConfig, latest_checkpoint
 from streams.flink.reference import RefParams, RefResult, run_reference
 from streams.kafka.clients import read_all
 from tests.browser_support import chromium, page_error, save_screenshot, wait_for_panels
-from tests.flink_support import TEST_CONFIG, compare
+from tests.flink_support import TEST_CONFIG, compare, read_outputs
 from tests.metrics_support import scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -1025,22 +1019,9 @@ class Cut:
 def job_outputs(stack: Stack) -> dict:
     """The Flink job's committed outputs (read_committed), as tests/flink_support reads
     them; dead letters only from the watches topic (the SID service writes there too)."""
-    bootstrap = _bootstrap(stack)
-    return {
-        "sft": [
-            schema.decode_sft_example(r.value)
-            for r in read_all(bootstrap, SFT_EXAMPLES, timeout_s=60)
-        ],
-        "cooc": [
-            schema.decode_cooccurrence(r.value)
-            for r in read_all(bootstrap, COOCCURRENCE, timeout_s=60)
-        ],
-        "dead": [
-            d
-            for r in read_all(bootstrap, DEADLETTER, timeout_s=60)
-            if (d := schema.decode_dead_letter(r.value)).source_topic == WATCHES
-        ],
-    }
+    outs = read_outputs(_bootstrap(stack), TopicNames())
+    outs["dead"] = [d for d in outs["dead"] if d.source_topic == WATCHES]
+    return outs
 
 
 @pytest.mark.timeout(300)
