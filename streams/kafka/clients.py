@@ -145,7 +145,11 @@ def read_all(
     """Every record of `topic` up to its end offsets at call time (no group, no commit).
 
     Polls until each partition's position reaches the end offset seen at the start, or
-    raises TimeoutError after `timeout_s` naming the partitions still behind.
+    raises TimeoutError after `timeout_s` naming the partitions still behind. Records a
+    poll returns beyond those ends (written while reading) are left out: the result is a
+    snapshot of every partition as of one moment, not of each partition as of when its
+    reading ended (a live transactional writer's newest output would otherwise show in
+    some partitions and not in others).
     """
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -172,8 +176,8 @@ def read_all(
                 raise TimeoutError(
                     f"reading {topic!r}: positions/ends {behind} after {timeout_s} s"
                 )
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
+            for tp, batch in consumer.poll(timeout_ms=200).items():
+                records.extend(r for r in batch if r.offset < ends[tp])
         return records
     finally:
         consumer.close()
