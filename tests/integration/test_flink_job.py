@@ -9,7 +9,9 @@ read_committed, so only what a completed checkpoint committed counts.
 from __future__ import annotations
 
 import json
+import random
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -94,49 +96,65 @@ def test_live_job_matches_reference_exactly(
         job.stop()
 
 
-def test_killed_job_resumes_from_checkpoint_without_loss_or_duplicates(
+KILLS = 3  # kill -9 of the running job while records keep arriving
+CHUNK = 40  # records per produce while the job runs: the feed lasts ~80 s
+CHUNK_EVERY_S = 1.5
+
+
+def test_job_killed_while_records_arrive_resumes_without_loss_or_duplicates(
     kafka_bootstrap, topics, topic_prefix, tmp_path, cfg, stream
 ):
-    half = len(stream) // 2
-    first = fs.produce(kafka_bootstrap, topics.watches, stream[:half])
-    ck = tmp_path / "ck"
-    job = fs.JobProcess(
-        fs.job_command(kafka_bootstrap, topic_prefix, ck, "--fresh"), tmp_path / "job1.log"
-    )
-    try:
-        # Mid-stream: wait for a completed checkpoint that committed some output, then SIGKILL.
-        deadline = time.monotonic() + 150
-        while True:
-            committed = len(read_all(kafka_bootstrap, topics.sft_examples, timeout_s=30))
-            if latest_checkpoint(ck) is not None and committed > 0:
-                break
-            assert job.alive(), f"job died before its first checkpoint:\n{job.tail()}"
-            assert time.monotonic() < deadline, (
-                f"no checkpoint with committed output after 150 s:\n{job.tail()}"
-            )
-            time.sleep(0.5)
-        job.kill()
-    finally:
-        job.stop()
-    assert latest_checkpoint(ck) is not None
-    second = fs.produce(kafka_bootstrap, topics.watches, stream[half:])
-    stored = sorted(first + second, key=lambda r: (r[0], r[1]))
-    expected = run_reference(
-        stored,
-        RefParams.from_flink_config(cfg),
-        _now_ms(),
-        fs.final_watermark(stream, cfg),
-        topics.watches,
-    )
+    """The stream is produced in chunks while the job runs; KILLS times, at a random
+    moment after the running job completed a checkpoint of its own, it is killed -9 and
+    started again with the same command (which restores the newest retained checkpoint).
+    Killed mid-flow, a job can die between a checkpoint and its Kafka transactions'
+    commit, or with records read but not yet checkpointed. At the end the committed
+    outputs equal the reference exactly: nothing lost, nothing twice. (An experiment with
+    20 such kills over 27k events, before this test, found the same.)"""
+    rng = random.Random(SEED)
+    stored: list[tuple[int, int, bytes | None]] = []
 
-    # Same command, no --fresh: resumes from the newest retained checkpoint.
-    job = fs.JobProcess(fs.job_command(kafka_bootstrap, topic_prefix, ck), tmp_path / "job2.log")
+    def feed() -> None:
+        for i in range(0, len(stream), CHUNK):
+            stored.extend(fs.produce(kafka_bootstrap, topics.watches, stream[i : i + CHUNK]))
+            time.sleep(CHUNK_EVERY_S)
+
+    feeder = threading.Thread(target=feed)
+    ck = tmp_path / "ck"
+    command = fs.job_command(kafka_bootstrap, topic_prefix, ck)
+    job = fs.JobProcess([*command, "--fresh"], tmp_path / "job0.log")
+    feeder.start()
     try:
+        for k in range(1, KILLS + 1):
+            _wait_for_a_new_checkpoint(job, ck, latest_checkpoint(ck))
+            time.sleep(rng.uniform(0, 2))
+            assert feeder.is_alive(), "the stream ended before the kill: slow the feed down"
+            job.kill()
+            job.stop()
+            job = fs.JobProcess(command, tmp_path / f"job{k}.log")
+        feeder.join()
+        stored.sort(key=lambda r: (r[0], r[1]))
+        expected = run_reference(
+            stored,
+            RefParams.from_flink_config(cfg),
+            _now_ms(),
+            fs.final_watermark(stream, cfg),
+            topics.watches,
+        )
         outs = fs.wait_for_outputs(kafka_bootstrap, topics, expected, job, timeout_s=180)
-        assert "restored from" in job.tail(200_000), "the second run did not restore a checkpoint"
+        assert "restored from" in job.tail(200_000), "the last run did not restore a checkpoint"
         fs.compare(outs, expected)
     finally:
+        feeder.join()
         job.stop()
+
+
+def _wait_for_a_new_checkpoint(job: fs.JobProcess, ck, previous) -> None:
+    deadline = time.monotonic() + 150
+    while latest_checkpoint(ck) in (None, previous):
+        assert job.alive(), f"job died:\n{job.tail()}"
+        assert time.monotonic() < deadline, f"no new checkpoint after 150 s:\n{job.tail()}"
+        time.sleep(0.2)
 
 
 def test_backfill_replays_a_time_range_and_exits(
