@@ -3,8 +3,10 @@ factor 3 and min ISR 2, so one broker killed with SIGKILL loses nothing and stop
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
@@ -50,7 +52,7 @@ def _produce(bootstrap: str, topic: str, values: list[bytes], transactional: boo
     producer.close()
 
 
-def test_three_brokers_keep_every_record_through_a_killed_broker(tmp_path):
+def _three_nodes(tmp_path: Path) -> KafkaCluster:
     ports = free_ports(6)
     nodes = [
         KafkaConfig(
@@ -62,7 +64,11 @@ def test_three_brokers_keep_every_record_through_a_killed_broker(tmp_path):
         )
         for i in range(3)
     ]
-    cluster = KafkaCluster(nodes, tmp_path)
+    return KafkaCluster(nodes, tmp_path)
+
+
+def test_three_brokers_keep_every_record_through_a_killed_broker(tmp_path):
+    cluster = _three_nodes(tmp_path)
     pids: list[int] = []
     try:
         cluster.up()
@@ -93,3 +99,68 @@ def test_three_brokers_keep_every_record_through_a_killed_broker(tmp_path):
         cluster.down()
     pids += [int(b.pid_path.read_text()) for b in cluster.brokers if b.pid_path.exists()]
     assert not [p for p in pids if _pid_alive(p)]
+
+
+FEED_CHUNK = 40  # records per produce while the job runs
+FEED_EVERY_S = 1.0
+
+
+def test_the_flink_job_keeps_its_exact_output_through_a_killed_broker(tmp_path):
+    """The Flink job reads from and writes (exactly-once, in Kafka transactions) to the
+    3-broker cluster while one broker is killed -9 mid-stream and stays down; records keep
+    arriving. Leaders, the group and transaction coordinators move to the survivors; the
+    job rides it out or restarts from its checkpoint by itself, and its committed outputs
+    equal the reference exactly."""
+    from streams.flink.job import latest_checkpoint, load_flink_config
+    from streams.flink.reference import RefParams, run_reference
+    from tests import flink_support as fs
+
+    cfg = load_flink_config(fs.TEST_CONFIG)
+    stream = fs.build_stream(23, 2500, cfg.out_of_orderness_ms, cfg.window_size_ms)
+    cluster = _three_nodes(tmp_path)
+    job = None
+    try:
+        cluster.up()
+        prefix = f"fb{uuid.uuid4().hex[:6]}."
+        ensure_topics(cluster.bootstrap, topic_set(prefix))
+        topics = TopicNames.with_prefix(prefix)
+        stored: list[tuple[int, int, bytes | None]] = []
+
+        def feed() -> None:
+            for i in range(0, len(stream), FEED_CHUNK):
+                chunk = stream[i : i + FEED_CHUNK]
+                stored.extend(fs.produce(cluster.bootstrap, topics.watches, chunk))
+                time.sleep(FEED_EVERY_S)
+
+        feeder = threading.Thread(target=feed)
+        ck = tmp_path / "ck"
+        job = fs.JobProcess(
+            fs.job_command(cluster.bootstrap, prefix, ck, "--fresh"),
+            tmp_path / "job.log",
+            env_extra={"PLUM_FLINK__RESTART_ATTEMPTS": "30"},
+        )
+        feeder.start()
+        deadline = time.monotonic() + 150
+        while latest_checkpoint(ck) is None or not read_all(cluster.bootstrap, topics.sft_examples):
+            assert job.alive(), job.tail()
+            assert time.monotonic() < deadline, f"no committed output after 150 s\n{job.tail()}"
+            time.sleep(0.5)
+        assert feeder.is_alive(), "the stream ended before the kill: slow the feed down"
+        killed = cluster.brokers[1]
+        killed.kill()
+        survivors = ",".join(b.bootstrap for b in cluster.brokers if b is not killed)
+        feeder.join()
+        stored.sort(key=lambda r: (r[0], r[1]))
+        expected = run_reference(
+            stored,
+            RefParams.from_flink_config(cfg),
+            int(time.time() * 1000),
+            fs.final_watermark(stream, cfg),
+            topics.watches,
+        )
+        outs = fs.wait_for_outputs(survivors, topics, expected, job, timeout_s=240)
+        fs.compare(outs, expected)
+    finally:
+        if job is not None:
+            job.stop()
+        cluster.down()
