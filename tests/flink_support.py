@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -102,6 +103,35 @@ def produce(
     producer.close()
     stored.sort(key=lambda r: (r[0], r[1]))
     return stored
+
+
+def stream_reference(stored, stream, cfg, topic: str):
+    """What the live job must write for `build_stream`'s `stream`, given the records as
+    the broker stored them (`stored`: (partition, offset, value), any order)."""
+    return run_reference(
+        sorted(stored, key=lambda r: (r[0], r[1])),
+        RefParams.from_flink_config(cfg),
+        int(time.time() * 1000),
+        final_watermark(stream, cfg),
+        topic,
+    )
+
+
+class Feeder(threading.Thread):
+    """Produces `stream` to `topic` in chunks of `chunk` records, `every_s` apart, while a
+    job runs; `stored` collects the records as the broker stored them."""
+
+    def __init__(self, bootstrap: str, topic: str, stream, chunk: int, every_s: float):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.stream = bootstrap, topic, stream
+        self.chunk, self.every_s = chunk, every_s
+        self.stored: list[tuple[int, int, bytes | None]] = []
+
+    def run(self) -> None:
+        for i in range(0, len(self.stream), self.chunk):
+            part = self.stream[i : i + self.chunk]
+            self.stored.extend(produce(self.bootstrap, self.topic, part))
+            time.sleep(self.every_s)
 
 
 def backfill_reference(stored, cfg, topic: str, start_ms: int = 0, end_ms: int = END_OF_TIME_MS):

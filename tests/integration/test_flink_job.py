@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -48,13 +47,7 @@ def test_live_job_matches_reference_exactly(
     kafka_bootstrap, topics, topic_prefix, tmp_path, cfg, stream
 ):
     stored = fs.produce(kafka_bootstrap, topics.watches, stream)
-    expected = run_reference(
-        stored,
-        RefParams.from_flink_config(cfg),
-        _now_ms(),
-        fs.final_watermark(stream, cfg),
-        topics.watches,
-    )
+    expected = fs.stream_reference(stored, stream, cfg, topics.watches)
     # The stream exercises what it should: malformed, late, out-of-order, sampled.
     reasons = Counter(r for _, _, r in expected.dead)
     assert reasons["late"] > 0 and len(reasons) >= 8, reasons
@@ -112,14 +105,7 @@ def test_job_killed_while_records_arrive_resumes_without_loss_or_duplicates(
     outputs equal the reference exactly: nothing lost, nothing twice. (An experiment with
     20 such kills over 27k events, before this test, found the same.)"""
     rng = random.Random(SEED)
-    stored: list[tuple[int, int, bytes | None]] = []
-
-    def feed() -> None:
-        for i in range(0, len(stream), CHUNK):
-            stored.extend(fs.produce(kafka_bootstrap, topics.watches, stream[i : i + CHUNK]))
-            time.sleep(CHUNK_EVERY_S)
-
-    feeder = threading.Thread(target=feed)
+    feeder = fs.Feeder(kafka_bootstrap, topics.watches, stream, CHUNK, CHUNK_EVERY_S)
     ck = tmp_path / "ck"
     command = fs.job_command(kafka_bootstrap, topic_prefix, ck)
     job = fs.JobProcess([*command, "--fresh"], tmp_path / "job0.log")
@@ -133,14 +119,7 @@ def test_job_killed_while_records_arrive_resumes_without_loss_or_duplicates(
             job.stop()
             job = fs.JobProcess(command, tmp_path / f"job{k}.log")
         feeder.join()
-        stored.sort(key=lambda r: (r[0], r[1]))
-        expected = run_reference(
-            stored,
-            RefParams.from_flink_config(cfg),
-            _now_ms(),
-            fs.final_watermark(stream, cfg),
-            topics.watches,
-        )
+        expected = fs.stream_reference(feeder.stored, stream, cfg, topics.watches)
         outs = fs.wait_for_outputs(kafka_bootstrap, topics, expected, job, timeout_s=180)
         assert "restored from" in job.tail(200_000), "the last run did not restore a checkpoint"
         fs.compare(outs, expected)

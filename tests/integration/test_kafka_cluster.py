@@ -3,7 +3,6 @@ factor 3 and min ISR 2, so one broker killed with SIGKILL loses nothing and stop
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -112,7 +111,6 @@ def test_the_flink_job_keeps_its_exact_output_through_a_killed_broker(tmp_path):
     job rides it out or restarts from its checkpoint by itself, and its committed outputs
     equal the reference exactly."""
     from streams.flink.job import latest_checkpoint, load_flink_config
-    from streams.flink.reference import RefParams, run_reference
     from tests import flink_support as fs
 
     cfg = load_flink_config(fs.TEST_CONFIG)
@@ -124,15 +122,7 @@ def test_the_flink_job_keeps_its_exact_output_through_a_killed_broker(tmp_path):
         prefix = f"fb{uuid.uuid4().hex[:6]}."
         ensure_topics(cluster.bootstrap, topic_set(prefix))
         topics = TopicNames.with_prefix(prefix)
-        stored: list[tuple[int, int, bytes | None]] = []
-
-        def feed() -> None:
-            for i in range(0, len(stream), FEED_CHUNK):
-                chunk = stream[i : i + FEED_CHUNK]
-                stored.extend(fs.produce(cluster.bootstrap, topics.watches, chunk))
-                time.sleep(FEED_EVERY_S)
-
-        feeder = threading.Thread(target=feed)
+        feeder = fs.Feeder(cluster.bootstrap, topics.watches, stream, FEED_CHUNK, FEED_EVERY_S)
         ck = tmp_path / "ck"
         job = fs.JobProcess(
             fs.job_command(cluster.bootstrap, prefix, ck, "--fresh"),
@@ -150,14 +140,7 @@ def test_the_flink_job_keeps_its_exact_output_through_a_killed_broker(tmp_path):
         killed.kill()
         survivors = ",".join(b.bootstrap for b in cluster.brokers if b is not killed)
         feeder.join()
-        stored.sort(key=lambda r: (r[0], r[1]))
-        expected = run_reference(
-            stored,
-            RefParams.from_flink_config(cfg),
-            int(time.time() * 1000),
-            fs.final_watermark(stream, cfg),
-            topics.watches,
-        )
+        expected = fs.stream_reference(feeder.stored, stream, cfg, topics.watches)
         outs = fs.wait_for_outputs(survivors, topics, expected, job, timeout_s=240)
         fs.compare(outs, expected)
     finally:
