@@ -119,19 +119,31 @@ def stream_reference(stored, stream, cfg, topic: str):
 
 class Feeder(threading.Thread):
     """Produces `stream` to `topic` in chunks of `chunk` records, `every_s` apart, while a
-    job runs; `stored` collects the records as the broker stored them."""
+    job runs; `stored` collects the records as the broker stored them. `finish()` waits
+    for the end and raises what stopped the feed early, if anything did."""
 
     def __init__(self, bootstrap: str, topic: str, stream, chunk: int, every_s: float):
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.stream = bootstrap, topic, stream
         self.chunk, self.every_s = chunk, every_s
         self.stored: list[tuple[int, int, bytes | None]] = []
+        self.error: BaseException | None = None
 
     def run(self) -> None:
-        for i in range(0, len(self.stream), self.chunk):
-            part = self.stream[i : i + self.chunk]
-            self.stored.extend(produce(self.bootstrap, self.topic, part))
-            time.sleep(self.every_s)
+        try:
+            for i in range(0, len(self.stream), self.chunk):
+                part = self.stream[i : i + self.chunk]
+                self.stored.extend(produce(self.bootstrap, self.topic, part))
+                time.sleep(self.every_s)
+        except BaseException as err:  # noqa: BLE001 - handed to the test by finish()
+            self.error = err
+
+    def finish(self) -> list[tuple[int, int, bytes | None]]:
+        self.join()
+        if self.error is not None:
+            raise AssertionError(f"the feed stopped early: {self.error!r}") from self.error
+        assert len(self.stored) == len(self.stream), (len(self.stored), len(self.stream))
+        return self.stored
 
 
 def backfill_reference(stored, cfg, topic: str, start_ms: int = 0, end_ms: int = END_OF_TIME_MS):

@@ -118,8 +118,7 @@ def test_job_killed_while_records_arrive_resumes_without_loss_or_duplicates(
             job.kill()
             job.stop()
             job = fs.JobProcess(command, tmp_path / f"job{k}.log")
-        feeder.join()
-        expected = fs.stream_reference(feeder.stored, stream, cfg, topics.watches)
+        expected = fs.stream_reference(feeder.finish(), stream, cfg, topics.watches)
         outs = fs.wait_for_outputs(kafka_bootstrap, topics, expected, job, timeout_s=180)
         assert "restored from" in job.tail(200_000), "the last run did not restore a checkpoint"
         fs.compare(outs, expected)

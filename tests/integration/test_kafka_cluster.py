@@ -139,8 +139,7 @@ def test_the_flink_job_keeps_its_exact_output_through_a_killed_broker(tmp_path):
         killed = cluster.brokers[1]
         killed.kill()
         survivors = ",".join(b.bootstrap for b in cluster.brokers if b is not killed)
-        feeder.join()
-        expected = fs.stream_reference(feeder.stored, stream, cfg, topics.watches)
+        expected = fs.stream_reference(feeder.finish(), stream, cfg, topics.watches)
         outs = fs.wait_for_outputs(survivors, topics, expected, job, timeout_s=240)
         fs.compare(outs, expected)
     finally:
