@@ -1106,7 +1106,6 @@ def test_after_the_kills_the_trainer_consumed_every_committed_example_once(stack
         for r in read_all(_bootstrap(stack), SFT_EXAMPLES, timeout_s=60)
         if r.offset < offsets.get(r.partition, 0)
     ]
-    ends = Counter(r.partition for r in consumed)
     counters = meta["counters"]
     log.info(
         "trainer checkpoint %d: %d examples consumed (%s malformed), offsets %s",
@@ -1116,10 +1115,6 @@ def test_after_the_kills_the_trainer_consumed_every_committed_example_once(stack
         offsets,
     )
     assert counters["fresh_records"] > 0 and counters["malformed"] == 0, counters
-    # The committed offsets are record positions (a transaction's commit marker takes one
-    # too), so they bound the records below them; every record is an example the trainer
-    # read once.
-    assert all(ends[p] <= o for p, o in offsets.items()), (ends, offsets)
     ids = [schema.decode_sft_example(r.value).event_id for r in consumed]
     assert counters["fresh_records"] == len(ids), (counters, len(ids))
     assert int(counters["fresh_digest"]) == event_digest(ids), "a record trained twice or skipped"
