@@ -136,7 +136,7 @@ def parse_operator_metrics(rows: Iterable[dict[str, Any]]) -> OperatorSample:
 
 
 class FlinkRest:
-    """The GETs of Flink's REST API the poller needs (bounded in time)."""
+    """The calls of Flink's REST API the poller and a backfill need (bounded in time)."""
 
     def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -145,6 +145,24 @@ class FlinkRest:
     def _get(self, path: str) -> dict[str, Any]:
         with urllib.request.urlopen(self.base_url + path, timeout=self.timeout_s) as response:
             return json.load(response)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._get(f"/jobs/{job_id}")
+
+    def watermarks(self, job_id: str, vertex_id: str) -> list[dict[str, Any]]:
+        """Each subtask's current input watermark of one vertex."""
+        return self._get(f"/jobs/{job_id}/vertices/{vertex_id}/watermarks")  # type: ignore[return-value]
+
+    def trigger_checkpoint(self, job_id: str) -> str:
+        """Ask for a checkpoint now; returns the request id Flink answers with."""
+        request = urllib.request.Request(
+            f"{self.base_url}/jobs/{job_id}/checkpoints",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return str(json.load(response).get("request-id", ""))
 
     def report(self, job_id: str) -> JobReport:
         return parse_report(self._get(f"/jobs/{job_id}"), self._get(f"/jobs/{job_id}/checkpoints"))
