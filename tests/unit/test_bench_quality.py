@@ -1,9 +1,19 @@
 """`plum bench quality`: its settings, the training windows and the beam knee."""
 
+import time
+
 import numpy as np
 import pytest
 
-from bench.quality import QualityConfig, knee, load_quality_config, windows
+from bench.quality import (
+    BestEpoch,
+    QualityConfig,
+    knee,
+    load_quality_config,
+    standard_error,
+    until,
+    windows,
+)
 from plum.config import ConfigError
 from trainer.prompt import Watch
 
@@ -51,3 +61,44 @@ def test_quality_settings_come_from_their_section_env_and_overrides(tmp_path):
     toml.write_text("[quality]\nepoks = 1\n")
     with pytest.raises(ConfigError):
         load_quality_config(toml, env={})
+
+
+def test_best_epoch_keeps_the_best_parameters_and_stops_after_patience_epochs_without_one():
+    best = BestEpoch(patience=2)
+    made: list[int] = []
+
+    def snapshot(epoch: int):
+        def make():
+            made.append(epoch)
+            return f"params{epoch}"
+
+        return make
+
+    assert not best.observe(1, 0.10, snapshot(1))
+    assert not best.observe(2, 0.12, snapshot(2))
+    assert not best.observe(3, 0.12, snapshot(3))  # equal is not better
+    assert best.observe(4, 0.11, snapshot(4))
+    assert (best.epoch, best.score, best.params) == (2, 0.12, "params2")
+    assert made == [1, 2]  # parameters are copied only for a new best
+    assert [p["epoch"] for p in best.curve] == [1, 2, 3, 4]
+
+
+def test_best_epoch_with_patience_zero_never_stops_early():
+    best = BestEpoch(patience=0)
+    assert not any(best.observe(n, 1.0 / n, lambda: None) for n in range(1, 20))
+    assert best.epoch == 1
+
+
+def test_until_stops_yielding_once_the_deadline_has_passed():
+    assert list(until(iter([1, 2, 3]), time.monotonic() + 60)) == [1, 2, 3]
+    assert list(until(iter([1, 2, 3]), time.monotonic() - 1)) == []
+
+
+def test_patience_must_not_be_negative():
+    with pytest.raises(ValueError, match="patience"):
+        QualityConfig(patience=-1)
+
+
+def test_standard_error_of_a_recall_over_943_users():
+    assert standard_error(0.1, 943) == pytest.approx(0.00977, abs=1e-5)
+    assert standard_error(0.0, 943) == 0.0
