@@ -16,7 +16,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streams.flink.job_metrics import FlinkRest
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +56,14 @@ def input_drained(
 
 
 class FinalCheckpoint:
-    """Watches job `job_id` through `rest` (a streams.flink.job_metrics.FlinkRest) every
+    """Watches job `job_id` through `rest` (Flink's REST API) every
     `interval_s` and triggers a checkpoint once its input is drained; if the job is still
     running `retry_s` later (the checkpoint raced the end of input), triggers again, at
     most `attempts` times. `close()` stops it (the job ended)."""
 
     def __init__(
         self,
-        rest: Any,
+        rest: FlinkRest,
         job_id: str,
         interval_s: float = 0.25,
         retry_s: float = 3.0,
