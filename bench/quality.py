@@ -496,6 +496,11 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     report = evaluate(rankers, scored, KS, candidates=cands, ndcg_ks=NDCG_KS)
     model_ranked = model_gen.ranked
     targets = [e.target_video_id for e in scored]
+    cooc_top = rankers["cooccurrence"].rank_many(scored, 10)
+    paired = paired_difference(
+        [t in r[:10] for r, t in zip(model_ranked, targets, strict=True)],
+        [t in r for r, t in zip(cooc_top, targets, strict=True)],
+    )
     unconstrained = make_ranker(cfg.beams, False, params).generate(scored[: cfg.unconstrained_max])
     other_name = "validation" if cfg.eval_on == "fresh" else "test"
     other = with_sid(inputs.split.validation if cfg.eval_on == "fresh" else inputs.split.test)
@@ -521,6 +526,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         "num_examples": report["num_examples"],
         "num_skipped_no_sid": len(inputs.scored) - len(scored),
         f"also_on_{other_name}": other_report["rankers"],
+        "recall@10_model_minus_cooccurrence_paired": paired,
         "invalid_sids": {
             "constrained_rate": report["rankers"]["model"].get("hallucination_rate", 0.0),
             "unconstrained_rate": unconstrained.hallucination_rate,
@@ -573,6 +579,24 @@ def _mean(values: Sequence[float]) -> dict[str, float]:
 
 def standard_error(rate: float, n: int) -> float:
     return math.sqrt(rate * (1 - rate) / n) if n else math.nan
+
+
+def paired_difference(model_hits: Sequence[bool], other_hits: Sequence[bool]) -> dict[str, Any]:
+    """Model minus another ranker on the same users: the difference of their hit rates and
+    its paired standard error (from the users only one of them hits, as in McNemar's test),
+    tighter than two unpaired errors because both rank the same users."""
+    n = len(model_hits)
+    if n != len(other_hits) or n == 0:
+        raise ValueError("paired hits must be non-empty and of equal length")
+    only_model = sum(a and not b for a, b in zip(model_hits, other_hits, strict=True))
+    only_other = sum(b and not a for a, b in zip(model_hits, other_hits, strict=True))
+    diff = only_model - only_other
+    return {
+        "only_model": only_model,
+        "only_other": only_other,
+        "difference": diff / n,
+        "standard_error": math.sqrt(max(only_model + only_other - diff * diff / n, 0.0)) / n,
+    }
 
 
 def summarise(per_seed: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:

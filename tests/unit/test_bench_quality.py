@@ -10,6 +10,7 @@ from bench.quality import (
     QualityConfig,
     knee,
     load_quality_config,
+    paired_difference,
     standard_error,
     until,
     windows,
@@ -102,3 +103,16 @@ def test_patience_must_not_be_negative():
 def test_standard_error_of_a_recall_over_943_users():
     assert standard_error(0.1, 943) == pytest.approx(0.00977, abs=1e-5)
     assert standard_error(0.0, 943) == 0.0
+
+
+def test_paired_difference_counts_the_users_only_one_ranker_hits():
+    model = [True, True, False, False, True] * 20
+    other = [True, False, True, False, False] * 20
+    got = paired_difference(model, other)
+    assert (got["only_model"], got["only_other"]) == (40, 20)
+    assert got["difference"] == pytest.approx(0.2)
+    # var of the per-user difference (+1 on 40, -1 on 20, 0 on 40 users) over n
+    d = np.array([1] * 40 + [-1] * 20 + [0] * 40, float)
+    assert got["standard_error"] == pytest.approx(np.sqrt(d.var() / len(d)))
+    with pytest.raises(ValueError):
+        paired_difference([True], [True, False])
