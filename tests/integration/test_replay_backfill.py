@@ -51,8 +51,6 @@ def test_backfill_over_a_copied_range_matches_the_reference(
     assert expected.examples and expected.pairs and expected.dead
 
     def backfill(log_name: str) -> fs.JobProcess:
-        # Periodic checkpoints 10 minutes apart: within the test's 4-minute wait the job can
-        # only commit and end through the checkpoint it requests once its input is drained.
         return fs.JobProcess(
             [
                 sys.executable,
@@ -72,13 +70,11 @@ def test_backfill_over_a_copied_range_matches_the_reference(
                 str(tmp_path / "ck"),
             ],
             tmp_path / log_name,
-            env_extra={"PLUM_FLINK__CHECKPOINT_INTERVAL_MS": "600000"},
         )
 
     job = backfill("backfill.log")
     try:
         assert job.wait(timeout=240) == 0, job.tail()  # bounded: exits by itself
-        assert "input drained" in (tmp_path / "backfill.log").read_text()
         fs.compare(fs.read_outputs(kafka_bootstrap, topics, suffix=".backfill-t1"), expected)
         # The live outputs were not written.
         assert read_all(kafka_bootstrap, topics.sft_examples) == []
