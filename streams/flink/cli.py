@@ -179,7 +179,8 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
         waiter.start()
         if poller is not None and job_id is not None:
             poller.follow(str(job_id))
-        if opts.backfill and job_id is not None and (cfg.cluster_rest or cfg.rest_port > 0):
+        watch = cfg.final_checkpoint_on_drain and (cfg.cluster_rest or cfg.rest_port > 0)
+        if opts.backfill and job_id is not None and watch:
             finisher = FinalCheckpoint(FlinkRest(rest_url(cfg)), str(job_id)).start()
             cleanup.callback(finisher.close)
         # The job ends by itself (a backfill) or by a signal: `stop` is set by either.
