@@ -248,6 +248,11 @@ def sid_report(lookup: SidLookup, level_sizes: Sequence[int], base: dict[str, An
     return {**base, "codebook_usage": usage}
 
 
+def hits(ranked: Sequence[Sequence[str]], targets: Sequence[str], k: int = 10) -> list[bool]:
+    """Per query, whether its target is among its top k."""
+    return [t in r[:k] for r, t in zip(ranked, targets, strict=True)]
+
+
 def prefix_recall(
     ranked: Sequence[Sequence[str]], targets: Sequence[str], lookup: SidLookup, depth: int, k=10
 ) -> float:
@@ -270,7 +275,7 @@ def beam_sweep(make_ranker, scored, lookup: SidLookup, beams: Sequence[int]) -> 
         seconds = time.monotonic() - t
         top = [r[:10] for r in gen.ranked]
         out[str(b)] = {
-            "recall@10": sum(t in r for r, t in zip(top, targets, strict=True)) / len(targets),
+            "recall@10": sum(hits(top, targets)) / len(targets),
             "distinct_sids_top10": float(np.mean([len(set(r)) for r in top])),
             "distinct_first_codes_top10": float(
                 np.mean([len({lookup.sids[v][0] for v in r}) for r in top])
@@ -329,8 +334,8 @@ def rng_for(cfg: QualityConfig) -> np.random.Generator:
 
 def recall_at_10(ranker: ModelRanker, examples: Sequence[Any]) -> float:
     ranked = ranker.generate(examples).ranked
-    hits = sum(e.target_video_id in r[:10] for e, r in zip(examples, ranked, strict=True))
-    return hits / len(examples) if examples else 0.0
+    found = hits(ranked, [e.target_video_id for e in examples])
+    return sum(found) / len(examples) if examples else 0.0
 
 
 def train_with_selection(
@@ -498,8 +503,8 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     targets = [e.target_video_id for e in scored]
     cooc_top = rankers["cooccurrence"].rank_many(scored, 10)
     paired = paired_difference(
-        [t in r[:10] for r, t in zip(model_ranked, targets, strict=True)],
-        [t in r for r, t in zip(cooc_top, targets, strict=True)],
+        hits(model_ranked, targets),
+        hits(cooc_top, targets),
     )
     unconstrained = make_ranker(cfg.beams, False, params).generate(scored[: cfg.unconstrained_max])
     other_name = "validation" if cfg.eval_on == "fresh" else "test"

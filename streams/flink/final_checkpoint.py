@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from streams.flink.job_metrics import is_source
+
 if TYPE_CHECKING:
     from streams.flink.job_metrics import FlinkRest
 
@@ -31,10 +33,6 @@ def _watermark(value: Any) -> float:
         return int(value)
     except (TypeError, ValueError):
         return float(value)
-
-
-def is_source(vertex: dict[str, Any]) -> bool:
-    return str(vertex.get("name", "")).startswith("Source")
 
 
 def input_drained(

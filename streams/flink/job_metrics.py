@@ -135,6 +135,11 @@ def parse_operator_metrics(rows: Iterable[dict[str, Any]]) -> OperatorSample:
     return OperatorSample(values, dead)
 
 
+def is_source(vertex: dict[str, Any]) -> bool:
+    """Whether a vertex of GET /jobs/<id> is a source (its name starts with "Source")."""
+    return str(vertex.get("name", "")).startswith("Source")
+
+
 class FlinkRest:
     """The calls of Flink's REST API the poller and a backfill need (bounded in time)."""
 
@@ -165,7 +170,7 @@ class FlinkRest:
             return str(json.load(response).get("request-id", ""))
 
     def report(self, job_id: str) -> JobReport:
-        return parse_report(self._get(f"/jobs/{job_id}"), self._get(f"/jobs/{job_id}/checkpoints"))
+        return parse_report(self.job(job_id), self._get(f"/jobs/{job_id}/checkpoints"))
 
     def source_records_out(self, started_from_ms: int = 0) -> int | None:
         """Records the sources of the newest job started at or after `started_from_ms`
@@ -180,22 +185,20 @@ class FlinkRest:
         if not jobs:
             return None
         newest = max(jobs, key=lambda job: int(job.get("start-time", 0)))
-        vertices = self._get(f"/jobs/{newest['jid']}").get("vertices", [])
+        vertices = self.job(newest["jid"]).get("vertices", [])
         return sum(
-            int(v.get("metrics", {}).get("write-records", 0))
-            for v in vertices
-            if str(v.get("name", "")).startswith("Source")
+            int(v.get("metrics", {}).get("write-records", 0)) for v in vertices if is_source(v)
         )
 
     def job_seconds(self, job_id: str) -> float:
         """The job's duration as Flink counts it (scheduling to its end state)."""
-        return int(self._get(f"/jobs/{job_id}")["duration"]) / 1000.0
+        return int(self.job(job_id)["duration"]) / 1000.0
 
     def operator_sample(self, job_id: str, known: dict[str, list[str]]) -> OperatorSample:
         """The operator's metrics; `known` (vertex id -> metric ids) caches where they were
         found, looked up again while empty (the operator registers them when it opens)."""
         if not known:
-            for vertex in self._get(f"/jobs/{job_id}").get("vertices", []):
+            for vertex in self.job(job_id).get("vertices", []):
                 vid = vertex["id"]
                 listed = self._get(f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics")
                 ids = operator_metric_ids(str(m.get("id", "")) for m in listed)
