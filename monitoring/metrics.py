@@ -108,6 +108,21 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "records written by a data import",
         labels=("dataset", "topic"),
     ),
+    # --- replay play (`plum replay play`: replay topics -> live topics)
+    MetricDef(
+        "plum_replay_played_total",
+        "counter",
+        "replay",
+        "records played from a replay topic into a live topic, by live topic",
+        labels=("topic",),
+    ),
+    MetricDef(
+        "plum_replay_event_time_ms",
+        "gauge",
+        "replay",
+        "record timestamp (event time) of the newest record played",
+        "ms",
+    ),
     # --- flink job (counted by the JVM operator, streams/flink/jvm; served by `plum flink run`
     # from Flink's REST API, streams/flink/job_metrics.py)
     MetricDef(

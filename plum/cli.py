@@ -65,6 +65,11 @@ COMMANDS: tuple[Command, ...] = (
         "copy a time range of a source topic into its replay topic, exactly once",
     ),
     Command(
+        "replay play",
+        "streams.replay.cli:play",
+        "play the replay topics into the live topics in event-time order, exactly once",
+    ),
+    Command(
         "replay backfill",
         "streams.replay.cli:backfill",
         "the Flink job over the watches replay topic into <output>.backfill-<id>",

@@ -1,13 +1,17 @@
-"""`plum replay copy` and `plum replay backfill`: replays and backfills.
+"""`plum replay copy`, `plum replay play` and `plum replay backfill`: replays and backfills.
 
     plum replay copy --topic plum.watches.v1 --from T1 --to T2 [--bootstrap H:P]
                      [--config P] [--topic-prefix P] [--batch-records N] [--max-rate R]
+    plum replay play [--speed S] [--max-rate R] [--id ID] [--metrics-port PORT]
+                     [--bootstrap H:P] [--config P] [--topic-prefix P]
     plum replay backfill [--from T1] [--to T2] [--id ID] [plum flink run options...]
 
 `copy` copies the records of a source topic whose Kafka timestamps Kafka's time index puts
 in [T1, T2) into that topic's replay topic, exactly once (streams/replay/copy.py): run the
 same command again after a crash or a SIGTERM and it finishes the copy without copying
-anything twice. `backfill` is `plum flink run --backfill` over the watches replay topic,
+anything twice. `play` plays the uploads and watches replay topics into the live topics
+in record-timestamp order, paced, exactly once (streams/replay/play.py): the same `--id`
+resumes where it stopped; what `plum up --data movielens` runs. `backfill` is `plum flink run --backfill` over the watches replay topic,
 event time [T1, T2) (default: all of it), into `<output>.backfill-<ID>`, never into the
 live outputs; it refuses an ID whose outputs already hold records. Times are epoch ms,
 ISO-8601 (`2023-11-14T22:13:20Z`) or `now` (resolved once: a copy is identified by its
@@ -146,6 +150,77 @@ def copy(argv: list[str]) -> int:
         print(
             "plum replay copy: stopped before the end of the range; finish it with"
             f" --topic {args.topic} --from {request.from_ms} --to {request.to_ms}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------ play
+
+
+def _play_parser() -> argparse.ArgumentParser:
+    from streams.replay.play import DEFAULT_PLAY_ID
+
+    p = _Parser(
+        prog="plum replay play",
+        description="Play the replay topics into the live topics in event-time order, exactly"
+        " once (uploads and watches, merged by record timestamp).",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="event time runs this many times faster than wall time (0: no event-time pacing)",
+    )
+    p.add_argument("--max-rate", type=float, default=None, help="play at most R records/s")
+    p.add_argument(
+        "--id",
+        default=DEFAULT_PLAY_ID,
+        help=f"transactional id and position group: the same id resumes (default {DEFAULT_PLAY_ID})",
+    )
+    p.add_argument("--batch-records", type=int, default=500, help="records per transaction")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics (0: any port)")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap H:P (default: [kafka])")
+    p.add_argument("--config", default=None, help="config TOML (default: $PLUM_CONFIG)")
+    p.add_argument("--topic-prefix", default="", help="prefix of every topic name (tests)")
+    return p
+
+
+def play(argv: list[str]) -> int:
+    """`plum replay play ...`: play to the end, then one summary line on stdout."""
+    args = _play_parser().parse_args(argv)
+    from confluent_kafka import KafkaException
+
+    from streams.replay.play import PlayOptions, PlayRequest, ReplayError
+    from streams.replay.play import play as play_replay
+
+    prefix = args.topic_prefix
+    routes = tuple(
+        (prefix + topic_defs.REPLAY_OF[live], prefix + live)
+        for live in (topic_defs.UPLOADS, topic_defs.WATCHES)  # uploads win ties
+    )
+    try:
+        request = PlayRequest(routes, args.id, args.speed, args.max_rate, args.batch_records)
+    except ValueError as exc:
+        print(f"plum replay play: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger("kafka").level))
+    try:
+        result = play_replay(_bootstrap(args), request, PlayOptions(metrics_port=args.metrics_port))
+    except (ReplayError, KafkaException, TimeoutError) as exc:
+        print(f"plum replay play: {exc}", file=sys.stderr)
+        return 1
+    line = (
+        f"replay play {request.play_id}: {result.played} records played in"
+        f" {result.transactions} transactions, {result.seconds:.1f} s"
+    )
+    if result.earlier:
+        line += f" ({result.earlier} played by an earlier run)"
+    print(line)
+    if not result.finished:
+        print(
+            f"plum replay play: stopped before the end; resume with --id {request.play_id}",
             file=sys.stderr,
         )
         return 1
