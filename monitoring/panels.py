@@ -154,14 +154,16 @@ PANELS: tuple[Panel, ...] = (
         "Events through each stage",
         "throughput",
         "short",
-        "events per second produced, read by the Flink job and turned into examples",
+        "events per second produced (or played from the replay topics), read by the Flink"
+        " job and turned into examples",
         (
             Query("sum(rate(plum_simulator_events_total[1m]))", "produced"),
+            Query("sum(rate(plum_replay_played_total[1m]))", "replayed"),
             Query("sum(rate(plum_flink_records_in_total[1m]))", "Flink in"),
             Query("sum(rate(plum_flink_examples_sampled_total[1m]))", "SFT examples"),
             Query("sum(rate(plum_sid_assignments_total[1m]))", "SIDs assigned"),
         ),
-        jobs=("simulator", "flink", "sid_service"),
+        jobs=("simulator", "replay", "flink", "sid_service"),
     ),
     Panel(
         "examples_rate",

@@ -19,12 +19,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from plum.config import REPO_ROOT
 from streams.contracts import schema
-from streams.flink.reference import RefParams, in_backfill_range, run_reference
+from streams.flink.reference import RefParams, RefResult, in_backfill_range, run_reference
 from streams.kafka.clients import make_producer, read_all
 from streams.replay.cli import END_OF_TIME_MS
 from tests.metrics_support import scrape  # noqa: F401  (fs.scrape, as the Flink tests call it)
@@ -312,3 +312,48 @@ def compare(outs: dict, expected) -> None:
         f"dead letters differ: missing {list((expected.dead - got_dead).items())[:5]}, "
         f"extra {list((got_dead - expected.dead).items())[:5]}"
     )
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The prefix of the Flink job's output that is complete at the moment it is read,
+    taken from the committed output itself: an example with event time T is released only
+    once the watermark passed T, and every accepted watch at or before T was read by then
+    (the reference raises if the stream breaks that premise), so every example before T is
+    committed with it or earlier; the same holds for windows before the newest committed
+    window end; a dead letter at offset o is committed with every record before o of its
+    partition (checkpoint barriers follow the source's offsets)."""
+
+    example_ts: int  # examples with ts < this
+    window_end: int  # pairs with window_end < this
+    dead_offsets: dict[int, int]  # partition -> dead letters at offsets <= this
+
+    @classmethod
+    def of(cls, outs: dict) -> Cut:
+        dead: dict[int, int] = {}
+        for d in outs["dead"]:
+            dead[d.partition] = max(dead.get(d.partition, -1), d.offset)
+        return cls(max(e.ts for e in outs["sft"]), max(c.window_end for c in outs["cooc"]), dead)
+
+    def outputs(self, outs: dict) -> dict:
+        return {
+            "sft": [e for e in outs["sft"] if e.ts < self.example_ts],
+            "cooc": [c for c in outs["cooc"] if c.window_end < self.window_end],
+            "dead": [d for d in outs["dead"] if d.offset <= self.dead_offsets.get(d.partition, -1)],
+        }
+
+    def expected(self, ref: RefResult) -> RefResult:
+        return RefResult(
+            examples={k: e for k, e in ref.examples.items() if e.ts < self.example_ts},
+            pairs=Counter({k: n for k, n in ref.pairs.items() if k[3] < self.window_end}),
+            dead=Counter(
+                {k: n for k, n in ref.dead.items() if k[1] <= self.dead_offsets.get(k[0], -1)}
+            ),
+        )
+
+
+# Kafka writes a transaction's commit markers one partition at a time, so a read_committed
+# reader can see a checkpoint's output in some partitions of a topic before the others.
+# The cut is taken from one read and compared on a read this much later, by when every
+# transaction the first read saw any part of is visible whole.
+MARKERS_SETTLE_S = 5.0

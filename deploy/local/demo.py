@@ -1,5 +1,6 @@
 """`plum up` (also `plum demo`, what `make demo` runs): the embedded single-machine
-stack on simulated traffic, supervised, with one live status view.
+stack on simulated traffic, or on MovieLens-100k (`--data movielens`), supervised, with
+one live status view.
 
 Brings up the local KRaft broker and creates every topic, then runs each component as a
 supervised child process (deploy/local/supervisor.py) in dependency order, each started
@@ -19,6 +20,19 @@ restarts, events/s, examples/s, training step and loss, served version, upload -
 servable p95, consumer lag and dead letters by reason, read from the stack's Prometheus,
 and the dashboard and serving URLs; without a terminal a status line is logged instead.
 
+`--data movielens` (or `[demo].data`) drives the same stack from the real data set
+through the replay topics instead of the simulator: the data set is fetched into
+`[demo].movielens_dir` when missing, imported once into the replay topics (`plum data
+import movielens`; skipped when they already hold it), the tokenizer trains on its films
+(titles, genres, years, co-occurrence), and the `replay` child (`plum replay play`) plays
+the replay topics into the live topics at `replay_speed` times event time, at most `rate`
+records/s, exactly once (a restarted demo resumes the play). Played records carry the wall
+time as their Kafka timestamp, so upload -> servable is measured in real seconds; the
+events keep their 1997-98 event times, so the Flink job's sessions and pairs are those of
+the data set, and ages measured in event time (event -> model) show the data's age. The
+play ending does not stop the stack. A state directory holds one data source: the first
+run records it in STATE/demo/data-source and a run on the other is refused.
+
 The run ends at `--duration`, when a bounded simulator finishes, or on Ctrl-C / SIGTERM:
 every child gets SIGTERM in reverse start order (so it can checkpoint), then SIGKILL of
 its process group after `grace_s`, and the broker is stopped unless `--keep-kafka`.
@@ -29,6 +43,7 @@ stop cleanly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import secrets
@@ -53,10 +68,10 @@ from deploy.local.supervisor import (
 from deploy.prometheus.targets import HOST as TARGET_HOST
 from deploy.prometheus.targets import stack_targets
 from plum.checkpoints import has_checkpoint
-from plum.config import load_section, state_dir
+from plum.config import REPO_ROOT, load_section, state_dir
 from plum.ports import http_url
 from plum.runtime import stop_on_signals
-from streams.contracts.topics import SFT_EXAMPLES, SID_ASSIGNMENTS, topic_set
+from streams.contracts.topics import SFT_EXAMPLES, SID_ASSIGNMENTS, TopicNames, topic_set
 from streams.kafka.admin import ensure_topics
 from streams.kafka.broker import BrokerError, KafkaConfig, LocalBroker, load_kafka_config
 
@@ -68,6 +83,7 @@ COMPONENTS = (
     "dashboard",
     "kafka_exporter",
     "simulator",
+    "replay",
     "flink",
     "sid_service",
     "trainer",
@@ -79,6 +95,10 @@ COMPONENTS = (
 MONITORING = ("prometheus", "dashboard", "kafka_exporter")
 # What `plum flink run` logs once its live job is submitted and running: its readiness.
 FLINK_READY = LogLine(" started (live")
+DATA_SOURCES = ("simulator", "movielens")
+REPLAY_PLAY_ID = "plum-demo-replay"  # the demo's play: a restarted demo resumes it
+# Under --data movielens the traffic source is the replay player in the simulator's place.
+TRAFFIC = {"simulator": "simulator", "movielens": "replay"}
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,33 @@ class DemoConfig:
     restart_window_s: float = 300.0
     status_every_s: float = 2.0  # the live view redraws this often
     status_line_every_s: float = 15.0  # without a terminal: one status line this often
+    # what drives the stack: "simulator" or "movielens" (the data set through the replay
+    # topics, played by the `replay` child in the simulator's place)
+    data: str = "simulator"
+    movielens_dir: str = "build/data/ml-100k"  # relative to the repository root
+    replay_speed: float = 10_000.0  # event time per wall time (215 days in ~31 min)
+    replay_metrics_port: int = 9105
+
+    def __post_init__(self) -> None:
+        if self.data not in DATA_SOURCES:
+            raise ValueError(f"data={self.data!r} is not one of {DATA_SOURCES}")
+        if self.replay_speed < 0:
+            raise ValueError(f"replay_speed={self.replay_speed} must be >= 0")
+
+    @property
+    def running(self) -> tuple[str, ...]:
+        """`components` with the traffic source of `data` in the simulator's place."""
+        other = {v for k, v in TRAFFIC.items() if k != self.data}
+        ordered = []
+        for c in self.components:
+            c = TRAFFIC[self.data] if c in TRAFFIC.values() else c
+            if c not in ordered and c not in other:
+                ordered.append(c)
+        return tuple(ordered)
+
+    def movielens_path(self) -> Path:
+        path = Path(self.movielens_dir)
+        return path if path.is_absolute() else REPO_ROOT / path
 
 
 def component_command(
@@ -141,14 +188,34 @@ def component_command(
         if config.real_time:
             cmd += ["--real-time"]
         return cmd
-    if name == "tokenizer":  # SID-v2 on the simulated catalogue (write_catalogue)
+    if name == "replay":  # the replay topics into the live topics (--data movielens)
+        cmd = plum + [
+            "replay",
+            "play",
+            *common,
+            "--id",
+            REPLAY_PLAY_ID,
+            "--speed",
+            str(config.replay_speed),
+            "--max-rate",
+            str(config.rate),
+            "--metrics-port",
+            str(config.replay_metrics_port),
+        ]
+        return cmd
+    if name == "tokenizer":  # SID-v2 on the simulated catalogue (write_catalogue) or the films
+        data = (
+            f"movielens:{config.movielens_path()}"
+            if config.data == "movielens"
+            else f"simulator:{catalogue_path()}"
+        )
         return (
             plum
             + [
                 "tokenizer",
                 "train",
                 "--data",
-                f"simulator:{catalogue_path()}",
+                data,
                 "--out",
                 str(tokenizer_dir()),
                 "--steps",
@@ -244,12 +311,20 @@ def admin_env(env: dict[str, str]) -> dict[str, str]:
     return dict(env, PLUM_SERVING__ADMIN_TOKEN=secrets.token_urlsafe(24))
 
 
-def sample_request(config_path: str | None) -> str:
-    """A /v1/retrieve call the user can paste (simulator video ids are v + 7 digits)."""
+def sample_request(config_path: str | None, data: str = "simulator") -> str:
+    """A /v1/retrieve call the user can paste (simulator video ids are v + 7 digits;
+    MovieLens films are <id_prefix>-m<item id>: 50 is Star Wars, 181 Return of the Jedi)."""
     from serving.config import load_serving_config
 
     serving = load_serving_config(config_path)
-    body = '{"history": [{"video_id": "v0000001"}, {"video_id": "v0000002"}], "k": 10}'
+    if data == "movielens":
+        from streams.datasets.movielens import load_movielens_config
+
+        prefix = load_movielens_config(config_path).id_prefix
+        first, second = f"{prefix}-m50", f"{prefix}-m181"
+    else:
+        first, second = "v0000001", "v0000002"
+    body = f'{{"history": [{{"video_id": "{first}"}}, {{"video_id": "{second}"}}], "k": 10}}'
     return (
         f"curl -s -X POST {serving.base_url}/v1/retrieve "
         f"-H 'content-type: application/json' -d '{body}'"
@@ -313,6 +388,67 @@ def write_catalogue(config: DemoConfig, config_path: str | None) -> int:
     return n
 
 
+class DataSourceError(RuntimeError):
+    """The state directory holds a stack driven by another data source."""
+
+
+def claim_data_source(data: str) -> None:
+    """Record `data` as the state directory's data source, or refuse a different one: SIDs,
+    checkpoints, topics and the served model of one data set mean nothing for another.
+    A state directory from before the marker existed holds a simulator stack."""
+    marker = state_dir() / "demo" / "data-source"
+    if marker.is_file():
+        held = marker.read_text(encoding="utf-8").strip()
+    elif has_checkpoint(tokenizer_dir()) or has_checkpoint(cpt_dir()):
+        held = "simulator"
+    else:
+        held = data
+    if held != data:
+        raise DataSourceError(
+            f"{state_dir()} holds a stack driven by {held!r} data ({marker}); `--data {data}`"
+            " needs its own: set PLUM_STATE_DIR to another directory, or `make clean-state`"
+        )
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(data + "\n", encoding="utf-8")
+
+
+def import_once(config: DemoConfig, bootstrap: str, config_path: str | None) -> None:
+    """MovieLens-100k into the replay topics, unless they already hold exactly it (a
+    restarted demo); replay topics holding anything else are refused."""
+    from streams.datasets import cli as data_cli
+    from streams.datasets import movielens
+    from streams.kafka.clients import end_offsets
+
+    directory = config.movielens_path()
+    data_cli.fetch_movielens(directory)
+    names = TopicNames()
+    replay_topics = [names.uploads_replay, names.watches_replay]
+    held = sum(end_offsets(bootstrap, replay_topics).values())
+    try:
+        data = movielens.load(directory)
+    except movielens.MovieLensFormatError as exc:
+        raise DataSourceError(f"{directory}: {exc}") from None
+    expected = len(data.movies) + len(data.ratings)  # an upload per film, a watch per rating
+    if held == expected:
+        log.info("the replay topics hold MovieLens-100k (%d records): not imported again", held)
+        return
+    if held:
+        raise DataSourceError(
+            f"the replay topics {replay_topics} hold {held} records, not the {expected} of"
+            f" MovieLens-100k in {directory}: an interrupted import or other data; start from"
+            " a fresh state directory (PLUM_STATE_DIR, or `make clean-state`)"
+        )
+    counts = data_cli.import_movielens(
+        directory, bootstrap, names, movielens.load_movielens_config(config_path)
+    )
+    log.info(
+        "imported MovieLens-100k: %d uploads and %d watches in the replay topics (%.1f s)",
+        counts.uploads,
+        counts.watches,
+        counts.seconds,
+    )
+
+
 def kafka_holds(bootstrap: str, minimum: dict[str, int]) -> Check:
     """A start condition: each topic's end offsets add up to at least its minimum (end
     offsets count transaction markers too: close enough for "there is data")."""
@@ -347,7 +483,7 @@ def stack_specs(
     from monitoring.dashboards.config import load_dashboard_config
     from serving.config import load_serving_config
 
-    chosen = set(config.components)
+    chosen = set(config.running)
     ports = {t.job: t.port for t in stack_targets(config_path, DemoConfig, env)}
     policy = RestartPolicy(
         config.restart_backoff_s,
@@ -361,6 +497,7 @@ def stack_specs(
         "dashboard": http_ok(f"{_dashboard_url(load_dashboard_config(config_path))}/healthz"),
         "kafka_exporter": _http_or_none(metrics_url(ports.get("kafka", -1))),
         "simulator": _http_or_none(metrics_url(ports.get("simulator", -1))),
+        "replay": _http_or_none(metrics_url(ports.get("replay", -1))),
         "flink": FLINK_READY,
         "sid_service": _http_or_none(metrics_url(ports.get("sid_service", -1))),
         "trainer": _http_or_none(metrics_url(ports.get("trainer", -1))),
@@ -372,13 +509,14 @@ def stack_specs(
         "dashboard": ("prometheus",),
         # SIDs are assigned from the first upload on, so upload -> servable is honest
         "simulator": ("sid_service",),
+        "replay": ("sid_service",),
         "sid_service": ("tokenizer",),
         "cpt": ("sid_service", "flink"),
         "trainer": ("cpt", "sid_service"),
         "publisher": ("serving", "sid_service"),
         "probe": ("serving",),
     }
-    names = [c for c in config.components]
+    names = list(config.running)
     if "sid_service" in chosen and not has_checkpoint(tokenizer_dir()):
         names.insert(0, "tokenizer")
     elif "sid_service" in chosen:
@@ -405,7 +543,8 @@ def stack_specs(
                 needs=tuple(n for n in needs.get(name, ()) if n in names),
                 ready=ready.get(name),
                 start_when=start_when,
-                oneshot=name in ("tokenizer", "cpt") or bool(simulator_bounded),
+                # the play ends with the data set; the stack keeps running
+                oneshot=name in ("tokenizer", "cpt", "replay") or bool(simulator_bounded),
                 restart=policy,
             )
         )
@@ -440,12 +579,25 @@ def up(argv: list[str], prog: str = "plum up") -> int:
     parser.add_argument(
         "--keep-kafka", action="store_true", help="leave the broker running at the end"
     )
+    parser.add_argument(
+        "--data",
+        choices=DATA_SOURCES,
+        help="what drives the stack (default [demo].data): simulated traffic, or"
+        " MovieLens-100k through the replay topics",
+    )
     args = parser.parse_args(argv)
     check_stack(args.config, DemoConfig)  # every section and check, before anything starts
     config = load_section(DemoConfig, args.config, "demo")
+    if args.data:
+        config = dataclasses.replace(config, data=args.data)
     unknown = sorted(set(config.components) - set(COMPONENTS))
     if unknown:
         parser.error(f"[demo].components: unknown {unknown}; known: {list(COMPONENTS)}")
+    try:  # before the broker: a refused run starts and stops nothing
+        claim_data_source(config.data)
+    except DataSourceError as exc:
+        log.error("%s", exc)
+        return 1
     kafka = load_kafka_config(args.config)
     broker = LocalBroker(kafka)
     with stop_on_signals(threading.Event(), prog) as stop:
@@ -477,9 +629,12 @@ def _supervise(
             len(created),
             len(topic_set()) - len(created),
         )
-        env = admin_env(dict(os.environ, PYTHONUNBUFFERED="1"))
+        # every child reads the same [demo].data as the supervisor (Prometheus' targets)
+        env = admin_env(dict(os.environ, PYTHONUNBUFFERED="1", PLUM_DEMO__DATA=config.data))
         log_dir = state_dir() / "demo" / "logs"
-        if "sid_service" in config.components and not has_checkpoint(tokenizer_dir()):
+        if config.data == "movielens" and "replay" in config.running:
+            import_once(config, kafka.bootstrap, args.config)
+        elif "sid_service" in config.running and not has_checkpoint(tokenizer_dir()):
             n = write_catalogue(config, args.config)
             log.info("the tokenizer trains on %d simulated uploads first", n)
         sup = Supervisor(stack_specs(config, kafka.bootstrap, args.config, env), log_dir, env)
@@ -489,7 +644,7 @@ def _supervise(
             from serving.config import load_serving_config
 
             urls.append(("serving", load_serving_config(args.config).base_url))
-            request = sample_request(args.config)
+            request = sample_request(args.config, config.data)
         if urls:
             log.info("watch the stack:\n  %s", "\n  ".join(monitoring_urls(config, args.config)))
         if request:
@@ -502,6 +657,7 @@ def _supervise(
         started = time.monotonic()
         next_view = 0.0
         numbers = Numbers()
+        played = False
         with StatusOutput(sys.stdout.isatty(), config.status_line_every_s, log) as view:
             while not stop.wait(0.25):
                 sup.tick()
@@ -512,12 +668,15 @@ def _supervise(
                 if "simulator" in sup.children and sup.state("simulator") is State.DONE:
                     log.info("simulator finished: stopping")
                     break
+                if "replay" in sup.children and sup.state("replay") is State.DONE and not played:
+                    played = True
+                    log.info("the replay topics are played to their end; the stack keeps running")
                 if time.monotonic() >= next_view:
                     next_view = time.monotonic() + config.status_every_s
                     if prometheus:
                         numbers = query_numbers(prometheus)
                     view.show(Snapshot(elapsed, tuple(sup.status()), numbers, tuple(urls), request))
-    except (BrokerError, RuntimeError) as exc:
+    except (BrokerError, RuntimeError) as exc:  # DataSourceError, DataImportError too
         log.error("%s", exc)
         return 1
     finally:

@@ -29,7 +29,9 @@ from deploy.local.supervisor import ChildStatus, State
 
 # name -> PromQL; each a query the dashboard (monitoring/panels.py) draws too
 QUERIES: dict[str, str] = {
-    "events_per_s": "sum(rate(plum_simulator_events_total[1m]))",
+    # produced by the simulator, or played from the replay topics (--data movielens)
+    "events_per_s": "sum(rate(plum_simulator_events_total[1m]))"
+    " or sum(rate(plum_replay_played_total[1m]))",
     "examples_per_s": "sum(rate(plum_flink_examples_sampled_total[1m]))",
     "trained_per_s": "sum(rate(plum_trainer_examples_total[1m]))",
     "trainer_step": "max(plum_trainer_step)",

@@ -30,7 +30,8 @@ HOST = "127.0.0.1"  # every /metrics server of the stack binds here
 def stack_targets(
     path: Path | str | None, demo_config: type, env: Mapping[str, str] | None = None
 ) -> tuple[ScrapeTarget, ...]:
-    """One target per metrics port of the components in `[demo].components`.
+    """One target per metrics port of the components the demo runs (`[demo].components`,
+    the traffic source chosen by `[demo].data`).
 
     `demo_config` is the `[demo]` class (it lives with the demo, which passes it in)."""
     settings = Settings.load(path, env)
@@ -39,6 +40,7 @@ def stack_targets(
     ports: dict[str, tuple[tuple[str, int], ...]] = {
         "kafka_exporter": (("kafka", demo.exporter_metrics_port),),
         "simulator": (("simulator", demo.simulator_metrics_port),),
+        "replay": (("replay", demo.replay_metrics_port),),
         "flink": (
             ("flink", flink.metrics_port),
             ("flink_job", flink.job_metrics_port),
@@ -53,7 +55,7 @@ def stack_targets(
         ),
     }
     targets = []
-    for component in demo.components:
+    for component in demo.running:  # the simulator or, under --data movielens, the replay
         for job, port in ports.get(component, ()):
             if port > 0:
                 targets.append(ScrapeTarget(job, HOST, port))

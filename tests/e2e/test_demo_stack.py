@@ -55,10 +55,10 @@ from plum.ports import free_ports
 from streams.contracts import schema
 from streams.contracts.topics import SFT_EXAMPLES, SID_ASSIGNMENTS, WATCHES, TopicNames
 from streams.flink.job import FlinkConfig, latest_checkpoint
-from streams.flink.reference import RefParams, RefResult, run_reference
+from streams.flink.reference import RefParams, run_reference
 from streams.kafka.clients import read_all
 from tests.browser_support import chromium, page_error, save_screenshot, wait_for_panels
-from tests.flink_support import TEST_CONFIG, compare, read_outputs
+from tests.flink_support import MARKERS_SETTLE_S, TEST_CONFIG, Cut, compare, read_outputs
 from tests.metrics_support import scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -980,57 +980,12 @@ def test_kill_9_of_each_component_in_turn_recovers_on_its_own(stack, tmp_path):
 # ------------------------------------------------------------ reconciled against the reference
 
 
-@dataclass(frozen=True)
-class Cut:
-    """The prefix of the Flink job's output that is complete at the moment it is read,
-    taken from the committed output itself: an example with event time T is released only
-    once the watermark passed T, and every accepted watch at or before T was read by then
-    (the reference raises if the stream breaks that premise), so every example before T is
-    committed with it or earlier; the same holds for windows before the newest committed
-    window end; a dead letter at offset o is committed with every record before o of its
-    partition (checkpoint barriers follow the source's offsets)."""
-
-    example_ts: int  # examples with ts < this
-    window_end: int  # pairs with window_end < this
-    dead_offsets: dict[int, int]  # partition -> dead letters at offsets <= this
-
-    @classmethod
-    def of(cls, outs: dict) -> Cut:
-        dead: dict[int, int] = {}
-        for d in outs["dead"]:
-            dead[d.partition] = max(dead.get(d.partition, -1), d.offset)
-        return cls(max(e.ts for e in outs["sft"]), max(c.window_end for c in outs["cooc"]), dead)
-
-    def outputs(self, outs: dict) -> dict:
-        return {
-            "sft": [e for e in outs["sft"] if e.ts < self.example_ts],
-            "cooc": [c for c in outs["cooc"] if c.window_end < self.window_end],
-            "dead": [d for d in outs["dead"] if d.offset <= self.dead_offsets.get(d.partition, -1)],
-        }
-
-    def expected(self, ref: RefResult) -> RefResult:
-        return RefResult(
-            examples={k: e for k, e in ref.examples.items() if e.ts < self.example_ts},
-            pairs=Counter({k: n for k, n in ref.pairs.items() if k[3] < self.window_end}),
-            dead=Counter(
-                {k: n for k, n in ref.dead.items() if k[1] <= self.dead_offsets.get(k[0], -1)}
-            ),
-        )
-
-
 def job_outputs(stack: Stack) -> dict:
     """The Flink job's committed outputs (read_committed), as tests/flink_support reads
     them; dead letters only from the watches topic (the SID service writes there too)."""
     outs = read_outputs(_bootstrap(stack), TopicNames())
     outs["dead"] = [d for d in outs["dead"] if d.source_topic == WATCHES]
     return outs
-
-
-# Kafka writes a transaction's commit markers one partition at a time, so a read_committed
-# reader can see a checkpoint's output in some partitions of a topic before the others.
-# The cut is taken from one read and compared on a read this much later, by when every
-# transaction the first read saw any part of is visible whole.
-MARKERS_SETTLE_S = 5.0
 
 
 @pytest.mark.timeout(300)
