@@ -96,7 +96,7 @@ test-jvm: setup
 	mvn -o -q -B -f $(PTF_DIR)/pom.xml test
 
 demo: setup
-	$(VENV)/bin/plum up
+	$(VENV)/bin/plum up $(if $(DATA),--data $(DATA))
 
 test: setup test-jvm
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -60,6 +60,7 @@ from streams.kafka.clients import read_all
 from tests.browser_support import chromium, page_error, save_screenshot, wait_for_panels
 from tests.flink_support import MARKERS_SETTLE_S, TEST_CONFIG, Cut, compare, read_outputs
 from tests.metrics_support import scrape
+from tests.stack_support import kill_leftovers, stack_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -177,35 +178,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        left = _kill_leftovers(root / "state")
+        left = kill_leftovers(root / "state")
         if left:
             log.warning("killed processes the demo left running: %s", left)
-
-
-def stack_processes(state: Path) -> list[int]:
-    """Pids of the processes run for the demo in `state` (its PLUM_STATE_DIR): the demo
-    starts its children in sessions of their own, so they are found by environment."""
-    marker = f"PLUM_STATE_DIR={state}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:  # gone, or not ours
-            continue
-    return found
-
-
-def _kill_leftovers(state: Path) -> list[int]:
-    left = stack_processes(state)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return left
 
 
 def get_json(url: str, timeout_s: float = 5.0) -> dict:

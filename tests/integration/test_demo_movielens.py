@@ -34,6 +34,7 @@ from streams.flink.reference import RefParams, run_reference
 from streams.kafka.clients import read_all
 from tests.flink_support import MARKERS_SETTLE_S, TEST_CONFIG, Cut, compare, read_outputs
 from tests.movielens_support import write_movielens_sample
+from tests.stack_support import kill_leftovers, stack_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -117,18 +118,16 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
-def processes_of(state: Path) -> list[int]:
-    marker = f"PLUM_STATE_DIR={state}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+def plum(env: dict[str, str], *words: str) -> subprocess.CompletedProcess[str]:
+    """`plum WORDS --config test.toml` to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "plum.cli", *words, "--config", str(TEST_CONFIG)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def wait_for(what: str, check, proc, log_path: Path, deadline_s: float = DEADLINE_S):
@@ -144,6 +143,16 @@ def wait_for(what: str, check, proc, log_path: Path, deadline_s: float = DEADLIN
         time.sleep(2.0)
 
 
+def wait_for_play(proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Until the demo logs that the replay topics are played to their end."""
+    wait_for(
+        "end of the play",
+        lambda: "played to their end" in log_path.read_text(errors="replace"),
+        proc,
+        log_path,
+    )
+
+
 def tail(path: Path, n: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
 
@@ -154,9 +163,7 @@ def state(tmp_path) -> Iterator[Path]:
     failed test's broker, kept with --keep-kafka) is killed."""
     state = tmp_path / "state"
     yield state
-    left = processes_of(state)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    left = kill_leftovers(state)
     if left:
         log.warning("killed processes the movielens demo left running: %s", left)
 
@@ -169,12 +176,7 @@ def test_the_stack_runs_on_movielens_through_the_replay_topics(tmp_path, state):
     log_path = tmp_path / "demo.log"
     proc = start(env, log_path, "--data", "movielens", "--keep-kafka")
     try:
-        wait_for(
-            "end of the play",
-            lambda: "played to their end" in log_path.read_text(errors="replace"),
-            proc,
-            log_path,
-        )
+        wait_for_play(proc, log_path)
         uploads = [schema.decode_upload(r.value) for r in read_all(bootstrap, UPLOADS)]
         watches = read_all(bootstrap, WATCHES, timeout_s=60)
         assert sorted(u.video_id for u in uploads) == sorted(
@@ -220,12 +222,7 @@ def test_the_stack_runs_on_movielens_through_the_replay_topics(tmp_path, state):
     again = tmp_path / "again.log"
     proc = start(env, again, "--data", "movielens", "--keep-kafka")
     try:
-        wait_for(
-            "end of the second play",
-            lambda: "played to their end" in again.read_text(errors="replace"),
-            proc,
-            again,
-        )
+        wait_for_play(proc, again)
     finally:
         code = stop(proc)
     text = again.read_text(errors="replace")
@@ -235,23 +232,9 @@ def test_the_stack_runs_on_movielens_through_the_replay_topics(tmp_path, state):
     assert "replay play plum-demo-replay: 0 records played" in replay_log
     assert len(read_all(bootstrap, WATCHES, timeout_s=60)) == USERS * 30
     # ... and a simulator demo is refused on it, with the reason, touching nothing
-    refused = subprocess.run(
-        [sys.executable, "-m", "plum.cli", "up", "--config", str(TEST_CONFIG)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = plum(env, "up")
     assert refused.returncode == 1 and "'movielens' data" in refused.stderr
     assert len(read_all(bootstrap, WATCHES, timeout_s=60)) == USERS * 30  # broker up
-    down = subprocess.run(
-        [sys.executable, "-m", "plum.cli", "kafka", "down", "--config", str(TEST_CONFIG)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    down = plum(env, "kafka", "down")
     assert down.returncode == 0, down.stderr
-    assert processes_of(state) == []
+    assert stack_processes(state) == []
