@@ -138,7 +138,10 @@ class DemoConfig:
     # topics, played by the `replay` child in the simulator's place)
     data: str = "simulator"
     movielens_dir: str = "build/data/ml-100k"  # relative to the repository root
-    replay_speed: float = 10_000.0  # event time per wall time (215 days in ~31 min)
+    # event time per wall time: 215 days in ~1 h 43 min, ~16 ratings/s on average. At
+    # 10,000x (~31 min) the trainer on 2 busy cores trained ~12 examples/s of ~30/s made
+    # and fell behind; ~16/s should let it keep up (not measured over a whole play)
+    replay_speed: float = 3_000.0
     replay_metrics_port: int = 9105
 
     def __post_init__(self) -> None:

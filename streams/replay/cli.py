@@ -11,7 +11,8 @@ in [T1, T2) into that topic's replay topic, exactly once (streams/replay/copy.py
 same command again after a crash or a SIGTERM and it finishes the copy without copying
 anything twice. `play` plays the uploads and watches replay topics into the live topics
 in record-timestamp order, paced, exactly once (streams/replay/play.py): the same `--id`
-resumes where it stopped; what `plum up --data movielens` runs. `backfill` is `plum flink run --backfill` over the watches replay topic,
+resumes where it stopped (a stop by SIGTERM/SIGINT exits 0: the play is resumable, as a
+service's stop is clean); what `plum up --data movielens` runs. `backfill` is `plum flink run --backfill` over the watches replay topic,
 event time [T1, T2) (default: all of it), into `<output>.backfill-<ID>`, never into the
 live outputs; it refuses an ID whose outputs already hold records. Times are epoch ms,
 ISO-8601 (`2023-11-14T22:13:20Z`) or `now` (resolved once: a copy is identified by its
@@ -19,7 +20,8 @@ range in ms, so an interrupted `--to now` copy is finished with the range its fi
 line prints). Note the two ranges: `copy` selects by the record's Kafka timestamp, the
 backfill by the event time (`ts`) inside the record.
 
-Exit codes: 0 done; 1 the copy or backfill failed or was stopped before its end; 2 bad
+Exit codes: 0 done (and for `play`, also stopped by SIGTERM/SIGINT: resumable); 1 the
+copy or backfill failed or was stopped before its end, or the play failed; 2 bad
 arguments (one line on stderr).
 """
 
@@ -218,12 +220,11 @@ def play(argv: list[str]) -> int:
     if result.earlier:
         line += f" ({result.earlier} played by an earlier run)"
     print(line)
-    if not result.finished:
+    if not result.finished:  # SIGTERM/SIGINT: a clean stop of a resumable play (exit 0)
         print(
             f"plum replay play: stopped before the end; resume with --id {request.play_id}",
             file=sys.stderr,
         )
-        return 1
     return 0
 
 

@@ -6,6 +6,7 @@ commit and a rerun leave every record exactly once."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +67,16 @@ def stored(bootstrap: str, topic: str) -> list[tuple]:
     return out
 
 
+def play_command(bootstrap: str, prefix: str, play_id: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "plum.cli", "replay", "play", "--id", play_id] + [
+        "--bootstrap",
+        bootstrap,
+        "--topic-prefix",
+        prefix,
+        *extra,
+    ]
+
+
 def assert_played_exactly(bootstrap: str, topics, since_ms: int) -> None:
     for replay, live in routes(topics):
         want = read_all(bootstrap, replay, timeout_s=60)
@@ -107,12 +118,10 @@ def test_the_import_is_played_whole_in_event_time_order_and_a_rerun_plays_nothin
     # the merge across topics: no watch is played before the upload of its film
     assert all(uploads[w.video_id] <= played_at for w, played_at in watches)
 
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     again = subprocess.run(
-        [sys.executable, "-m", "plum.cli", "replay", "play", "--id", "play-test"]
-        + ["--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix],
+        play_command(kafka_bootstrap, topic_prefix, "play-test"),
         cwd=REPO_ROOT,
-        env=env,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
         capture_output=True,
         text=True,
         timeout=120,
@@ -146,4 +155,39 @@ def test_a_failure_before_a_commit_leaves_nothing_and_a_rerun_plays_the_rest_onc
     result = play(kafka_bootstrap, request)
     assert result.finished and result.earlier == len(live)
     assert result.played + len(live) == imported.total
+    assert_played_exactly(kafka_bootstrap, topics, 0)
+
+
+def test_a_play_stopped_by_sigterm_exits_0_and_a_rerun_finishes_it_once(
+    kafka_bootstrap, topics, topic_prefix, imported, tmp_path
+):
+    log_path = tmp_path / "play.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            play_command(kafka_bootstrap, topic_prefix, "play-stop", "--max-rate", "60"),
+            cwd=REPO_ROOT,
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not read_all(kafka_bootstrap, topics.watches, timeout_s=30):
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "nothing played after 60 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert "stopped before the end; resume with --id play-stop" in text, text
+    before = sum(len(read_all(kafka_bootstrap, t, timeout_s=30)) for _, t in routes(topics))
+    assert 0 < before < imported.total  # stopped midway (~17 s of playing were left)
+
+    result = play(kafka_bootstrap, PlayRequest(routes(topics), "play-stop"))
+    assert result.finished and result.earlier == before
+    assert result.played + before == imported.total
     assert_played_exactly(kafka_bootstrap, topics, 0)
