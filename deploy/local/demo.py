@@ -192,7 +192,7 @@ def component_command(
             cmd += ["--real-time"]
         return cmd
     if name == "replay":  # the replay topics into the live topics (--data movielens)
-        cmd = plum + [
+        return plum + [
             "replay",
             "play",
             *common,
@@ -205,7 +205,6 @@ def component_command(
             "--metrics-port",
             str(config.replay_metrics_port),
         ]
-        return cmd
     if name == "tokenizer":  # SID-v2 on the simulated catalogue (write_catalogue) or the films
         data = (
             f"movielens:{config.movielens_path()}"
