@@ -14,8 +14,9 @@ examples/s: how much of the compute ceiling the input pipeline lets through. The
 input-wait fraction is the share of the loop's wall time spent blocked in next_batch
 (target <= 5%).
 
-"model TFLOP/s" uses the 6 x parameters x tokens rule (attention FLOPs not counted); on a
-GPU (when the device is lent) MFU = that / the device's peak bf16 FLOP/s.
+"loop_model_tflops_per_s" counts model FLOPs as bench/mfu.py does (PaLM appendix B: 6 x
+the matrix parameters per token + the attention); on a GPU (when the device is lent)
+"loop_mfu" = that / the device's peak bf16 FLOP/s (None on a CPU).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import jax
 import numpy as np
 
 from bench.common import bench_broker, write_result
+from bench.mfu import StepCost, utilisation
 from streams.contracts import schema
 from streams.contracts.topics import TopicNames, topic_set
 from streams.kafka.admin import ensure_topics
@@ -250,7 +252,8 @@ def run(args: argparse.Namespace) -> Path:
         "target_tokens_per_s": round(tokens / wall, 1),
         "tokens_per_s": round(input_tokens / wall, 1),
         "input_wait_fraction": round(wait_fraction, 4),
-        "model_tflops_per_s": round(6 * params_count * input_tokens / wall / 1e12, 4),
+        # PaLM appendix-B model FLOPs (bench/mfu.py), MFU where the device's peak is known
+        **utilisation(StepCost.of(model_cfg, args.seq_len), input_tokens / wall, "loop"),
         # other jobs share this machine: its load around the measured run
         "load_average_1m_before": round(load_before[0], 2),
         "load_average_1m_after": round(load_after[0], 2),
