@@ -207,12 +207,9 @@ def kafka_exporter(env: Env) -> Iterator[dict[str, int]]:
         yield {"kafka": port}
 
 
-@contextmanager
-def movielens_import(env: Env) -> Iterator[dict[str, int]]:
-    """A bounded batch: run the import's writer on a few simulated events, then serve the
-    registry it counted into (what `--metrics-port` serves while an import runs)."""
+def simulated_timeline() -> list:
+    """~200 valid simulated events as import timeline records (uploads and watches)."""
     from streams.datasets import movielens
-    from streams.datasets.cli import write_timeline
     from streams.simulator.config import load_config
     from streams.simulator.stream import VALID, generate
 
@@ -227,6 +224,16 @@ def movielens_import(env: Env) -> Iterator[dict[str, int]]:
         else:
             w = schema.decode_watch(rec.value)
             records.append(movielens.TimelineRecord(movielens.KIND_WATCH, w.user_id, w))
+    return records
+
+
+@contextmanager
+def movielens_import(env: Env) -> Iterator[dict[str, int]]:
+    """A bounded batch: run the import's writer on a few simulated events, then serve the
+    registry it counted into (what `--metrics-port` serves while an import runs)."""
+    from streams.datasets.cli import write_timeline
+
+    records = simulated_timeline()
     metrics = Metrics.for_component("import")
     write_timeline(records, env.bootstrap, env.topics, metrics)
     server = serve_metrics(metrics, 0)
@@ -346,8 +353,36 @@ def sid_service(env: Env) -> Iterator[dict[str, int]]:
         yield {"sid_service": port}
 
 
+@contextmanager
+def replay_player(env: Env) -> Iterator[dict[str, int]]:
+    """`plum replay play` over a few simulated records written to the replay topics,
+    slowed down (--max-rate) so that it is still playing when scraped."""
+    from streams.datasets.cli import write_timeline
+
+    records = simulated_timeline()
+    write_timeline(records, env.bootstrap, env.topics, Metrics.for_component("import"))
+    proc = Process(
+        plum(
+            "replay",
+            "play",
+            "--bootstrap",
+            env.bootstrap,
+            "--topic-prefix",
+            env.topic_prefix,
+            "--max-rate",
+            "2",  # ~100 s for the ~200 records: still playing when scraped
+            "--metrics-port",
+            "0",
+        ),  # fmt: skip
+        env.tmp_path / "replay.log",
+    )
+    with proc.serving() as port:
+        yield {"replay": port}
+
+
 LAUNCHERS: dict[str, Launcher] = {
     "simulator": simulator,
+    "replay": replay_player,
     "kafka": kafka_exporter,
     "import": movielens_import,
     "flink": flink_job,
