@@ -254,14 +254,18 @@ class TopicEnds:
         self._consumer = _consumer(bootstrap, client_id)
 
     def __call__(self, partitions: list[int], timeout_s: float = 5.0) -> dict[int, int]:
+        return {p: high for p, (_, high) in self.bounds(partitions, timeout_s).items()}
+
+    def bounds(self, partitions: list[int], timeout_s: float = 5.0) -> dict[int, tuple[int, int]]:
+        """partition -> (first offset still in the log, end offset), asked in one request
+        per partition."""
         from confluent_kafka import TopicPartition
 
         out = {}
         for p in partitions:
-            _, high = self._consumer.get_watermark_offsets(
+            out[p] = self._consumer.get_watermark_offsets(
                 TopicPartition(self.topic, p), timeout=timeout_s, cached=False
             )
-            out[p] = high
         return out
 
     def close(self) -> None:

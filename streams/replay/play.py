@@ -239,16 +239,16 @@ class ReplayPlayer:
             partitions = list(range(counts[replay]))
             ends_of = TopicEnds(self.bootstrap, replay, client_id="plum-replay-play-ends")
             try:
-                topic_ends = ends_of(partitions)
+                bounds = ends_of.bounds(partitions)  # (low: retention may have moved it, end)
             finally:
                 ends_of.close()
             committed = self._group.committed(replay, partitions)
-            lows = _low_offsets(self.bootstrap, replay, partitions)
             for p in partitions:
-                ends[(replay, p)] = topic_ends[p]
-                firsts[(replay, p)] = lows[p]
-                start = committed[p] if committed[p] is not None else lows[p]
-                starts[(replay, p)] = min(max(start, lows[p]), topic_ends[p])
+                low, end = bounds[p]
+                ends[(replay, p)] = end
+                firsts[(replay, p)] = low
+                start = committed[p] if committed[p] is not None else low
+                starts[(replay, p)] = min(max(start, low), end)
         self.result = PlayResult(req, ends, starts, firsts)
         self._merge = TimestampMerge({r: i for i, (r, _) in enumerate(req.routes)}, ends)
         self._merge.start_at(starts)
@@ -396,22 +396,6 @@ class ReplayPlayer:
             return 1.0
         done = sum(o - self.result.firsts.get(tp, 0) for tp, o in self._merge.positions().items())
         return done / total
-
-
-def _low_offsets(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:
-    """partition -> the first offset still in the log (retention may have moved it)."""
-    from confluent_kafka import TopicPartition as KafkaTopicPartition
-
-    from streams.kafka.clients import librdkafka_consumer
-
-    consumer = librdkafka_consumer(bootstrap, "plum-replay-play-lows")
-    try:
-        return {
-            p: consumer.get_watermark_offsets(KafkaTopicPartition(topic, p), timeout=10.0)[0]
-            for p in partitions
-        }
-    finally:
-        consumer.close()
 
 
 @dataclass(frozen=True)
