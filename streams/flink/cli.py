@@ -50,7 +50,6 @@ from streams.contracts import topics as topic_defs
 from streams.contracts.topics import TopicNames
 from streams.flink.backfill_progress import BackfillProgress, start_backfill_progress
 from streams.flink.config_checks import CHECKS
-from streams.flink.final_checkpoint import FinalCheckpoint
 from streams.flink.job import (
     FlinkConfig,
     IncompatibleCheckpoint,
@@ -179,10 +178,6 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
         waiter.start()
         if poller is not None and job_id is not None:
             poller.follow(str(job_id))
-        watch = cfg.final_checkpoint_on_drain and (cfg.cluster_rest or cfg.rest_port > 0)
-        if opts.backfill and job_id is not None and watch:
-            finisher = FinalCheckpoint(FlinkRest(rest_url(cfg)), str(job_id)).start()
-            cleanup.callback(finisher.close)
         # The job ends by itself (a backfill) or by a signal: `stop` is set by either.
         with stop_on_signals(done, "flink job") as stop:
             stop.wait()

@@ -129,9 +129,6 @@ class FlinkConfig:
     parallelism: int = 1
     # Checkpointing and exactly-once output.
     checkpoint_interval_ms: int = 10_000
-    # A backfill asks for its final checkpoint over REST once its input is drained instead
-    # of waiting up to one interval for the periodic one (streams/flink/final_checkpoint.py)
-    final_checkpoint_on_drain: bool = True
     checkpoint_dir: Path | None = None  # None: $PLUM_STATE_DIR/flink/checkpoints
     transactional_id_prefix: str = "plum-flink"
     transaction_timeout_ms: int = 15 * 60_000  # must stay under the broker's 1 h ceiling

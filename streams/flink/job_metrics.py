@@ -154,21 +154,6 @@ class FlinkRest:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._get(f"/jobs/{job_id}")
 
-    def watermarks(self, job_id: str, vertex_id: str) -> list[dict[str, Any]]:
-        """Each subtask's current input watermark of one vertex."""
-        return self._get(f"/jobs/{job_id}/vertices/{vertex_id}/watermarks")  # type: ignore[return-value]
-
-    def trigger_checkpoint(self, job_id: str) -> str:
-        """Ask for a checkpoint now; returns the request id Flink answers with."""
-        request = urllib.request.Request(
-            f"{self.base_url}/jobs/{job_id}/checkpoints",
-            data=b"{}",
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return str(json.load(response).get("request-id", ""))
-
     def report(self, job_id: str) -> JobReport:
         return parse_report(self.job(job_id), self._get(f"/jobs/{job_id}/checkpoints"))
 
