@@ -118,6 +118,8 @@ class QualityConfig:
     # activations' dtype (parameters, norms, softmax and logits stay float32): bfloat16 on a
     # GPU, where it is the matrix units' native type; float32 on the CPU
     dtype: str = "float32"
+    # dropout on the embeddings and the residual branches while training (0 = none)
+    dropout: float = 0.0
     # --- training
     epochs: int = 40  # at most; training also stops when train_budget_s is spent
     # 0 = no budget; it holds the per-epoch validation too (the 45-minute bench leaves ~6
@@ -439,6 +441,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         n_kv_heads=cfg.n_kv_heads,
         d_ff=cfg.d_ff,
         dtype=cfg.dtype,
+        dropout=cfg.dropout,
         max_len=max(seq_len, max_prompt_len + vocab.num_sid_slots),
     ).with_vocab(vocab.size)
 

@@ -49,6 +49,9 @@ class ModelConfig:
     load_balance_weight: float = 0.01  # weight of the Switch/GShard auxiliary loss
     # --- numerics: activations in `dtype`; parameters, norms, softmax and logits in float32
     dtype: str = "float32"
+    # --- regularisation: dropout on the embeddings and on each residual branch, in training
+    # steps only (evaluation, beam search and serving never drop); 0 = none
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_len"):
@@ -74,6 +77,8 @@ class ModelConfig:
             raise ValueError(f"load_balance_weight={self.load_balance_weight} must be >= 0")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not one of {_DTYPES}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
 
     @property
     def head_dim(self) -> int:

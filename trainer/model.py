@@ -206,18 +206,19 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, token_mask, kv=None):
+    def __call__(self, x, cos, sin, mask, token_mask, kv=None, train: bool = False):
         c = self.config
+        drop = nn.Dropout(c.dropout, deterministic=not train)
         attn, new_kv = Attention(c, name="self_attn")(
             RMSNorm(c.norm_eps, name="input_layernorm")(x), cos, sin, mask, kv
         )
-        x = x + attn
+        x = x + drop(attn)
         h = RMSNorm(c.norm_eps, name="post_attention_layernorm")(x)
         if c.is_moe:
             ff, aux = MoEFeedForward(c, name="mlp")(h, token_mask)
         else:
             ff, aux = SwiGLU(c, name="mlp")(h), jnp.zeros((), jnp.float32)
-        return x + ff, aux, new_kv
+        return x + drop(ff), aux, new_kv
 
 
 class Transformer(nn.Module):
@@ -228,12 +229,15 @@ class Transformer(nn.Module):
     positions [batch, time]: rotary positions; by default the count of real tokens
     before each one (so left padding does not shift positions), continued from the cache.
     cache: a KVCache (see init_cache); the new tokens are written at cache.index.
+    train: apply `config.dropout` (needs a "dropout" rng when it is above 0).
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, *, attention_mask=None, positions=None, cache=None) -> ModelOutput:
+    def __call__(
+        self, tokens, *, attention_mask=None, positions=None, cache=None, train: bool = False
+    ) -> ModelOutput:
         c = self.config
         if c.vocab_size < 1:
             raise ValueError("ModelConfig.vocab_size is 0: build with config.with_vocab(n)")
@@ -264,14 +268,14 @@ class Transformer(nn.Module):
             embedding_init=nn.initializers.normal(_INIT_STD),
             name="embed_tokens",
         )
-        x = embed(tokens)
+        x = nn.Dropout(c.dropout, deterministic=not train)(embed(tokens))
         cos, sin = rope_angles(positions, c.head_dim, c.rope_theta)
         aux_total = jnp.zeros((), jnp.float32)
         new_keys, new_values = [], []
         for i in range(c.n_layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
             x, aux, (k, v) = DecoderLayer(c, name=f"layers_{i}")(
-                x, cos, sin, mask, attention_mask, kv
+                x, cos, sin, mask, attention_mask, kv, train
             )
             aux_total = aux_total + aux
             new_keys.append(k)

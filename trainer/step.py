@@ -31,6 +31,9 @@ from trainer.model import Transformer
 from trainer.prompt import Batch
 from trainer.sharding import global_batch
 
+# The root of every step's dropout key (each step folds in its number).
+DROPOUT_SEED = 0x5EED
+
 
 @dataclass(frozen=True)
 class OptimizerConfig:
@@ -90,9 +93,23 @@ class StepMetrics(NamedTuple):
 
 
 def weighted_loss(
-    params: Any, model: Transformer, batch: Mapping[str, jax.Array]
+    params: Any,
+    model: Transformer,
+    batch: Mapping[str, jax.Array],
+    dropout_rng: jax.Array | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
-    out = model.apply({"params": params}, batch["inputs"], attention_mask=batch["mask"])
+    """Weighted next-token cross-entropy; with `dropout_rng` (and `config.dropout` > 0) the
+    model runs in training mode."""
+    if dropout_rng is not None and model.config.dropout > 0:
+        out = model.apply(
+            {"params": params},
+            batch["inputs"],
+            attention_mask=batch["mask"],
+            train=True,
+            rngs={"dropout": dropout_rng},
+        )
+    else:
+        out = model.apply({"params": params}, batch["inputs"], attention_mask=batch["mask"])
     logp = jax.nn.log_softmax(out.logits, axis=-1)  # [batch, time, vocab]
     ce = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
     w = batch["weights"]
@@ -105,7 +122,10 @@ def _train_step(
     state: TrainState, batch: Mapping[str, jax.Array], model: Transformer, tx
 ) -> tuple[TrainState, StepMetrics]:
     grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
-    (_, (loss, balance, tokens)), grads = grad_fn(state.params, model, batch)
+    # The dropout mask of a step is a function of the step number alone, so a run resumed
+    # from a checkpoint draws the same masks as one that never stopped.
+    dropout_rng = jax.random.fold_in(jax.random.key(DROPOUT_SEED), state.step)
+    (_, (loss, balance, tokens)), grads = grad_fn(state.params, model, batch, dropout_rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

@@ -16,6 +16,7 @@ from trainer.model import Transformer, init_params
 from trainer.prompt import Batch, TrainingSequence, collate
 from trainer.sharding import _leaf_spec, make_mesh
 from trainer.step import (
+    DROPOUT_SEED,
     OptimizerConfig,
     Stepper,
     batch_arrays,
@@ -75,6 +76,59 @@ def test_steps_fit_a_fixed_batch(params):
     assert int(state.step) == 30
     assert int(m.tokens) == int((batch.weights > 0).sum())
     assert stepper.eval_loss(state.params, batch) < 0.5 * first
+
+
+DROPPED = dataclasses.replace(CFG, dropout=0.3)
+
+
+def _arrays(batch):
+    return {k: jax.numpy.asarray(v) for k, v in batch_arrays(batch).items()}
+
+
+def _fresh_params():
+    return init_params(CFG, jax.random.PRNGKey(0))  # a Stepper's train donates its state
+
+
+def test_dropout_zero_trains_exactly_as_without_it():
+    params, batch = _fresh_params(), _arrays(_batch())
+    plain = weighted_loss(params, Transformer(CFG), batch)[1][0]
+    with_key = weighted_loss(params, Transformer(CFG), batch, jax.random.key(1))[1][0]
+    assert float(with_key) == float(plain)
+
+
+def test_dropout_changes_the_training_loss_only():
+    params, batch = _fresh_params(), _arrays(_batch())
+    model = Transformer(DROPPED)
+    clean = float(weighted_loss(params, Transformer(CFG), batch)[1][0])
+    # evaluation (no key) never drops
+    assert float(weighted_loss(params, model, batch)[1][0]) == clean
+    a = float(weighted_loss(params, model, batch, jax.random.key(1))[1][0])
+    b = float(weighted_loss(params, model, batch, jax.random.key(2))[1][0])
+    assert a != clean and b != clean and a != b
+    assert float(weighted_loss(params, model, batch, jax.random.key(1))[1][0]) == a
+
+
+def test_a_steps_dropout_masks_come_from_its_step_number():
+    """The step's key is the seed folded with the step number: the same at the same step
+    (a run resumed from a checkpoint draws the masks of one that never stopped), different
+    from one step to the next."""
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=0))
+    stepper = Stepper(DROPPED, tx)
+    batch = _batch()
+    model = Transformer(DROPPED)
+
+    def expected(step: int) -> float:
+        key = jax.random.fold_in(jax.random.key(DROPOUT_SEED), step)
+        return float(weighted_loss(_fresh_params(), model, _arrays(batch), key)[1][0])
+
+    state = init_state(_fresh_params(), tx)
+    _, metrics = stepper.train(state, batch)
+    assert float(metrics.loss) == pytest.approx(expected(0), rel=1e-6)
+    assert expected(0) != expected(1)
+    resumed = init_state(_fresh_params(), tx).replace(step=jax.numpy.asarray(1, jax.numpy.int32))
+    _, metrics = stepper.train(resumed, batch)
+    assert float(metrics.loss) == pytest.approx(expected(1), rel=1e-6)
+    assert float(metrics.loss) != pytest.approx(expected(0), rel=1e-6)
 
 
 @pytest.mark.parametrize(
