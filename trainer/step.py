@@ -100,16 +100,14 @@ def weighted_loss(
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
     """Weighted next-token cross-entropy; with `dropout_rng` (and `config.dropout` > 0) the
     model runs in training mode."""
-    if dropout_rng is not None and model.config.dropout > 0:
-        out = model.apply(
-            {"params": params},
-            batch["inputs"],
-            attention_mask=batch["mask"],
-            train=True,
-            rngs={"dropout": dropout_rng},
-        )
-    else:
-        out = model.apply({"params": params}, batch["inputs"], attention_mask=batch["mask"])
+    train = dropout_rng is not None and model.config.dropout > 0
+    out = model.apply(
+        {"params": params},
+        batch["inputs"],
+        attention_mask=batch["mask"],
+        train=train,
+        rngs={"dropout": dropout_rng} if train else None,
+    )
     logp = jax.nn.log_softmax(out.logits, axis=-1)  # [batch, time, vocab]
     ce = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
     w = batch["weights"]

@@ -40,9 +40,12 @@ def params():
     return init_params(CFG, jax.random.PRNGKey(0))
 
 
+def _arrays(batch):
+    return {k: jax.numpy.asarray(v) for k, v in batch_arrays(batch).items()}
+
+
 def _loss(params, batch):
-    arrays = {k: jax.numpy.asarray(v) for k, v in batch_arrays(batch).items()}
-    return float(weighted_loss(params, Transformer(CFG), arrays)[1][0])
+    return float(weighted_loss(params, Transformer(CFG), _arrays(batch))[1][0])
 
 
 def test_loss_scales_with_the_reward_weight(params):
@@ -79,10 +82,6 @@ def test_steps_fit_a_fixed_batch(params):
 
 
 DROPPED = dataclasses.replace(CFG, dropout=0.3)
-
-
-def _arrays(batch):
-    return {k: jax.numpy.asarray(v) for k, v in batch_arrays(batch).items()}
 
 
 def _fresh_params():
