@@ -27,6 +27,7 @@ import numpy as np
 from plum.checkpoints import VOCAB, CheckpointStore, has_checkpoint
 from serving.artifact import ArtifactError, IndexSnapshot, Manifest, ModelRepository
 from trainer.config import ModelConfig
+from trainer.step import evaluated_params_of_saved
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 def read_checkpoint(run_dir: Path, step: int) -> TrainerCheckpoint:
-    """Restore `step` (params and meta; the optimizer state is read and dropped)."""
+    """Restore `step` (params and meta; the optimizer state is read and dropped, but for
+    the parameters' moving average, which is then what is evaluated and served)."""
     store = CheckpointStore(run_dir, max_to_keep=None, async_save=False)
     try:
         state, meta = store.restore_untyped(step)
@@ -105,7 +107,9 @@ def read_checkpoint(run_dir: Path, step: int) -> TrainerCheckpoint:
             f"{run_dir} step {step} is not a trainer SFT checkpoint (meta lacks {missing} "
             f"or the state has no params)"
         )
-    return TrainerCheckpoint(Path(run_dir), int(step), _to_numpy(state["params"]), dict(meta))
+    # the parameters' moving average when the trainer keeps one ([trainer] ema_decay)
+    params = evaluated_params_of_saved(state)
+    return TrainerCheckpoint(Path(run_dir), int(step), _to_numpy(params), dict(meta))
 
 
 def _to_numpy(tree: Any) -> Any:

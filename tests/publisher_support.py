@@ -33,7 +33,7 @@ from tests.trainer_data_support import LEVELS, N_VIDEOS, example, tiny_vocab
 from trainer.config import TINY, ModelConfig
 from trainer.model import init_params
 from trainer.prompt import SidLookup
-from trainer.step import OptimizerConfig, init_state, make_optimizer
+from trainer.step import OptimizerConfig, ParamsEmaState, init_state, make_optimizer
 from trainer.vocab import Vocab
 
 TOKEN = "test-admin-token"
@@ -153,8 +153,16 @@ class TinyRun:
         fresh_offsets: Mapping[int, int] | None = None,
         newest_event_ts: int = UPLOAD_TS,
         loss: float | None = None,
+        average: dict | None = None,
     ) -> None:
+        """`average`: the parameters' moving average the optimizer state keeps, as a
+        trainer with [trainer] ema_decay > 0 saves it (None: a trainer without one)."""
         state = init_state(params, self.tx).replace(step=np.int32(step))
+        if average is not None:
+            tx = make_optimizer(OptimizerConfig(1e-3, 1, 0.0, 0.9, 0.95, 1.0, ema_decay=0.99))
+            opt_state = init_state(params, tx).opt_state
+            ema = ParamsEmaState(np.int32(step), average)
+            state = state.replace(opt_state=(*opt_state[:-1], ema))
         meta: dict[str, Any] = {
             "kind": "sft",
             "position": {

@@ -46,7 +46,13 @@ from trainer.prompt import (
     collate,
     metadata_sequences,
 )
-from trainer.step import OptimizerConfig, Stepper, init_state, make_optimizer
+from trainer.step import (
+    OptimizerConfig,
+    Stepper,
+    evaluated_params_of_saved,
+    init_state,
+    make_optimizer,
+)
 from trainer.vocab import Vocab, build_vocab
 
 log = logging.getLogger(__name__)
@@ -242,7 +248,7 @@ def load_model(directory: Path | str) -> LoadedModel:
             raise FileNotFoundError(f"no checkpoint under {Path(directory) / 'checkpoints'}")
         state, meta = store.restore_untyped(step)
         cfg = ModelConfig.from_dict(meta["model_config"])
-        params = state["params"]
+        params = evaluated_params_of_saved(state)  # the average, when the trainer keeps one
         return LoadedModel(params, cfg, Vocab.load(store.vocab_dir), meta, step)
     finally:
         store.close()

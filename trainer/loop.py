@@ -99,6 +99,10 @@ class TrainerConfig:
     b1: float = 0.9
     b2: float = 0.95
     grad_clip: float = 1.0
+    # Polyak averaging (trainer/step.py OptimizerConfig.ema_decay; 0 = off): the checkpoint
+    # keeps the parameters' moving average, which the gate evaluates and serving serves.
+    # A run directory keeps it on or off for good: switching needs a new run_dir.
+    ema_decay: float = 0.0
     seed: int = 0
     checkpoint_every_steps: int = 200
     checkpoint_every_s: float = 300.0
@@ -144,6 +148,7 @@ class TrainerConfig:
             self.b1,
             self.b2,
             self.grad_clip,
+            self.ema_decay,
         )
 
 
@@ -246,6 +251,23 @@ def _abstract(build: Callable[[], Any], shardings_fn) -> Any:
 
 def _model_config(meta: dict[str, Any]) -> ModelConfig:
     return ModelConfig.from_dict(meta["model_config"])
+
+
+class AveragingMismatchError(ValueError):
+    """A run directory's checkpoints keep a parameter average and the config does not, or
+    the other way round: their optimizer states have different layouts."""
+
+
+def check_averaging(meta: dict[str, Any], cfg: TrainerConfig, run_dir: Path) -> None:
+    """Refuse to resume a run whose checkpoints were written with averaging switched the
+    other way (AveragingMismatchError naming the fix), instead of failing every restore."""
+    saved = float((meta.get("trainer_config") or {}).get("ema_decay", 0.0))
+    if bool(saved) != bool(cfg.ema_decay):
+        raise AveragingMismatchError(
+            f"the checkpoints in {run_dir} were written with [trainer] ema_decay = {saved} and "
+            f"this trainer has {cfg.ema_decay}: averaging cannot be switched on or off in a "
+            "run; set ema_decay back, or start a new run_dir (from the CPT checkpoint)"
+        )
 
 
 class MissingInputError(FileNotFoundError):
@@ -458,7 +480,9 @@ class ContinuousTrainer:
 
     # ---- start / resume
     def _restore_or_start(self, shard) -> tuple[TrainState, ModelConfig, Vocab]:
-        if self.store.latest_step() is not None:
+        latest = self.store.latest_step()
+        if latest is not None:
+            check_averaging(self.store.restore_meta(latest), self.cfg, self.store.directory)
             step, state, meta = self.store.restore_latest(
                 lambda m: _abstract(
                     lambda: init_state(

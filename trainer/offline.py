@@ -38,7 +38,14 @@ from trainer.prompt import (
     collate,
     sft_sequence,
 )
-from trainer.step import OptimizerConfig, Stepper, TrainState, init_state, make_optimizer
+from trainer.step import (
+    OptimizerConfig,
+    Stepper,
+    TrainState,
+    evaluated_params,
+    init_state,
+    make_optimizer,
+)
 from trainer.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -104,6 +111,7 @@ class SftConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    ema_decay: float = 0.0  # Polyak averaging, as [trainer] ema_decay (0 = off)
     log_every_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -114,7 +122,11 @@ class SftConfig:
 
     def optimizer(self) -> OptimizerConfig:
         return OptimizerConfig(
-            self.learning_rate, self.warmup_steps, self.weight_decay, grad_clip=self.grad_clip
+            self.learning_rate,
+            self.warmup_steps,
+            self.weight_decay,
+            grad_clip=self.grad_clip,
+            ema_decay=self.ema_decay,
         )
 
 
@@ -159,7 +171,8 @@ def train_sft(
     cfg: SftConfig,
     name: str = "sft",
 ) -> tuple[Any, SftResult]:
-    """SFT from `params` over `seqs` in order, `cfg.passes` times; returns the new params."""
+    """SFT from `params` over `seqs` in order, `cfg.passes` times; returns the new params
+    (their moving average when cfg.ema_decay > 0, as the continuous trainer exports)."""
     if not seqs:
         raise ValueError(f"{name}: no training sequence")
     tx = make_optimizer(cfg.optimizer())
@@ -169,6 +182,6 @@ def train_sft(
     # a copy: the jitted step donates its input state, and `params` stays the caller's
     state = init_state(jax.tree.map(jax.numpy.array, params), tx)
     state, result = fit(stepper, state, batches, steps, name, cfg.log_every_s)
-    return state.params, SftResult(
+    return evaluated_params(state), SftResult(
         result.steps, len(seqs) * cfg.passes, result.first_loss, result.final_loss
     )

@@ -46,6 +46,24 @@ def test_a_checkpoint_reads_as_the_trainer_wrote_it(run, tmp_path):
     np.testing.assert_array_equal(emb, np.asarray(run.params["embed_tokens"]["embedding"]))
 
 
+def test_a_run_that_averages_its_parameters_publishes_the_average(tmp_path):
+    """With [trainer] ema_decay the checkpoint's optimizer state holds the parameters'
+    moving average: that is what the gate reads and the model repository gets."""
+    run = TinyRun(tmp_path / "run")
+    trained, average = tiny_params(run.cfg, 0), tiny_params(run.cfg, 1)
+    run.save(10, trained, average=average)
+    ckpt = read_checkpoint(run.dir, 10)
+    emb = np.asarray(ckpt.params["embed_tokens"]["embedding"])
+    np.testing.assert_array_equal(emb, np.asarray(average["embed_tokens"]["embedding"]))
+    assert not np.array_equal(emb, np.asarray(trained["embed_tokens"]["embedding"]))
+    repo = ModelRepository(tmp_path / "models")
+    with DeltaLog(tmp_path / "state") as deltas:
+        snapshot = deltas.snapshot(SID_VERSION)
+    export(repo, ckpt, snapshot, dtype="float32", gate={"reason": "no_served_model"})
+    served = repo.load(1, expect_sid_version=SID_VERSION).params["embed_tokens"]["embedding"]
+    np.testing.assert_array_equal(np.asarray(served), emb)
+
+
 def test_export_writes_a_loadable_version_with_the_right_manifest(run, tmp_path):
     repo = ModelRepository(tmp_path / "models")
     with DeltaLog(tmp_path / "state") as deltas:

@@ -143,3 +143,30 @@ def test_a_save_on_a_full_disk_fails_keeps_the_last_good_step_and_the_next_succe
     again.close()
     assert (step, meta) == (6, {"n": 6})
     jax.tree.map(np.testing.assert_array_equal, restored, state)
+
+
+@pytest.mark.parametrize(
+    ("saved", "now", "refused"),
+    [
+        (0.0, 0.0, False),
+        (0.999, 0.99, False),
+        (None, 0.0, False),
+        (0.0, 0.999, True),
+        (None, 0.999, True),
+        (0.999, 0.0, True),
+    ],
+)
+def test_a_run_resumes_only_with_averaging_switched_as_its_checkpoints(
+    tmp_path, saved, now, refused
+):
+    """The optimizer state's layout differs with and without the average: a switched
+    config is refused by name (a run written before the setting existed had none)."""
+    from trainer.loop import AveragingMismatchError, TrainerConfig, check_averaging
+
+    meta = {"trainer_config": {} if saved is None else {"ema_decay": saved}}
+    cfg = TrainerConfig(ema_decay=now)
+    if refused:
+        with pytest.raises(AveragingMismatchError, match="ema_decay.*new run_dir"):
+            check_averaging(meta, cfg, tmp_path)
+    else:
+        check_averaging(meta, cfg, tmp_path)

@@ -18,8 +18,11 @@ from trainer.sharding import _leaf_spec, make_mesh
 from trainer.step import (
     DROPOUT_SEED,
     OptimizerConfig,
+    ParamsEmaState,
     Stepper,
     batch_arrays,
+    evaluated_params,
+    evaluated_params_of_saved,
     init_state,
     learning_rate_schedule,
     make_optimizer,
@@ -128,6 +131,69 @@ def test_a_steps_dropout_masks_come_from_its_step_number():
     _, metrics = stepper.train(resumed, batch)
     assert float(metrics.loss) == pytest.approx(expected(1), rel=1e-6)
     assert float(metrics.loss) != pytest.approx(expected(0), rel=1e-6)
+
+
+def test_without_averaging_the_trained_parameters_are_evaluated():
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=0))
+    state, _ = Stepper(CFG, tx).train(init_state(_fresh_params(), tx), _batch())
+    assert evaluated_params(state) is state.params
+    assert not any(isinstance(part, ParamsEmaState) for part in state.opt_state)
+
+
+def test_the_average_follows_its_recurrence_over_the_trained_parameters():
+    """ema_0 = init; after step n (0-based) ema = d_n * ema + (1 - d_n) * params_n with
+    d_n = min(decay, (1 + n) / (10 + n)); the trained parameters are untouched by it."""
+    decay = 0.9
+    plain_tx = make_optimizer(OptimizerConfig(learning_rate=3e-3, warmup_steps=0))
+    tx = make_optimizer(OptimizerConfig(learning_rate=3e-3, warmup_steps=0, ema_decay=decay))
+    plain, averaged = init_state(_fresh_params(), plain_tx), init_state(_fresh_params(), tx)
+    plain_step, averaged_step = Stepper(CFG, plain_tx), Stepper(CFG, tx)
+    expected = jax.tree.map(np.asarray, _fresh_params())
+    for n in range(12):
+        batch = _batch(seed=n)
+        plain, _ = plain_step.train(plain, batch)
+        averaged, _ = averaged_step.train(averaged, batch)
+        d = min(decay, (1 + n) / (10 + n))
+        expected = jax.tree.map(
+            lambda e, p, d=d: d * e + (1 - d) * np.asarray(p), expected, plain.params
+        )
+    # averaging changes nothing about the training itself
+    for a, b in zip(jax.tree.leaves(averaged.params), jax.tree.leaves(plain.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    got = evaluated_params(averaged)
+    assert got is not averaged.params
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
+    moved = [
+        np.abs(np.asarray(a) - np.asarray(b)).max()
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(averaged.params), strict=True)
+    ]
+    assert max(moved) > 1e-4  # the average lags the trained parameters
+
+
+def test_a_saved_state_read_back_untyped_yields_its_average(tmp_path):
+    from plum.checkpoints import CheckpointStore
+
+    tx = make_optimizer(OptimizerConfig(learning_rate=3e-3, warmup_steps=0, ema_decay=0.5))
+    plain_tx = make_optimizer(OptimizerConfig(learning_rate=3e-3, warmup_steps=0))
+    averaged, _ = Stepper(CFG, tx).train(init_state(_fresh_params(), tx), _batch())
+    plain, _ = Stepper(CFG, plain_tx).train(init_state(_fresh_params(), plain_tx), _batch())
+    for name, state in (("averaged", averaged), ("plain", plain)):
+        store = CheckpointStore(tmp_path / name, async_save=False)
+        store.save(1, state, {"kind": "sft"})
+        saved, _ = store.restore_untyped(1)
+        store.close()
+        want = evaluated_params(state)
+        got = evaluated_params_of_saved(saved)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert evaluated_params(averaged) is not averaged.params
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0, 1.5])
+def test_an_average_decay_outside_zero_to_one_is_refused(decay):
+    with pytest.raises(ValueError, match="ema_decay"):
+        OptimizerConfig(ema_decay=decay)
 
 
 @pytest.mark.parametrize(
