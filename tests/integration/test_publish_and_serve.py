@@ -334,12 +334,15 @@ def test_the_same_delta_twice_changes_nothing_and_a_gap_gets_409(stack):
 
 
 def _nan_checkpoint(run_dir: Path) -> int:
-    """A copy of the newest trainer checkpoint with NaN parameters, one step later."""
+    """A copy of the newest trainer checkpoint with NaN parameters (and NaN optimizer state,
+    their moving average included when the trainer keeps one: a diverged run), one step
+    later."""
     store = CheckpointStore(run_dir, max_to_keep=None, async_save=False)
     try:
         step = store.latest_step()
         state, meta = store.restore_untyped(step)
-        state["params"] = _tree_map(lambda a: np.full_like(a, np.nan), state["params"])
+        for part in ("params", "opt_state"):
+            state[part] = _tree_map(_nan_floats, state[part])
         state["step"] = np.asarray(step + 1, np.int32)
         store.save(step + 1, state, meta)
         store.wait()
@@ -349,9 +352,17 @@ def _nan_checkpoint(run_dir: Path) -> int:
 
 
 def _tree_map(fn, tree):
+    if tree is None:  # an empty optimizer state (optax's EmptyState, read back untyped)
+        return None
     if isinstance(tree, dict):
         return {k: _tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_tree_map(fn, v) for v in tree)
     return fn(np.asarray(tree))
+
+
+def _nan_floats(a: np.ndarray) -> np.ndarray:
+    return np.full_like(a, np.nan) if np.issubdtype(a.dtype, np.floating) else a
 
 
 def test_a_nan_checkpoint_is_rejected_and_never_reaches_serving(stack):
