@@ -71,7 +71,14 @@ from trainer.eval import Generation, ModelRanker, candidate_ids, evaluate, fit_b
 from trainer.model import init_params
 from trainer.offline import PADDING, FitResult, fit
 from trainer.prompt import Batch, SidLookup, TrainingSequence, Watch, collate, next_item_sequence
-from trainer.step import OptimizerConfig, Stepper, TrainState, init_state, make_optimizer
+from trainer.step import (
+    OptimizerConfig,
+    Stepper,
+    TrainState,
+    evaluated_params,
+    init_state,
+    make_optimizer,
+)
 from trainer.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -140,6 +147,12 @@ class QualityConfig:
     learning_rate: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
+    # Polyak averaging of the parameters (trainer.step.OptimizerConfig.ema_decay; 0 = off):
+    # the average is what validation selects and test scores. 0.999, measured (one seed,
+    # same budget): test R@10 0.120 -> 0.123, R@5 0.069 -> 0.080, N@10 0.058 -> 0.064; in
+    # the same run the average's validation curve is smoother than the trained parameters'
+    # (mean of the last 10 epochs 0.145 vs 0.141)
+    ema_decay: float = 0.999
     # --- evaluation
     beams: int = 20  # the model's beam for the headline numbers (serving's default)
     sweep_beams: tuple[int, ...] = (1, 4, 8, 16, 20, 50)
@@ -379,16 +392,20 @@ def train_with_selection(
         first_loss = r.first_loss if n == 1 else first_loss
         final_loss = r.final_loss
         t = time.monotonic()
-        got = score(state.params)
+        params = evaluated_params(state)
+        got = score(params)
+        # with averaging, the trained parameters' own score beside the average's
+        raw = {} if params is state.params else {"trained_params_recall@10": score(state.params)}
         select_s += time.monotonic() - t
         elapsed = time.monotonic() - started
         stop = best.observe(
             n,
             got,
-            functools.partial(copy_tree, state.params),  # the step donates its state
+            functools.partial(copy_tree, params),  # the step donates its state
             steps=steps,
             train_loss=round(r.final_loss, 4),
             seconds=round(elapsed, 1),
+            **raw,
         )
         left = min(cfg.epochs - n, (deadline - time.monotonic()) / (elapsed / n))
         log.info(
@@ -478,7 +495,13 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     users = user_watches(inputs)
     per_epoch = steps_per_epoch(users, cfg)
     tx = make_optimizer(
-        OptimizerConfig(cfg.learning_rate, cfg.warmup_steps, cfg.weight_decay, grad_clip=1.0)
+        OptimizerConfig(
+            cfg.learning_rate,
+            cfg.warmup_steps,
+            cfg.weight_decay,
+            grad_clip=1.0,
+            ema_decay=cfg.ema_decay,
+        )
     )
     stepper = Stepper(model_cfg, tx)
     state = init_state(init_params(model_cfg, jax.random.PRNGKey(cfg.seed)), tx)
