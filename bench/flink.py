@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import bench_broker, write_result
+from bench.flink_log import phases_in
 from plum.config import REPO_ROOT
 from plum.ports import free_port
 from streams.contracts import schema
@@ -95,7 +96,11 @@ NOTES = (
     "deployment where the cluster outlives its jobs; its job_seconds still include the "
     "client's planning in a fresh JVM, flink_job_seconds is Flink's own duration of the job "
     "(scheduling to finished); the cluster runs after the MiniCluster repeats (not "
-    "interleaved with them), so it takes no CPU from them."
+    "interleaved with them), so it takes no CPU from them. phases: each MiniCluster run's "
+    "seconds split by its own Flink log (bench/flink_log.py): client (planning, code "
+    "generation and the MiniCluster's start: the job seconds less the logged phases), deploy "
+    "(submission to every task running), records (to the last split read), finish (draining "
+    "and the final checkpoint)."
 )
 
 
@@ -284,10 +289,13 @@ def flink_run(
     takes ~30 s, so it shows only on a long input). On a cluster, Flink's own duration of
     the job (scheduling to finished, without the client's planning) is reported too."""
     rest_port = cluster.rest_port if cluster else free_port()
+    log_dir = workdir / "log"  # this run's own Flink log: where its seconds went
+    log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(
         os.environ,
         PLUM_FLINK__CHECKPOINT_INTERVAL_MS="5000",
         PLUM_FLINK__REST_PORT=str(rest_port),
+        FLINK_LOG_DIR=str(log_dir),
     )
     if cluster is not None:
         env["PLUM_FLINK__CLUSTER_REST"] = cluster.rest
@@ -335,6 +343,9 @@ def flink_run(
         "records_per_s": round(n_records / job_s),
         "records_per_s_incl_start": round(n_records / wall),
         "second_half_records_per_s": None if warm is None else round(warm),
+        # a MiniCluster's phases from its log (None on a session cluster: the job's log
+        # is the cluster's)
+        "phases": phases_in(log_dir, job_s),
     }
     if cluster is not None:
         job_id = re.search(r"flink job ([0-9a-f]{32}) started", done.stderr + done.stdout)
