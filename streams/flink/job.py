@@ -448,6 +448,32 @@ def _remote_environment(cluster_rest: str, config):
     )
 
 
+def _table_settings():
+    """The table environment's settings (Flink's defaults) with a user class loader that
+    holds our two jars, so the planner finds the operator's classes on any JVM thread.
+
+    Left to PyFlink, the jars reach the planner through the context class loader of the
+    JVM thread serving the py4j call that set `pipeline.jars`. py4j serves each of its
+    connections on its own JVM thread, and a second connection (another Python thread's
+    call, or py4j releasing a garbage-collected object while this thread holds the first)
+    can leave the next call on a thread without them: CREATE FUNCTION then failed with
+    ClassNotFoundException for dev.plum.flink.WatchTs (once, in CI)."""
+    from pyflink.java_gateway import get_gateway
+    from pyflink.table import EnvironmentSettings
+
+    from plum.jvm import flink_kafka_connector_jar, plum_flink_jar
+
+    jvm = get_gateway().jvm
+    jars = (flink_kafka_connector_jar(), plum_flink_jar())
+    urls = get_gateway().new_array(jvm.java.net.URL, len(jars))
+    for i, jar in enumerate(jars):
+        urls[i] = jvm.java.net.URL(jar.as_uri())
+    flink_loader = jvm.org.apache.flink.table.api.EnvironmentSettings._java_lang_class
+    loader = jvm.java.net.URLClassLoader(urls, flink_loader.getClassLoader())
+    j_settings = jvm.org.apache.flink.table.api.EnvironmentSettings.newInstance()
+    return EnvironmentSettings(j_settings.withClassLoader(loader).build())
+
+
 def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     """Build the job graph; returns (env, t_env, statement_set). `statement_set.execute()`
     runs it."""
@@ -461,7 +487,7 @@ def build(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     else:
         env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(cfg.parallelism)
-    t_env = StreamTableEnvironment.create(env)
+    t_env = StreamTableEnvironment.create(env, environment_settings=_table_settings())
     t_env.get_config().set("table.local-time-zone", "UTC")
     t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.idleness_ms} ms")
     # The PTF's per-user state (head, pending, history) expires like the old operator's.

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import replace
@@ -223,3 +225,41 @@ def _has_int_ts(raw: bytes) -> bool:
     except Exception:
         return False
     return isinstance(t, int) and t < END_OF_TIME
+
+
+# Moves the Python thread onto another py4j connection (so another JVM thread) after
+# `pipeline.jars` is set, as a second thread's gateway call does, then builds the job.
+_BUILD_AFTER_A_CONNECTION_SWITCH = """
+import sys, tempfile, threading, time
+from pathlib import Path
+from pyflink.java_gateway import get_gateway
+import streams.flink.job as job
+
+configure = job.flink_configuration
+def configure_then_switch(*args, **kwargs):
+    config = configure(*args, **kwargs)
+    jthread = get_gateway().jvm.java.lang.Thread
+    before = jthread.currentThread().getName()
+    other = threading.Thread(target=lambda: (time.sleep(0.2), jthread.sleep(1500)))
+    other.start()
+    jthread.sleep(1000)  # holds this connection while the other thread opens its own
+    other.join()  # the other connection is given back last, so this thread takes it next
+    print("jvm thread", before, "->", jthread.currentThread().getName())
+    return config
+job.flink_configuration = configure_then_switch
+cfg = job.load_flink_config(sys.argv[1], bootstrap="127.0.0.1:1")
+job.build(cfg, job.RunOptions(), Path(tempfile.mkdtemp()))
+print("built")
+"""
+
+
+def test_the_job_builds_whichever_jvm_thread_serves_the_planner():
+    done = subprocess.run(
+        [sys.executable, "-c", _BUILD_AFTER_A_CONNECTION_SWITCH, str(fs.TEST_CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    switched = re.search(r"jvm thread (\S+) -> (\S+)", done.stdout)
+    assert switched and switched[1] != switched[2], done.stdout + done.stderr[-3000:]
+    assert done.returncode == 0 and "built" in done.stdout, done.stderr[-3000:]
