@@ -35,7 +35,12 @@ from plum.jvm import java_binary, kafka_classpath
 from plum.runtime import Progress
 from streams.contracts.topics import TopicSpec
 from streams.kafka.admin import ensure_topics
-from streams.kafka.clients import librdkafka_consumer, make_consumer, make_producer
+from streams.kafka.clients import (
+    librdkafka_consumer,
+    make_consumer,
+    make_producer,
+    subscribe_with_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,7 @@ def python_consume(bootstrap: str, topic: str, partitions: int, group: str | Non
     count = nbytes = 0
     start = time.perf_counter()
     if group is not None:
-        consumer.subscribe([topic])  # auto_offset_reset earliest: a new group reads all
+        subscribe_with_metadata(consumer, [topic])  # earliest: a new group reads all
     deadline = start + 300
     while count < total_target and time.perf_counter() < deadline:
         for batch in consumer.poll(timeout_ms=500).values():

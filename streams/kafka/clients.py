@@ -113,8 +113,24 @@ def make_consumer(
     consumer = KafkaConsumer(**kwargs)
     topics = list(topics)
     if topics:
-        consumer.subscribe(topics)
+        subscribe_with_metadata(consumer, topics)
     return consumer
+
+
+def subscribe_with_metadata(consumer: KafkaConsumer, topics: Iterable[str]) -> None:
+    """Subscribe once the topics' partitions are known, so a group's first assignment
+    is complete.
+
+    Otherwise the leader's first assignment is empty, the metadata that arrives next asks
+    for a rejoin, and kafka-python 3.0 can lose that rejoin: when a poll's timer expires
+    while it is in flight, the leader's own assignment clears the reason to rejoin before
+    the poll that would read the result, so the member holds nothing, with heartbeats
+    off, for good (seen as GroupJoinTimeout in CI; tests/integration/test_kafka_python_io
+    provokes it with short polls)."""
+    topics = list(topics)
+    for topic in topics:
+        consumer.partitions_for_topic(topic)
+    consumer.subscribe(topics)
 
 
 def end_offsets(bootstrap: str, topics: Iterable[str] | None = None) -> dict[TopicPartition, int]:

@@ -267,7 +267,7 @@ class KafkaPythonIO:
     ):
         from kafka import KafkaConsumer
 
-        from streams.kafka.clients import make_producer
+        from streams.kafka.clients import make_producer, subscribe_with_metadata
 
         self._producer = make_producer(bootstrap, transactional_id=transactional_id, linger_ms=5)
         self._producer.init_transactions()
@@ -280,7 +280,7 @@ class KafkaPythonIO:
             max_poll_records=max_poll_records,
             client_id=client_id,
         )
-        self._consumer.subscribe(list(topics))
+        subscribe_with_metadata(self._consumer, topics)
 
     @property
     def assigned(self) -> bool:
