@@ -346,6 +346,36 @@ def with_behaviour(
     ]
 
 
+def gap_probes(
+    validation: Sequence[schema.SftExample], test: Sequence[schema.SftExample]
+) -> dict[str, list[schema.SftExample]]:
+    """Two slices that take the validation-to-test gap apart, one example per user.
+
+    - `test_from_validation_prompt`: the test film asked for from the validation prompt
+      (the history up to the last training rating, the validation film left out). Its
+      prompt is validation's; its target is test's, one film further on.
+    - `validation_from_shorter_prompt`: the validation film asked for from the validation
+      prompt less its newest film. It skips one film too, but its target is validation's.
+
+    Both predict a film two steps past the prompt from a prompt made of training films
+    alone; they differ only in the target. Set beside validation (prompt of training
+    films, next film) and test (the validation film newest in the prompt), they say
+    whether the model's test deficit comes with the test prompt or the test film.
+    """
+    test_of = {e.user_id: e for e in test}
+    later = [
+        dataclasses.replace(v, target_video_id=test_of[v.user_id].target_video_id)
+        for v in validation
+        if v.user_id in test_of
+    ]
+    shorter = [
+        dataclasses.replace(v, history=v.history[:-1], context_video_id=v.history[-2].video_id)
+        for v in validation
+        if len(v.history) >= 2
+    ]
+    return {"test_from_validation_prompt": later, "validation_from_shorter_prompt": shorter}
+
+
 def copy_tree(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.copy(), tree)
 
@@ -552,6 +582,14 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         **{k: v for k, v in rankers.items() if k != "model"},
     }
     other_report = evaluate(other_rankers, other, KS, candidates=cands, ndcg_ks=NDCG_KS)
+    probes: dict[str, Any] = {}
+    if cfg.eval_on == "fresh":  # choosing settings on validation never reads test
+        for name, examples in gap_probes(inputs.split.validation, inputs.split.test).items():
+            examples = with_sid(examples)
+            probe_rankers = {**other_rankers, "model": Fixed(rankers_model.generate(examples))}
+            probes[name] = evaluate(probe_rankers, examples, KS, candidates=cands, ndcg_ks=NDCG_KS)[
+                "rankers"
+            ]
     timings["eval_s"] = round(time.monotonic() - t, 1)
     t = time.monotonic()
     sweep = beam_sweep(
@@ -570,6 +608,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         "num_skipped_no_sid": len(inputs.scored) - len(scored),
         f"also_on_{other_name}": other_report["rankers"],
         "recall@10_model_minus_cooccurrence_paired": paired,
+        "gap_probes": probes,
         "invalid_sids": {
             "constrained_rate": report["rankers"]["model"].get("hallucination_rate", 0.0),
             "unconstrained_rate": unconstrained.hallucination_rate,

@@ -8,6 +8,7 @@ import pytest
 from bench.quality import (
     BestEpoch,
     QualityConfig,
+    gap_probes,
     knee,
     load_quality_config,
     paired_difference,
@@ -16,6 +17,7 @@ from bench.quality import (
     windows,
 )
 from plum.config import ConfigError
+from streams.contracts.schema import HistoryItem, SftExample
 from trainer.prompt import Watch
 
 
@@ -116,3 +118,23 @@ def test_paired_difference_counts_the_users_only_one_ranker_hits():
     assert got["standard_error"] == pytest.approx(np.sqrt(d.var() / len(d)))
     with pytest.raises(ValueError):
         paired_difference([True], [True, False])
+
+
+def _example(user: str, history: list[str], target: str) -> SftExample:
+    items = tuple(HistoryItem(v, 1.0, 60.0, float(len(history) - i)) for i, v in enumerate(history))
+    return SftExample(f"{user}-{target}", user, items, history[-1], target, 1.0, 0)
+
+
+def test_gap_probes_ask_for_a_film_two_steps_past_a_prompt_of_training_films():
+    validation = [_example("u1", ["a", "b", "c"], "v1"), _example("u2", ["d"], "v2")]
+    test = [_example("u1", ["a", "b", "c", "v1"], "t1"), _example("u2", ["d", "v2"], "t2")]
+    probes = gap_probes(validation, test)
+
+    later = probes["test_from_validation_prompt"]
+    assert [(e.user_id, e.target_video_id) for e in later] == [("u1", "t1"), ("u2", "t2")]
+    assert [e.history for e in later] == [v.history for v in validation]
+
+    shorter = probes["validation_from_shorter_prompt"]  # u2 has no film left to prompt with
+    assert [(e.user_id, e.target_video_id) for e in shorter] == [("u1", "v1")]
+    assert [h.video_id for h in shorter[0].history] == ["a", "b"]
+    assert shorter[0].context_video_id == "b"
