@@ -378,17 +378,19 @@ def source_group(cfg: FlinkConfig, run: RunOptions) -> str:
     return cfg.group_id + ("-backfill" if run.backfill else "")
 
 
+def job_jars() -> tuple[Path, Path]:
+    """The jars every run ships with the job: the Kafka connector and our operators."""
+    from plum.jvm import flink_kafka_connector_jar, plum_flink_jar
+
+    return flink_kafka_connector_jar(), plum_flink_jar()
+
+
 def flink_configuration(cfg: FlinkConfig, run: RunOptions, checkpoint_dir: Path):
     """The Flink Configuration of one run (local mini-cluster or client)."""
     from pyflink.common import Configuration
 
-    from plum.jvm import flink_kafka_connector_jar, plum_flink_jar
-
     c = Configuration()
-    c.set_string(
-        "pipeline.jars",
-        ";".join(j.as_uri() for j in (flink_kafka_connector_jar(), plum_flink_jar())),
-    )
+    c.set_string("pipeline.jars", ";".join(j.as_uri() for j in job_jars()))
     c.set_string("pipeline.global-job-parameters", f"{PARAMS_KEY}:{operator_params(cfg, run)}")
     c.set_string("pipeline.name", cfg.job_name + ("-backfill" if run.backfill else ""))
     c.set_string("parallelism.default", str(cfg.parallelism))
@@ -434,10 +436,8 @@ def _remote_environment(cluster_rest: str, config):
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.java_gateway import get_gateway
 
-    from plum.jvm import flink_kafka_connector_jar, plum_flink_jar
-
     gateway = get_gateway()
-    jars = [str(flink_kafka_connector_jar()), str(plum_flink_jar())]
+    jars = [str(j) for j in job_jars()]
     j_jars = gateway.new_array(gateway.jvm.String, len(jars))
     for i, jar in enumerate(jars):
         j_jars[i] = jar
@@ -461,11 +461,10 @@ def _table_settings():
     from pyflink.java_gateway import get_gateway
     from pyflink.table import EnvironmentSettings
 
-    from plum.jvm import flink_kafka_connector_jar, plum_flink_jar
-
-    jvm = get_gateway().jvm
-    jars = (flink_kafka_connector_jar(), plum_flink_jar())
-    urls = get_gateway().new_array(jvm.java.net.URL, len(jars))
+    gateway = get_gateway()
+    jvm = gateway.jvm
+    jars = job_jars()
+    urls = gateway.new_array(jvm.java.net.URL, len(jars))
     for i, jar in enumerate(jars):
         urls[i] = jvm.java.net.URL(jar.as_uri())
     flink_loader = jvm.org.apache.flink.table.api.EnvironmentSettings._java_lang_class

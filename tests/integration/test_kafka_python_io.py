@@ -29,6 +29,5 @@ def test_a_consumer_polled_with_short_timeouts_gets_its_partitions(
         while not io.assigned:
             assert time.monotonic() < deadline, "no partition assigned in 60 s"
             io.poll(100, 0.001)
-        assert io.assigned
     finally:
         io.close()
