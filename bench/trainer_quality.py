@@ -484,14 +484,21 @@ class MovieLensInputs:
 
 
 def movielens_inputs(
-    directory: Path, config_path: Path | str, history_len: int, eval_on: str = "fresh"
+    directory: Path,
+    config_path: Path | str,
+    history_len: int,
+    eval_on: str = "fresh",
+    drop_newest: int = 0,
 ) -> MovieLensInputs:
+    """The standard split of the ratings; `drop_newest` > 0 (a diagnostic) splits the
+    ratings less each user's newest `drop_newest` instead, which are then used nowhere."""
     from streams.datasets import movielens as ml
-    from trainer.movielens_examples import leave_last_out_split, training_pairs
+    from trainer.movielens_examples import leave_last_out_split, training_pairs, without_newest
 
     ml_cfg = ml.load_movielens_config(config_path)
     data = ml.load(directory)
-    split = leave_last_out_split(data.ratings, ml_cfg, history_len=history_len)
+    ratings = without_newest(data.ratings, drop_newest)
+    split = leave_last_out_split(ratings, ml_cfg, history_len=history_len)
     return MovieLensInputs(
         split=split,
         scored=split.scored(eval_on),

@@ -124,6 +124,24 @@ class LeaveLastOut:
         return self.test if on == "fresh" else self.validation
 
 
+def without_newest(ratings: Iterable[Rating], n: int) -> list[Rating]:
+    """`ratings` in timeline order less each user's `n` newest (n = 0: all of them).
+
+    The standard split applied to what is left is the same protocol `n` ratings earlier:
+    its test film is the rating `n` places before each user's real test film. A diagnostic
+    replicate of the split, never the reported protocol."""
+    if n < 0:
+        raise ValueError(f"drop {n} newest ratings: must be >= 0")
+    ordered = sorted(ratings, key=rating_order_key)
+    if n == 0:
+        return ordered
+    per_user: dict[str, list[Rating]] = defaultdict(list)
+    for r in ordered:
+        per_user[r.user_id].append(r)
+    dropped = {id(r) for rs in per_user.values() for r in rs[-n:]}
+    return [r for r in ordered if id(r) not in dropped]
+
+
 def leave_last_out_split(
     ratings: Iterable[Rating], cfg: MovieLensConfig = DEFAULT_CONFIG, history_len: int = 50
 ) -> LeaveLastOut:

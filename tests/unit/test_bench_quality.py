@@ -12,6 +12,7 @@ from bench.quality import (
     knee,
     load_quality_config,
     paired_difference,
+    result_name,
     standard_error,
     until,
     windows,
@@ -100,6 +101,17 @@ def test_until_stops_yielding_once_the_deadline_has_passed():
 def test_patience_must_not_be_negative():
     with pytest.raises(ValueError, match="patience"):
         QualityConfig(patience=-1)
+
+
+def test_drop_newest_must_not_be_negative():
+    with pytest.raises(ValueError, match="drop_newest"):
+        QualityConfig(drop_newest=-1)
+
+
+def test_a_diagnostic_split_never_writes_the_results_file():
+    assert result_name("ml-100k", "cpu") == "quality-ml100k"
+    assert result_name("ml-100k", "gpu") == "quality-ml100k-gpu"
+    assert result_name("ml-100k", "cpu", drop_newest=1) == "quality-ml100k-drop-newest-1"
 
 
 def test_standard_error_of_a_recall_over_943_users():

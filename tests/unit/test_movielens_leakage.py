@@ -62,3 +62,17 @@ def test_no_held_out_interaction_reaches_the_tokenizer_cpt_or_sft_data(inputs):
     # and together they are every training rating: nothing was dropped to pass the check
     assert set().union(*used.values()) == used["baseline interactions"]
     assert len(used["baseline interactions"]) == len(RATINGS) - len(held)
+
+
+def test_split_one_rating_earlier_tests_the_validation_film_and_uses_no_newest_rating(tmp_path):
+    directory = write_sample(tmp_path / "ml")
+    standard = movielens_inputs(directory, CONFIG, history_len=50)
+    earlier = movielens_inputs(directory, CONFIG, history_len=50, drop_newest=1)
+    real_validation = {(e.user_id, e.target_video_id) for e in standard.split.validation}
+    assert {(e.user_id, e.target_video_id) for e in earlier.split.test} == real_validation
+    newest = {(e.user_id, e.target_video_id) for e in standard.split.test}
+    used = {(e.user_id, e.target_video_id) for e in earlier.split.examples}
+    used |= {(e.user_id, h.video_id) for e in earlier.split.examples for h in e.history}
+    used |= {(w.user_id, w.video_id) for w in earlier.cpt_watches}
+    assert used and not used & newest
+    assert len(earlier.split.train) == len(standard.split.train) - 5  # one per user
