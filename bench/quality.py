@@ -170,6 +170,11 @@ class QualityConfig:
     # setting was ever chosen on. Written as `quality-ml100k-drop-newest-N`, never as the
     # result.
     drop_newest: int = 0
+    # With drop_newest > 0 only: also score the scored slice after every epoch (kept in the
+    # curve beside validation's). Its prompts end in a held-out rating, as every test and
+    # serving request does, which validation's never do. Refused on the real split, where
+    # a per-epoch test score would invite choosing on test.
+    curve_on_scored: bool = False
     log_every_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -181,6 +186,8 @@ class QualityConfig:
             raise ValueError(f"patience={self.patience} must be >= 0")
         if self.drop_newest < 0:
             raise ValueError(f"drop_newest={self.drop_newest} must be >= 0")
+        if self.curve_on_scored and not self.drop_newest:
+            raise ValueError("curve_on_scored needs drop_newest > 0: never score test per epoch")
         if any(b < 1 for b in self.sweep_beams) or self.beams < 1:
             raise ValueError("beams must be >= 1")
 
@@ -406,9 +413,10 @@ def train_with_selection(
     per_epoch: int,
     epoch: Callable[[np.random.Generator], Iterator[Batch]],
     score: Callable[[Any], float],
+    also: Callable[[Any], dict[str, float]] = lambda _: {},
 ) -> tuple[TrainState, FitResult, BestEpoch, float, float]:
     """Epochs of `epoch(rng)`'s batches until cfg.epochs, the budget or early stopping,
-    `score(params)` after each. Returns the last state, the whole run's FitResult, the
+    `score(params)` after each (and `also(params)`, recorded in the curve only). Returns the last state, the whole run's FitResult, the
     selection (best epoch's parameters and the curve), training and scoring seconds."""
     rng = rng_for(cfg)
     started = time.monotonic()
@@ -438,11 +446,12 @@ def train_with_selection(
         params = evaluated_params(state)
         got = score(params)
         # with averaging, optionally the trained parameters' own score beside the average's
-        raw = (
+        detail = (
             {"trained_params_recall@10": score(state.params)}
             if cfg.score_trained_params and params is not state.params
             else {}
         )
+        detail |= also(params)
         select_s += time.monotonic() - t
         elapsed = time.monotonic() - started
         stop = best.observe(
@@ -452,7 +461,7 @@ def train_with_selection(
             steps=steps,
             train_loss=round(r.final_loss, 4),
             seconds=round(elapsed, 1),
-            **raw,
+            **detail,
         )
         left = min(cfg.epochs - n, (deadline - time.monotonic()) / (elapsed / n))
         log.info(
@@ -539,6 +548,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         )
 
     validation = with_sid(inputs.split.validation)
+    scored = with_sid(inputs.scored)
     users = user_watches(inputs)
     per_epoch = steps_per_epoch(users, cfg)
     tx = make_optimizer(
@@ -559,13 +569,17 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         per_epoch,
         lambda rng: epoch_batches(users, lookup, vocab, cfg, seq_len, rng),
         lambda params: recall_at_10(make_ranker(cfg.beams, True, params), validation),
+        lambda params: (
+            {"scored_recall@10": recall_at_10(make_ranker(cfg.beams, True, params), scored)}
+            if cfg.curve_on_scored
+            else {}
+        ),
     )
     timings["train_s"] = round(train_s, 1)
     timings["select_s"] = round(select_s, 1)
     params = best.params
 
     t = time.monotonic()
-    scored = with_sid(inputs.scored)
 
     rankers: dict[str, Any] = {
         "model": make_ranker(cfg.beams, True, params),

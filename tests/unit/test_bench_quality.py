@@ -108,6 +108,12 @@ def test_drop_newest_must_not_be_negative():
         QualityConfig(drop_newest=-1)
 
 
+def test_test_is_scored_per_epoch_only_on_a_diagnostic_split():
+    with pytest.raises(ValueError, match="never score test per epoch"):
+        QualityConfig(curve_on_scored=True)
+    assert QualityConfig(curve_on_scored=True, drop_newest=1).curve_on_scored
+
+
 def test_a_diagnostic_split_never_writes_the_results_file():
     assert result_name("ml-100k", "cpu") == "quality-ml100k"
     assert result_name("ml-100k", "gpu") == "quality-ml100k-gpu"
