@@ -416,8 +416,9 @@ def train_with_selection(
     also: Callable[[Any], dict[str, float]] = lambda _: {},
 ) -> tuple[TrainState, FitResult, BestEpoch, float, float]:
     """Epochs of `epoch(rng)`'s batches until cfg.epochs, the budget or early stopping,
-    `score(params)` after each (and `also(params)`, recorded in the curve only). Returns the last state, the whole run's FitResult, the
-    selection (best epoch's parameters and the curve), training and scoring seconds."""
+    `score(params)` after each (and `also(params)`, recorded in the curve only). Returns
+    the last state, the whole run's FitResult, the selection (best epoch's parameters and
+    the curve), training and scoring seconds."""
     rng = rng_for(cfg)
     started = time.monotonic()
     deadline = started + cfg.train_budget_s if cfg.train_budget_s > 0 else math.inf
@@ -580,7 +581,6 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     params = best.params
 
     t = time.monotonic()
-
     rankers: dict[str, Any] = {
         "model": make_ranker(cfg.beams, True, params),
         **fit_baselines(inputs.split.train, cands, interactions=inputs.interactions),
