@@ -124,6 +124,25 @@ class LeaveLastOut:
         return self.test if on == "fresh" else self.validation
 
 
+def _timelines(ordered: Iterable[Rating]) -> dict[str, list[Rating]]:
+    """Each user's ratings, from ratings already in timeline order."""
+    per_user: dict[str, list[Rating]] = defaultdict(list)
+    for r in ordered:
+        per_user[r.user_id].append(r)
+    return per_user
+
+
+def _newest(timelines: dict[str, list[Rating]], n: int) -> list[Rating]:
+    """Each user's `n` newest ratings (none for n = 0)."""
+    return [r for rs in timelines.values() for r in rs[len(rs) - n :]]
+
+
+def _less(ordered: list[Rating], dropped: Iterable[Rating]) -> list[Rating]:
+    """`ordered` without the rating objects in `dropped`, in order."""
+    ids = {id(r) for r in dropped}
+    return [r for r in ordered if id(r) not in ids]
+
+
 def without_newest(ratings: Iterable[Rating], n: int) -> list[Rating]:
     """`ratings` in timeline order less each user's `n` newest (n = 0: all of them).
 
@@ -133,13 +152,7 @@ def without_newest(ratings: Iterable[Rating], n: int) -> list[Rating]:
     if n < 0:
         raise ValueError(f"drop {n} newest ratings: must be >= 0")
     ordered = sorted(ratings, key=rating_order_key)
-    if n == 0:
-        return ordered
-    per_user: dict[str, list[Rating]] = defaultdict(list)
-    for r in ordered:
-        per_user[r.user_id].append(r)
-    dropped = {id(r) for rs in per_user.values() for r in rs[-n:]}
-    return [r for r in ordered if id(r) not in dropped]
+    return _less(ordered, _newest(_timelines(ordered), n))
 
 
 def leave_last_out_split(
@@ -149,21 +162,15 @@ def leave_last_out_split(
     from trainer.eval import leave_last_out
 
     ordered = sorted(ratings, key=rating_order_key)
-    per_user: dict[str, list[Rating]] = defaultdict(list)
-    for r in ordered:
-        per_user[r.user_id].append(r)
+    per_user = _timelines(ordered)
     short = [u for u, rs in per_user.items() if len(rs) < 3]
     if short:
         raise ValueError(f"users {short[:5]} have fewer than 3 ratings: no train/val/test")
-    held_ratings = {id(r) for rs in per_user.values() for r in rs[-2:]}
-    train_ratings = [r for r in ordered if id(r) not in held_ratings]
+    held_ratings = _newest(per_user, 2)
+    train_ratings = _less(ordered, held_ratings)
     examples = movielens_examples(ordered, cfg, history_len=history_len)
     train, validation, test = leave_last_out(examples)
-    held = frozenset(
-        (user_id(r.user_id, cfg), video_id(r.item_id, cfg))
-        for rs in per_user.values()
-        for r in rs[-2:]
-    )
+    held = frozenset((user_id(r.user_id, cfg), video_id(r.item_id, cfg)) for r in held_ratings)
     return LeaveLastOut(examples, train, validation, test, train_ratings, held)
 
 
