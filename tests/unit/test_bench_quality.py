@@ -14,6 +14,7 @@ from bench.quality import (
     paired_difference,
     result_name,
     standard_error,
+    thinned,
     until,
     windows,
 )
@@ -45,6 +46,28 @@ def test_windows_start_at_a_seeded_random_offset():
     users = [_user(40, "a")]
     starts = {windows(users, 10, np.random.default_rng(s))[0][-1].video_id for s in range(8)}
     assert len(starts) > 1
+
+
+def test_thinning_drops_watches_at_the_given_rate_and_keeps_the_order():
+    users = [_user(400, "a"), _user(3, "b")]
+    got = thinned(users, 0.25, np.random.default_rng(0))
+    kept = got[0]
+    assert 0.2 < 1 - len(kept) / 400 < 0.3
+    assert [w.ts for w in kept] == sorted(w.ts for w in kept)
+    assert {w.video_id for w in kept} <= {w.video_id for w in users[0]}
+
+
+def test_thinning_keeps_a_user_whole_rather_than_leave_fewer_than_two():
+    users = [_user(2, "a")] * 50
+    got = thinned(users, 0.5, np.random.default_rng(1))
+    assert all(len(seq) == 2 for seq in got)
+
+
+def test_no_thinning_returns_the_timelines_and_draws_nothing():
+    users = [_user(30, "a")]
+    rng, untouched = np.random.default_rng(3), np.random.default_rng(3)
+    assert thinned(users, 0.0, rng) == users
+    assert rng.random() == untouched.random()
 
 
 def test_knee_is_the_first_beam_within_noise_of_the_widest():
@@ -106,6 +129,12 @@ def test_patience_must_not_be_negative():
 def test_drop_newest_must_not_be_negative():
     with pytest.raises(ValueError, match="drop_newest"):
         QualityConfig(drop_newest=-1)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_item_dropout_is_a_probability_below_one(p):
+    with pytest.raises(ValueError, match="item_dropout"):
+        QualityConfig(item_dropout=p)
 
 
 def test_test_is_scored_per_epoch_only_on_a_diagnostic_split():
