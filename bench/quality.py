@@ -133,7 +133,10 @@ class QualityConfig:
     # Each epoch, drop each training rating from its user's timeline with this probability
     # before the windows are cut (0 = off; a user keeps everything when fewer than two would
     # remain). The model then learns transitions that skip films, as every test and serving
-    # prompt does whose newest film was never trained on in that user's sequence.
+    # prompt does whose newest film was never trained on in that user's sequence. Off,
+    # measured on the drop-newest-1 split (one seed, same budget): 0.2 shrinks validation's
+    # lead over the held-out-newest slice (0.033 -> 0.016) by lowering validation (0.176 ->
+    # 0.166); that slice scores R@10 0.147 against 0.142, within one standard error (0.011)
     item_dropout: float = 0.0
     # --- training
     epochs: int = 40  # at most; training also stops when train_budget_s is spent
