@@ -249,6 +249,14 @@ def thinned(
     return out
 
 
+def epoch_windows(
+    users: Sequence[Sequence[Watch]], cfg: QualityConfig, rng: np.random.Generator
+) -> list[Sequence[Watch]]:
+    """One epoch's training windows: the timelines thinned by `item_dropout`, then cut into
+    windows of `history_len + 1` at a random offset."""
+    return windows(thinned(users, cfg.item_dropout, rng), cfg.history_len + 1, rng)
+
+
 def epoch_batches(
     users: Sequence[Sequence[Watch]],
     lookup: SidLookup,
@@ -257,10 +265,8 @@ def epoch_batches(
     seq_len: int,
     rng: np.random.Generator,
 ) -> Iterator[Batch]:
-    """One epoch: the timelines thinned by `item_dropout`, the windows re-cut at a random
-    offset, shuffled, in batches."""
-    cut = windows(thinned(users, cfg.item_dropout, rng), cfg.history_len + 1, rng)
-    seqs = [next_item_sequence(w, lookup, vocab) for w in cut]
+    """One epoch: its windows (`epoch_windows`), shuffled, in batches."""
+    seqs = [next_item_sequence(w, lookup, vocab) for w in epoch_windows(users, cfg, rng)]
     seqs = [s for s in seqs if s is not None]
     order = rng.permutation(len(seqs))
     for start in range(0, len(order), cfg.batch_size):
@@ -301,8 +307,7 @@ class BestEpoch:
 
 
 def steps_per_epoch(users: Sequence[Sequence[Watch]], cfg: QualityConfig) -> int:
-    rng = np.random.default_rng(cfg.seed)
-    n = len(windows(thinned(users, cfg.item_dropout, rng), cfg.history_len + 1, rng))
+    n = len(epoch_windows(users, cfg, np.random.default_rng(cfg.seed)))
     return math.ceil(n / cfg.batch_size)
 
 
