@@ -2,7 +2,7 @@
 
 The trainer's run directory (plum/checkpoints.py, trainer/loop.py) holds, per step, the
 TrainState {"step", "params", "opt_state"} and a meta JSON that says what it is:
-"sid_version", "model_config", "data_config"{"max_prompt_len"}, "counters"
+"sid_version", "model_config", "data_config"{"max_prompt_len", "prompt_layout"}, "counters"
 {"newest_event_ts"}, "position"{"fresh_offsets"}. `read_checkpoint` turns one step into
 a `TrainerCheckpoint` with those answers; `export` writes its inference parameters
 (never the optimizer state), the run's vocabulary and the SID index snapshot into the
@@ -56,6 +56,11 @@ class TrainerCheckpoint:
     @property
     def max_prompt_len(self) -> int:
         return int(self.meta["data_config"]["max_prompt_len"])
+
+    @property
+    def prompt_layout(self) -> str:
+        """The layout its prompts were written in (a run from before the setting: "target")."""
+        return str(self.meta["data_config"].get("prompt_layout", "target"))
 
     @property
     def newest_event_ts_ms(self) -> int:
@@ -161,6 +166,7 @@ def export(
         step=checkpoint.step,
         model_config=checkpoint.model_config.to_dict(),
         max_prompt_len=checkpoint.max_prompt_len,
+        prompt_layout=checkpoint.prompt_layout,
         newest_event_ts_ms=checkpoint.newest_event_ts_ms,
         dtype=dtype,
         gate=gate,

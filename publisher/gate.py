@@ -86,6 +86,7 @@ class GateModel:
     vocab: Vocab
     lookup: SidLookup  # its sid_version, as the delta log has it now
     max_prompt_len: int
+    prompt_layout: str = "target"  # the layout it was trained in (trainer.prompt)
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ class SearchCache:
             model.lookup,
             beams=beams,
             max_prompt_len=model.max_prompt_len,
+            layout=model.prompt_layout,
             batch_size=RANKER_BATCH,
             search=search,
         )

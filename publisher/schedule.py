@@ -151,6 +151,7 @@ class _ServedModel:
     params: Any
     vocab: Vocab
     max_prompt_len: int
+    prompt_layout: str
 
 
 class Publisher:
@@ -376,6 +377,7 @@ class Publisher:
             Vocab.load(checkpoint.vocab_dir),
             lookup,
             checkpoint.max_prompt_len,
+            checkpoint.prompt_layout,
         )
         early = finiteness(candidate, checkpoint.loss)
         if early is not None:  # before any Kafka read: a NaN is rejected even with Kafka down
@@ -406,6 +408,7 @@ class Publisher:
                 artifact.params,
                 Vocab.load(artifact.vocab_dir),
                 m.max_prompt_len,
+                m.prompt_layout,
             )
         served = self._served
         lookup = (
@@ -420,6 +423,7 @@ class Publisher:
             served.vocab,
             lookup,
             served.max_prompt_len,
+            served.prompt_layout,
         )
 
     def _reject(self, step: int, reason: str, metrics: Mapping[str, Any]) -> PublishReport:

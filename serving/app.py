@@ -95,7 +95,13 @@ def retrieve_request_model(max_history: int) -> type[BaseModel]:
         model_config = _STRICT
 
         history: list[HistoryItemIn] = Field(max_length=max_history)
-        context_video_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LEN)
+        context_video_id: str | None = Field(
+            None,
+            min_length=1,
+            max_length=MAX_ID_LEN,
+            description="the video the user is on; read only by a model trained in the "
+            '"target" prompt layout (the served version\'s manifest says which)',
+        )
         k: int = Field(10, ge=1, le=MAX_K)
         beam: int = Field(
             20, ge=1, le=MAX_BEAM, description="raised to k, then to a compiled width"
@@ -127,6 +133,7 @@ class ModelInfo(BaseModel):
     loaded_at_ms: int
     age_s: float
     content_hash: str
+    prompt_layout: str = Field(description="how its prompts are written (trainer.prompt)")
 
 
 class IndexInfo(BaseModel):

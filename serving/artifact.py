@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from trainer.prompt import PROMPT_LAYOUTS
+
 MANIFEST = "manifest.json"
 PARAMS = "params"
 VOCAB = "vocab"
@@ -101,6 +103,9 @@ class Manifest:
     dtype: str  # of the stored parameters: float32 or bfloat16
     model_config: dict[str, Any]  # trainer.config.ModelConfig.to_dict()
     max_prompt_len: int  # prompts are built exactly as in training (trainer/prompt.py)
+    # in the layout the model was trained in (trainer.prompt.PROMPT_LAYOUTS); a version
+    # written before the field existed was trained in "target"
+    prompt_layout: str = "target"
     gate: dict[str, Any] = field(default_factory=dict)  # the gate's metrics and decision
     source: dict[str, Any] = field(default_factory=dict)  # run_dir, checkpoint step, ...
     content_hash: str = ""
@@ -233,6 +238,7 @@ class ModelRepository:
         model_config: Mapping[str, Any],
         max_prompt_len: int,
         newest_event_ts_ms: int,
+        prompt_layout: str = "target",
         dtype: str = "float32",
         gate: Mapping[str, Any] | None = None,
         source: Mapping[str, Any] | None = None,
@@ -268,6 +274,7 @@ class ModelRepository:
                 dtype=dtype,
                 model_config=dict(model_config),
                 max_prompt_len=int(max_prompt_len),
+                prompt_layout=prompt_layout,
                 gate=dict(gate or {}),
                 source=dict(source or {}),
                 content_hash=content_hash(tmp),
@@ -285,6 +292,11 @@ class ModelRepository:
         path = self.path(version)
         if manifest.format != FORMAT:
             raise ArtifactError(f"version {version}: format {manifest.format} != {FORMAT}")
+        if manifest.prompt_layout not in PROMPT_LAYOUTS:
+            raise ArtifactError(
+                f"version {version}: prompt_layout {manifest.prompt_layout!r} is not one of "
+                f"{PROMPT_LAYOUTS}"
+            )
         if expect_sid_version is not None and manifest.sid_version != expect_sid_version:
             raise ArtifactError(
                 f"version {version} is built for sid_version {manifest.sid_version!r}, "

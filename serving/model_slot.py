@@ -57,7 +57,7 @@ from serving.sid_delta import DeltaError, SidDelta
 from streams.contracts import schema
 from trainer.beam import BeamSearch, SidTrie, left_pad
 from trainer.config import ModelConfig
-from trainer.prompt import sft_prompt
+from trainer.prompt import prompt_for
 from trainer.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -158,11 +158,12 @@ class Served:
     ) -> tuple[list[int], int]:
         """(prompt tokens, history items skipped as unknown).
 
-        Written by the trainer's own sft_prompt, so serving asks exactly what the model
-        learned: known history items oldest first with hours_since = hours before now,
-        the context (unknown = <unk>), then <tgt>. Unknown history items are skipped,
-        not written as <unk>: a request may name any id, and what the model never saw
-        says nothing about the user."""
+        Written by the trainer's own prompt_for in the layout the version was trained in
+        (its manifest's prompt_layout), so serving asks exactly what the model learned:
+        known history items oldest first with hours_since = hours before now, then, in the
+        "target" layout, the context (unknown = <unk>) and <tgt> (the "sequence" layout has
+        no context). Unknown history items are skipped, not written as <unk>: a request
+        may name any id, and what the model never saw says nothing about the user."""
         known: list[schema.HistoryItem] = []
         unknown = 0
         sids = self.index.lookup.sids
@@ -181,7 +182,8 @@ class Served:
             reward=0.0,
             ts=now_ms,
         )
-        return sft_prompt(example, self.index.lookup, self.vocab, self.prompt_len), unknown
+        layout = self.manifest.prompt_layout
+        return prompt_for(example, self.index.lookup, self.vocab, self.prompt_len, layout), unknown
 
     def pad(self, prompts: Sequence[Sequence[int]], batch: int) -> tuple[np.ndarray, np.ndarray]:
         """Prompts left-padded to the prompt length, plus dummy rows up to `batch`."""
@@ -299,6 +301,7 @@ class ModelSlot:
                 "loaded_at_ms": served.loaded_at_ms,
                 "age_s": max(0.0, self._clock() - m.created_at_ms / 1000),
                 "content_hash": m.content_hash,
+                "prompt_layout": m.prompt_layout,
             }
             index = {
                 "sid_version": served.index.sid_version,

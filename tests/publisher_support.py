@@ -154,9 +154,11 @@ class TinyRun:
         newest_event_ts: int = UPLOAD_TS,
         loss: float | None = None,
         average: dict | None = None,
+        prompt_layout: str | None = None,
     ) -> None:
         """`average`: the parameters' moving average the optimizer state keeps, as a
-        trainer with [trainer] ema_decay > 0 saves it (None: a trainer without one)."""
+        trainer with [trainer] ema_decay > 0 saves it (None: a trainer without one).
+        `prompt_layout`: [trainer_data] prompt_layout (None: a run from before it existed)."""
         state = init_state(params, self.tx).replace(step=np.int32(step))
         if average is not None:
             tx = make_optimizer(OptimizerConfig(1e-3, 1, 0.0, 0.9, 0.95, 1.0, ema_decay=0.99))
@@ -178,6 +180,8 @@ class TinyRun:
         }
         if loss is not None:
             meta["loss"] = loss
+        if prompt_layout is not None:
+            meta["data_config"]["prompt_layout"] = prompt_layout
         store = CheckpointStore(self.dir, max_to_keep=None, async_save=False)
         try:
             store.save(step, state, meta)

@@ -122,8 +122,10 @@ class TinyRepo:
         params: dict | None = None,
         step: int | None = None,
         newest_event_ts_ms: int | None = None,
+        prompt_layout: str = "target",
     ) -> Manifest:
-        """The next version: parameters from `seed` (default: the version number)."""
+        """The next version: parameters from `seed` (default: the version number), trained
+        (as its manifest says) in `prompt_layout`."""
         version = (self.repo.latest() or 0) + 1
         manifest = self.repo.write(
             params if params is not None else numpy_params(self.model_config, seed or version),
@@ -132,6 +134,7 @@ class TinyRepo:
             step=100 * version if step is None else step,
             model_config=self.model_config.to_dict(),
             max_prompt_len=self.max_prompt_len,
+            prompt_layout=prompt_layout,
             newest_event_ts_ms=BASE_TS + version
             if newest_event_ts_ms is None
             else newest_event_ts_ms,

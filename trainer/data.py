@@ -51,6 +51,7 @@ from tokenizer.index import SidIndex
 from trainer.archive import ArchiveRecord, HistoryReader
 from trainer.fresh import START_FROM, FreshReader, FreshRecord, FreshSource
 from trainer.prompt import (
+    PROMPT_LAYOUTS,
     Batch,
     SidLookup,
     TrainingSequence,
@@ -95,6 +96,12 @@ class DataConfig:
     sid_refresh_s: float = 5.0  # re-read the SID lookup this often
     history_refresh_s: float = 5.0  # re-list the archive's part files this often
     start_from: str = "earliest"  # Kafka start when no position was saved
+    # How an example is written (trainer.prompt.PROMPT_LAYOUTS): "target" = history,
+    # context and <tgt> (trainer.prompt.sft_prompt); "sequence" = the history alone, the
+    # next-item layout the quality bench trains in (trainer.prompt.sequence_prompt; it has
+    # no place for the context). Saved in every checkpoint: the gate and serving prompt in
+    # it, and a run directory keeps it for good (resuming in another layout is refused).
+    prompt_layout: str = "target"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_prompt_len", "prefetch_batches"):
@@ -124,6 +131,8 @@ class DataConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0")
         if self.start_from not in START_FROM:
             raise ValueError(f"start_from={self.start_from!r} is not one of {START_FROM}")
+        if self.prompt_layout not in PROMPT_LAYOUTS:
+            raise ValueError(f"prompt_layout={self.prompt_layout!r} is not one of {PROMPT_LAYOUTS}")
 
     @property
     def n_fresh(self) -> int:
@@ -136,7 +145,8 @@ class DataConfig:
         """Sizes that depend on the vocabulary: a prompt with an empty history plus the
         target must fit, and prompt + target must fit in seq_len + 1 tokens."""
         sid = vocab.num_sid_slots
-        smallest = 4 + sid  # <bos> <hist> <ctx> sid(ctx) <tgt>
+        # <bos> <hist> <ctx> sid(ctx) <tgt>, or <bos> <hist> in the sequence layout
+        smallest = 4 + sid if self.prompt_layout == "target" else 2
         if self.max_prompt_len < smallest:
             raise ValueError(
                 f"max_prompt_len={self.max_prompt_len} cannot hold an empty-history prompt "
@@ -428,8 +438,14 @@ class TrainingData:
 
     def _sequence(self, example: schema.SftExample) -> TrainingSequence:
         """Raises UnknownTargetError, or ValueError for features the vocab cannot bucket."""
+        cfg = self.config
         return sft_sequence(
-            example, self._lookup, self.vocab, self.config.max_prompt_len, self._weight(example)
+            example,
+            self._lookup,
+            self.vocab,
+            cfg.max_prompt_len,
+            self._weight(example),
+            cfg.prompt_layout,
         )
 
     def _take_fresh(self, malformed: Counter[str]) -> _FreshPart:

@@ -57,6 +57,8 @@ def cli(argv: list[str]) -> int:
     train, fresh = fresh_split(examples, args.holdout)
     fresh = fresh[-args.max_examples :]
     cands = candidate_ids(lookup, model.vocab)
+    # prompts in the layout the checkpoint was trained in (a CPT checkpoint has none)
+    layout = (model.meta.get("data_config") or {}).get("prompt_layout", data_cfg.prompt_layout)
     rankers = {
         **fit_baselines(train, cands),
         "model": ModelRanker(
@@ -66,6 +68,7 @@ def cli(argv: list[str]) -> int:
             lookup,
             beams=args.beams,
             max_prompt_len=data_cfg.max_prompt_len,
+            layout=layout,
         ),
         "model_unconstrained": ModelRanker(
             model.model_config,
@@ -74,6 +77,7 @@ def cli(argv: list[str]) -> int:
             lookup,
             beams=args.beams,
             max_prompt_len=data_cfg.max_prompt_len,
+            layout=layout,
             constrained=False,
         ),
     }

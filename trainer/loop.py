@@ -270,6 +270,24 @@ def check_averaging(meta: dict[str, Any], cfg: TrainerConfig, run_dir: Path) -> 
         )
 
 
+class PromptLayoutMismatchError(ValueError):
+    """A run directory's checkpoints were trained in another prompt layout than the
+    config's: resuming would switch what every prompt looks like in the middle of a run."""
+
+
+def check_prompt_layout(meta: dict[str, Any], data_cfg: DataConfig, run_dir: Path) -> None:
+    """Refuse to resume a run trained in another [trainer_data] prompt_layout
+    (PromptLayoutMismatchError naming the fix); a run written before the setting existed
+    was trained in "target"."""
+    saved = (meta.get("data_config") or {}).get("prompt_layout", "target")
+    if saved != data_cfg.prompt_layout:
+        raise PromptLayoutMismatchError(
+            f"the checkpoints in {run_dir} were trained with [trainer_data] prompt_layout = "
+            f"{saved!r} and this trainer has {data_cfg.prompt_layout!r}: a run keeps its "
+            "layout; set it back, or start a new run_dir (from the CPT checkpoint)"
+        )
+
+
 class MissingInputError(FileNotFoundError):
     """Nothing to start from: no CPT checkpoint (and no run checkpoint), or no SID index."""
 
@@ -482,7 +500,9 @@ class ContinuousTrainer:
     def _restore_or_start(self, shard) -> tuple[TrainState, ModelConfig, Vocab]:
         latest = self.store.latest_step()
         if latest is not None:
-            check_averaging(self.store.restore_meta(latest), self.cfg, self.store.directory)
+            saved_meta = self.store.restore_meta(latest)
+            check_averaging(saved_meta, self.cfg, self.store.directory)
+            check_prompt_layout(saved_meta, self.data_cfg, self.store.directory)
             step, state, meta = self.store.restore_latest(
                 lambda m: _abstract(
                     lambda: init_state(

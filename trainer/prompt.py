@@ -15,6 +15,14 @@ a missing context as `<unk>`. The paper also puts user features (demographics) i
 prompt; our events carry none, so the prompt has none. The loss covers the target's SID
 tokens only.
 
+The next-item ("sequence") layout (`sequence_prompt`) writes the history alone, each
+item's time feature the gap to the item before it, and no context:
+
+    <bos> <hist> [sid(h) <watch_ratio_b> <watch_time_b> <gap_b>]*  | sid(target)
+
+so every prefix of a user's sequence is the prompt of the item after it, and one causal
+pass over a window of a user's items (`next_item_sequence`) trains every position at once.
+
 CPT (paper section 2.2), a 50/50 mixture of
 
     behaviour   <bos> [sid(v) <watch_ratio_b> <watch_time_b> <hours_since_b>]* <eos>
@@ -37,6 +45,11 @@ from streams.contracts import schema
 from trainer.vocab import InvalidSidError, Vocab
 
 HOUR_MS = 3_600_000.0  # history items carry hours (schema.HistoryItem.hours_since)
+# how an SFT example is written as a prompt (`prompt_for`): "target" = `sft_prompt`,
+# "sequence" = `sequence_prompt`. A trainer run keeps one for good ([trainer_data]
+# prompt_layout, saved in every checkpoint); the gate and serving prompt in the layout the
+# checkpoint was trained in.
+PROMPT_LAYOUTS = ("target", "sequence")
 
 
 class UnknownTargetError(LookupError):
@@ -135,14 +148,16 @@ def sft_sequence(
     vocab: Vocab,
     max_prompt_len: int,
     weight: float = 1.0,
+    layout: str = "target",
 ) -> TrainingSequence:
-    """Prompt + target SID tokens; raises UnknownTargetError when the target has no SID."""
+    """The example's prompt in `layout` (`prompt_for`) + its target's SID tokens, the loss
+    on those alone; raises UnknownTargetError when the target has no SID."""
     target = lookup.tokens(vocab, example.target_video_id)
     if target is None:
         raise UnknownTargetError(
             f"video {example.target_video_id!r} has no SID in version {lookup.version!r}"
         )
-    prompt = sft_prompt(example, lookup, vocab, max_prompt_len)
+    prompt = prompt_for(example, lookup, vocab, max_prompt_len, layout)
     return TrainingSequence(prompt + target, len(prompt), weight)
 
 
@@ -208,8 +223,6 @@ def metadata_sequences(
 
 # ---------------------------------------------------------------------------- next-item layout
 
-PROMPT_LAYOUTS = ("target", "sequence")
-
 
 def sequence_prompt(
     history: Sequence[schema.HistoryItem], lookup: SidLookup, vocab: Vocab, max_prompt_len: int
@@ -223,7 +236,8 @@ def sequence_prompt(
     Unlike the "target" layout (`sft_prompt`), every prefix of a user's sequence is the
     prompt of its next item, so one causal pass trains every position at once
     (`next_item_sequence`) and gives each position the loss its one-target example would.
-    The oldest items are dropped to fit `max_prompt_len`; an item without a SID is `<unk>`.
+    The oldest items are dropped to fit `max_prompt_len`; an item without a SID is `<unk>`;
+    a gap that would be negative (history not in time order) is written as 0.
     """
     hist_id = vocab.token_to_id("<hist>")
     room = max_prompt_len - 2
@@ -241,7 +255,8 @@ def sequence_prompt(
     kept.reverse()
     body: list[int] = []
     for pos, j in enumerate(kept):
-        gap_ms = 0 if pos == 0 else ms[kept[pos - 1]] - ms[j]
+        # an item older than the one before it (a history not in time order) gets gap 0
+        gap_ms = 0 if pos == 0 else max(0, ms[kept[pos - 1]] - ms[j])
         h = history[j]
         item = schema.HistoryItem(h.video_id, h.watch_ratio, h.watch_time_s, gap_ms / HOUR_MS)
         body += _item_tokens(vocab, lookup.tokens(vocab, h.video_id), item)

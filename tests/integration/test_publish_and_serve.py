@@ -220,6 +220,10 @@ def stack(tmp_path_factory, kafka_bootstrap):
         PLUM_SERVING__ADMIN_TOKEN=TOKEN,
         PLUM_SERVING__MODEL_REPO=str(tmp / "models"),
         PLUM_SERVING__PORT_FILE=str(tmp / "serving.port"),
+        # the trainer writes its prompts in the next-item layout (the other integration
+        # tests train in the default "target" layout); the gate and serving must follow
+        # the checkpoint's layout
+        PLUM_TRAINER_DATA__PROMPT_LAYOUT="sequence",
     )
     tok = tokenizer_checkpoint(tmp / "tok", items=64, dim=DIM)
     index_path = tmp / "sid-index.sqlite"
@@ -284,6 +288,9 @@ def test_publish_once_puts_the_newest_checkpoint_in_serving(stack):
     assert status["model"]["version"] == 1
     assert status["model"]["step"] == 6
     assert status["index"]["items"] == 24
+    # trained in the sequence layout, so the version is served in it
+    assert ModelRepository(stack.tmp / "models").manifest(1).prompt_layout == "sequence"
+    assert status["model"]["prompt_layout"] == "sequence"
     resp = stack.retrieve(["v1", "v2", "v3"], k=10)
     assert resp.status_code == 200, resp.text
     items = resp.json()["items"]

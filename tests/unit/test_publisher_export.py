@@ -91,6 +91,21 @@ def test_export_writes_a_loadable_version_with_the_right_manifest(run, tmp_path)
     assert repo.versions() == [1]
 
 
+def test_the_prompt_layout_a_run_trained_in_reaches_the_manifest(run, tmp_path):
+    """Serving and the gate prompt as the checkpoint was trained: its [trainer_data]
+    prompt_layout travels into the version; a run from before the setting reads "target"."""
+    assert read_checkpoint(run.dir, 10).prompt_layout == "target"
+    sequence_run = TinyRun(tmp_path / "run")
+    sequence_run.save(20, tiny_params(sequence_run.cfg, 0), prompt_layout="sequence")
+    ckpt = read_checkpoint(sequence_run.dir, 20)
+    assert ckpt.prompt_layout == "sequence"
+    repo = ModelRepository(tmp_path / "models")
+    with DeltaLog(tmp_path / "state") as deltas:
+        snapshot = deltas.snapshot(SID_VERSION)
+    export(repo, ckpt, snapshot, dtype="float32", gate={})
+    assert repo.load(1).manifest.prompt_layout == "sequence"
+
+
 def test_bfloat16_export_and_a_snapshot_of_the_wrong_version(run, tmp_path):
     repo = ModelRepository(tmp_path / "models")
     ckpt = read_checkpoint(run.dir, 10)

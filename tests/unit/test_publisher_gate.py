@@ -127,3 +127,15 @@ def test_a_sid_version_without_videos_is_rejected(world):
     orphan = model("orphan", a.params, SidLookup("v9", {}))
     result = gate(orphan, a, exs, SETTINGS, searches=searches)
     assert (result.outcome, result.reason) == (REJECT, SID_VERSION_UNKNOWN)
+
+
+def test_each_model_is_ranked_in_the_prompt_layout_it_was_trained_in(world):
+    """A candidate trained in the "sequence" layout is asked sequence prompts, the served
+    model beside it its own layout, from one shared compiled search."""
+    model, a, _, exs, searches = world
+    in_sequence = dataclasses.replace(a, prompt_layout="sequence")
+    assert searches.ranker(a, SETTINGS.beams).layout == "target"
+    ranker = searches.ranker(in_sequence, SETTINGS.beams)
+    assert ranker.layout == "sequence" and ranker.search is searches.ranker(a, 5).search
+    # the prompts differ, so (with A's top-1 targets, asked in A's layout) the rankings do
+    assert ranker.rank_many(exs, 1) != searches.ranker(a, SETTINGS.beams).rank_many(exs, 1)

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from serving.index import SequenceGap
-from serving.model_slot import ModelLoadError, NotReady
+from serving.model_slot import HistoryEntry, ModelLoadError, NotReady
 from serving.sid_delta import DeltaError, SidDelta
 from tests.serving_support import (
     corrupt_version,
@@ -94,6 +94,36 @@ def test_nan_version_with_a_correct_hash_is_refused(stack):
     with pytest.raises(ModelLoadError, match="not finite"):
         stack.slot.load(nan.version)
     assert stack.slot.served is served
+
+
+def test_a_version_prompts_in_the_layout_it_was_trained_in(stack):
+    """The manifest's prompt_layout picks the prompt: "target" ends in the context and
+    <tgt>; "sequence" is the history alone (trainer.prompt.sequence_prompt)."""
+    from streams.contracts import schema
+    from trainer.prompt import sequence_prompt
+
+    vocab, now = stack.tiny.vocab, 10 * 3_600_000
+    history = [HistoryEntry("v1", 0.5, 30.0, now - 7_200_000), HistoryEntry("v2", 1.0, 60.0, now)]
+    target_prompt, _ = stack.slot.served.prompt(history, "v3", now)
+    assert target_prompt[-1] == vocab.token_to_id("<tgt>")
+    assert stack.slot.status()["model"]["prompt_layout"] == "target"
+    v3 = stack.tiny.write_version(prompt_layout="sequence")
+    served = stack.slot.load(v3.version)
+    assert stack.slot.status()["model"]["prompt_layout"] == "sequence"
+    prompt, unknown = served.prompt([*history, HistoryEntry("nope")], "v3", now)
+    items = (schema.HistoryItem("v1", 0.5, 30.0, 2.0), schema.HistoryItem("v2", 1.0, 60.0, 0.0))
+    assert unknown == 1
+    assert prompt == sequence_prompt(items, served.index.lookup, vocab, served.prompt_len)
+    assert vocab.token_to_id("<tgt>") not in prompt
+
+
+def test_a_version_in_an_unknown_prompt_layout_is_refused(stack):
+    v3 = stack.tiny.write_version()
+    path = stack.tiny.repo.path(v3.version) / "manifest.json"
+    path.write_text(path.read_text().replace('"prompt_layout": "target"', '"prompt_layout": "x"'))
+    with pytest.raises(ModelLoadError, match="prompt_layout"):
+        stack.slot.load(v3.version)
+    assert stack.slot.served.version == 2
 
 
 def test_wrong_sid_version_is_refused(stack):

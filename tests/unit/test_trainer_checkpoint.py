@@ -170,3 +170,30 @@ def test_a_run_resumes_only_with_averaging_switched_as_its_checkpoints(
             check_averaging(meta, cfg, tmp_path)
     else:
         check_averaging(meta, cfg, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("saved", "now", "refused"),
+    [
+        (None, "target", False),
+        ("sequence", "sequence", False),
+        (None, "sequence", True),
+        ("target", "sequence", True),
+        ("sequence", "target", True),
+    ],
+)
+def test_a_run_resumes_only_in_the_prompt_layout_its_checkpoints_were_trained_in(
+    tmp_path, saved, now, refused
+):
+    """Every prompt of a run is written one way; a run from before the setting existed
+    was trained in "target"."""
+    from trainer.data import DataConfig
+    from trainer.loop import PromptLayoutMismatchError, check_prompt_layout
+
+    meta = {"data_config": {} if saved is None else {"prompt_layout": saved}}
+    data_cfg = DataConfig(prompt_layout=now)
+    if refused:
+        with pytest.raises(PromptLayoutMismatchError, match="prompt_layout.*new run_dir"):
+            check_prompt_layout(meta, data_cfg, tmp_path)
+    else:
+        check_prompt_layout(meta, data_cfg, tmp_path)

@@ -99,6 +99,7 @@ def test_environment_overrides_the_toml(tmp_path):
         {"max_prompt_len": 200, "seq_len": 128},
         {"fresh_wait_ms": -1},
         {"sid_refresh_s": 0.0},
+        {"prompt_layout": "columns"},
     ],
 )
 def test_bad_values_are_config_errors(tmp_path, bad):
@@ -123,6 +124,8 @@ def test_prompt_plus_target_must_fit_the_sequence(vocab):
         DataConfig(seq_len=40, max_prompt_len=38).check_vocab(vocab)
     with pytest.raises(ValueError, match="empty-history"):
         DataConfig(seq_len=40, max_prompt_len=7).check_vocab(vocab)
+    # the sequence layout's empty-history prompt is <bos> <hist> alone
+    DataConfig(seq_len=40, max_prompt_len=7, prompt_layout="sequence").check_vocab(vocab)
 
 
 def test_position_round_trips_through_json():
@@ -394,6 +397,28 @@ def test_weighted_mode_weights_rows_by_reward(vocab, tmp_path):
     n_sid = vocab.num_sid_slots
     # the loss covers the target's SID tokens: n_sid positions of weight r / r_max
     np.testing.assert_allclose(row_weights(mb)[:2], [0.25 * n_sid, 1.0 * n_sid])
+
+
+def test_fresh_and_history_rows_are_written_in_the_configured_prompt_layout(vocab, tmp_path):
+    """[trainer_data] prompt_layout = "sequence": every row, fresh or from the archive, is
+    the example's sequence_prompt then its target, as the quality bench prompts."""
+    from trainer.prompt import collate, sft_sequence
+
+    filled_archive(tmp_path / "archive", 1, start=500)
+    fresh = FakeFresh(partitions=1)
+    fresh.add_examples([example(0)])
+    config = cfg(batch_size=2, prompt_layout="sequence")
+    with make_data(vocab, tmp_path, fresh, config) as data:
+        mb = next_batch(data)
+    assert (mb.n_fresh, mb.n_history) == (1, 1)
+    want = [
+        sft_sequence(e, lookup(), vocab, config.max_prompt_len, layout="sequence")
+        for e in (example(0), example(500))
+    ]
+    expected = collate(want, config.seq_len, vocab.pad_id)
+    np.testing.assert_array_equal(mb.batch.inputs, expected.inputs)
+    np.testing.assert_array_equal(mb.batch.weights, expected.weights)
+    assert vocab.token_to_id("<tgt>") not in mb.batch.inputs
 
 
 def test_sampled_mode_gives_weight_one_to_the_target_tokens(vocab, tmp_path):

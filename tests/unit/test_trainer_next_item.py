@@ -18,6 +18,7 @@ from trainer.prompt import (
     next_item_sequence,
     prompt_for,
     sequence_prompt,
+    sft_sequence,
 )
 from trainer.step import batch_arrays, weighted_loss
 from trainer.vocab import Vocab, train_text_tokenizer
@@ -55,10 +56,24 @@ def one_target_example(i: int) -> schema.SftExample:
 
 
 def one_target_sequence(i: int, vocab: Vocab) -> TrainingSequence:
-    prompt = prompt_for(one_target_example(i), LOOKUP, vocab, 128, layout="sequence")
-    return TrainingSequence(
-        prompt + vocab.encode_sid(LOOKUP.sids[WATCHES[i].video_id]), len(prompt)
-    )
+    """The continuous trainer's sequence for that example with [trainer_data]
+    prompt_layout = "sequence" (trainer.data.TrainingData writes it with sft_sequence)."""
+    return sft_sequence(one_target_example(i), LOOKUP, vocab, 128, layout="sequence")
+
+
+def test_a_one_target_example_in_the_sequence_layout_is_its_prompt_then_its_target(vocab):
+    example = one_target_example(2)
+    seq = one_target_sequence(2, vocab)
+    prompt = sequence_prompt(example.history, LOOKUP, vocab, 128)
+    assert seq.tokens == prompt + vocab.encode_sid(LOOKUP.sids["c"])
+    assert seq.loss_start == len(prompt) and seq.loss_mask is None  # the target's SID only
+    assert prompt_for(example, LOOKUP, vocab, 128, layout="sequence") == prompt
+    # the "target" layout (the default) ends its prompt in the context and <tgt> instead
+    target = sft_sequence(example, LOOKUP, vocab, 128)
+    assert target.tokens[target.loss_start - 1] == vocab.token_to_id("<tgt>")
+    assert target.tokens[target.loss_start :] == seq.tokens[seq.loss_start :]
+    with pytest.raises(ValueError, match="prompt layout"):
+        sft_sequence(example, LOOKUP, vocab, 128, layout="columns")
 
 
 def test_every_prefix_of_the_sequence_is_the_one_target_example(vocab):
@@ -97,6 +112,15 @@ def test_sequence_prompt_gaps_are_hours_since_the_previous_item(vocab):
     assert gaps == want
     assert prompt[:2] == [vocab.bos_id, vocab.token_to_id("<hist>")]
     assert len(prompt) == 2 + 3 * per_item
+
+
+def test_a_history_out_of_time_order_gets_gap_zero_not_an_error(vocab):
+    history = one_target_example(3).history
+    swapped = (history[0], history[2], history[1])  # a, c (2 min before d), b (30 h before)
+    prompt = sequence_prompt(swapped, LOOKUP, vocab, 128)
+    per_item = vocab.num_sid_slots + 3
+    gaps = [prompt[2 + k * per_item + vocab.num_sid_slots + 2] for k in range(3)]
+    assert gaps == [vocab.feature_token("hours_since", h) for h in (0.0, 30.5, 0.0)]
 
 
 def test_sequence_prompt_drops_the_oldest_items_to_fit(vocab):
