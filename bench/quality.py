@@ -70,7 +70,15 @@ from trainer.cpt import vocab_for_corpus
 from trainer.eval import Generation, ModelRanker, candidate_ids, evaluate, fit_baselines
 from trainer.model import init_params
 from trainer.offline import PADDING, FitResult, fit
-from trainer.prompt import Batch, SidLookup, TrainingSequence, Watch, collate, next_item_sequence
+from trainer.prompt import (
+    Batch,
+    SidLookup,
+    TrainingSequence,
+    Watch,
+    collate,
+    next_item_sequence,
+    sft_sequence,
+)
 from trainer.step import (
     OptimizerConfig,
     Stepper,
@@ -92,6 +100,7 @@ RANKERS = ("model", "popularity", "cooccurrence")
 TARGETS = {"recall@10": 0.15, "ndcg@10": 0.075, "recall@5": 0.09}
 NOISE = 0.005  # the issue's noise at 943 users
 BEHAVIOUR = "behaviour"  # the experimental tokenizer input's name
+TRAIN_TARGETS = ("every", "one")  # QualityConfig.train_targets
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,16 @@ class QualityConfig:
     # lead over the held-out-newest slice (0.033 -> 0.016) by lowering validation (0.176 ->
     # 0.166); that slice scores R@10 0.147 against 0.142, within one standard error (0.011)
     item_dropout: float = 0.0
+    # Which targets one training sequence carries. "every" (the result): each window of
+    # history_len + 1 training ratings trains the SID of every rating after its first in
+    # one causal pass (trainer.prompt.next_item_sequence), windows re-cut every epoch.
+    # "one": each training example (a rating and the history_len ratings before it,
+    # split.train) is one sequence with the loss on its target alone, written by
+    # trainer.prompt.sft_sequence in the "sequence" layout: what `plum trainer run` with
+    # [trainer_data] prompt_layout = "sequence" trains on (the stream also samples by
+    # reward). A step costs the same either way; "one" trains ~history_len times fewer
+    # targets per step.
+    train_targets: str = "every"
     # --- training
     epochs: int = 40  # at most; training also stops when train_budget_s is spent
     # 0 = no budget; it holds the per-epoch validation too (the 45-minute bench leaves ~6
@@ -197,6 +216,10 @@ class QualityConfig:
             raise ValueError(f"patience={self.patience} must be >= 0")
         if not 0.0 <= self.item_dropout < 1.0:
             raise ValueError(f"item_dropout={self.item_dropout} must be in [0, 1)")
+        if self.train_targets not in TRAIN_TARGETS:
+            raise ValueError(f"train_targets={self.train_targets!r} is not one of {TRAIN_TARGETS}")
+        if self.item_dropout and self.train_targets != "every":
+            raise ValueError("item_dropout thins the windows of train_targets = 'every' only")
         if self.drop_newest < 0:
             raise ValueError(f"drop_newest={self.drop_newest} must be >= 0")
         if self.curve_on_scored and not self.drop_newest:
@@ -268,10 +291,41 @@ def epoch_batches(
     """One epoch: its windows (`epoch_windows`), shuffled, in batches."""
     seqs = [next_item_sequence(w, lookup, vocab) for w in epoch_windows(users, cfg, rng)]
     seqs = [s for s in seqs if s is not None]
-    order = rng.permutation(len(seqs))
-    for start in range(0, len(order), cfg.batch_size):
-        rows: list[TrainingSequence] = [seqs[i] for i in order[start : start + cfg.batch_size]]
-        rows += [PADDING] * (cfg.batch_size - len(rows))
+    return shuffled_batches(len(seqs), seqs.__getitem__, cfg.batch_size, seq_len, vocab, rng)
+
+
+def one_target_batches(
+    examples: Sequence[schema.SftExample],
+    lookup: SidLookup,
+    vocab: Vocab,
+    cfg: QualityConfig,
+    max_prompt_len: int,
+    seq_len: int,
+    rng: np.random.Generator,
+) -> Iterator[Batch]:
+    """One epoch of train_targets = "one": every example once, shuffled, in batches, each
+    written as the continuous trainer writes it in the "sequence" layout."""
+
+    def row(i: int) -> TrainingSequence:
+        return sft_sequence(examples[i], lookup, vocab, max_prompt_len, layout="sequence")
+
+    return shuffled_batches(len(examples), row, cfg.batch_size, seq_len, vocab, rng)
+
+
+def shuffled_batches(
+    n: int,
+    row: Callable[[int], TrainingSequence],
+    batch_size: int,
+    seq_len: int,
+    vocab: Vocab,
+    rng: np.random.Generator,
+) -> Iterator[Batch]:
+    """Rows `row(0 .. n-1)` in one random order, collated `batch_size` at a time (the last
+    batch padded with zero-weight rows); a row is built when its batch is."""
+    order = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        rows: list[TrainingSequence] = [row(int(i)) for i in order[start : start + batch_size]]
+        rows += [PADDING] * (batch_size - len(rows))
         yield collate(rows, seq_len, vocab.pad_id)
 
 
@@ -587,7 +641,18 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     validation = with_sid(inputs.split.validation)
     scored = with_sid(inputs.scored)
     users = user_watches(inputs)
-    per_epoch = steps_per_epoch(users, cfg)
+    train = with_sid(inputs.split.train)
+    if cfg.train_targets == "every":
+        per_epoch = steps_per_epoch(users, cfg)
+
+        def epoch(rng: np.random.Generator) -> Iterator[Batch]:
+            return epoch_batches(users, lookup, vocab, cfg, seq_len, rng)
+    else:
+        per_epoch = math.ceil(len(train) / cfg.batch_size)
+
+        def epoch(rng: np.random.Generator) -> Iterator[Batch]:
+            return one_target_batches(train, lookup, vocab, cfg, max_prompt_len, seq_len, rng)
+
     tx = make_optimizer(
         OptimizerConfig(
             cfg.learning_rate,
@@ -604,7 +669,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         stepper,
         state,
         per_epoch,
-        lambda rng: epoch_batches(users, lookup, vocab, cfg, seq_len, rng),
+        epoch,
         lambda params: recall_at_10(make_ranker(cfg.beams, True, params), validation),
         lambda params: (
             {"scored_recall@10": recall_at_10(make_ranker(cfg.beams, True, params), scored)}
@@ -657,9 +722,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     timings["total_s"] = round(time.monotonic() - t0, 1)
     step_cost = StepCost.of(model_cfg, seq_len)
     # the step alone (a batch made in advance, last: the timed steps consume the state)
-    step_alone = step_only_seconds(
-        stepper, state, next(epoch_batches(users, lookup, vocab, cfg, seq_len, rng_for(cfg)))
-    )
+    step_alone = step_only_seconds(stepper, state, next(epoch(rng_for(cfg))))
     return {
         "rankers": report["rankers"],
         "num_examples": report["num_examples"],

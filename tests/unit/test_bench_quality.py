@@ -11,6 +11,7 @@ from bench.quality import (
     gap_probes,
     knee,
     load_quality_config,
+    one_target_batches,
     paired_difference,
     result_name,
     standard_error,
@@ -135,6 +136,42 @@ def test_drop_newest_must_not_be_negative():
 def test_item_dropout_is_a_probability_below_one(p):
     with pytest.raises(ValueError, match="item_dropout"):
         QualityConfig(item_dropout=p)
+
+
+def test_train_targets_is_every_or_one_and_item_dropout_needs_every():
+    with pytest.raises(ValueError, match="train_targets"):
+        QualityConfig(train_targets="some")
+    with pytest.raises(ValueError, match="item_dropout"):
+        QualityConfig(train_targets="one", item_dropout=0.2)
+
+
+def test_one_target_epochs_train_each_example_once_as_the_continuous_trainer_writes_it():
+    """train_targets = "one": every row is trainer.prompt.sft_sequence in the "sequence"
+    layout (what `plum trainer run` with prompt_layout = "sequence" trains), each
+    example once per epoch, the order reshuffled per epoch."""
+    from tests.trainer_data_support import example, lookup, tiny_vocab
+    from trainer.prompt import collate, sft_sequence
+
+    vocab, sids = tiny_vocab(), lookup()
+    examples = [example(i) for i in range(7)]
+    cfg = QualityConfig(batch_size=3, train_targets="one")
+    rng = np.random.default_rng(0)
+    first = list(one_target_batches(examples, sids, vocab, cfg, 40, 48, rng))
+    assert len(first) == 3 and all(b.inputs.shape == (3, 48) for b in first)
+    want = {
+        tuple(
+            collate([sft_sequence(e, sids, vocab, 40, layout="sequence")], 48, vocab.pad_id).inputs[
+                0
+            ]
+        )
+        for e in examples
+    }
+    rows = [tuple(r) for b in first for r, w in zip(b.inputs, b.weights, strict=True) if w.any()]
+    assert len(rows) == 7 and set(rows) == want
+    second = list(one_target_batches(examples, sids, vocab, cfg, 40, 48, rng))
+    assert [tuple(r) for b in second for r in b.inputs] != [
+        tuple(r) for b in first for r in b.inputs
+    ]
 
 
 def test_test_is_scored_per_epoch_only_on_a_diagnostic_split():
