@@ -641,13 +641,13 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     validation = with_sid(inputs.split.validation)
     scored = with_sid(inputs.scored)
     users = user_watches(inputs)
-    train = with_sid(inputs.split.train)
     if cfg.train_targets == "every":
         per_epoch = steps_per_epoch(users, cfg)
 
         def epoch(rng: np.random.Generator) -> Iterator[Batch]:
             return epoch_batches(users, lookup, vocab, cfg, seq_len, rng)
     else:
+        train = with_sid(inputs.split.train)
         per_epoch = math.ceil(len(train) / cfg.batch_size)
 
         def epoch(rng: np.random.Generator) -> Iterator[Batch]:

@@ -27,6 +27,7 @@ import numpy as np
 from plum.checkpoints import VOCAB, CheckpointStore, has_checkpoint
 from serving.artifact import ArtifactError, IndexSnapshot, Manifest, ModelRepository
 from trainer.config import ModelConfig
+from trainer.prompt import saved_prompt_layout
 from trainer.step import evaluated_params_of_saved
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class TrainerCheckpoint:
     @property
     def prompt_layout(self) -> str:
         """The layout its prompts were written in (a run from before the setting: "target")."""
-        return str(self.meta["data_config"].get("prompt_layout", "target"))
+        return saved_prompt_layout(self.meta)
 
     @property
     def newest_event_ts_ms(self) -> int:

@@ -39,6 +39,7 @@ def cli(argv: list[str]) -> int:
     from trainer.cpt import load_model
     from trainer.data import index_lookup_source, load_data_config
     from trainer.eval import ModelRanker, candidate_ids, evaluate, fit_baselines, fresh_split
+    from trainer.prompt import saved_prompt_layout
 
     cfg = trainer_config(args)
     index_path, _, _ = state_paths(cfg)
@@ -58,7 +59,7 @@ def cli(argv: list[str]) -> int:
     fresh = fresh[-args.max_examples :]
     cands = candidate_ids(lookup, model.vocab)
     # prompts in the layout the checkpoint was trained in (a CPT checkpoint has none)
-    layout = (model.meta.get("data_config") or {}).get("prompt_layout", data_cfg.prompt_layout)
+    layout = saved_prompt_layout(model.meta, default=data_cfg.prompt_layout)
     rankers = {
         **fit_baselines(train, cands),
         "model": ModelRanker(

@@ -66,7 +66,7 @@ from trainer.data import DataConfig, DataPosition, MixedBatch, TrainingData
 from trainer.lockstep import Lockstep, agree_on_end, allgather_json, barrier
 from trainer.model import init_params
 from trainer.observe import TrainerObserver
-from trainer.prompt import Batch, SidLookup, TrainingSequence, collate
+from trainer.prompt import Batch, SidLookup, TrainingSequence, collate, saved_prompt_layout
 from trainer.sharding import (
     batch_sharding,
     local_rows,
@@ -279,7 +279,7 @@ def check_prompt_layout(meta: dict[str, Any], data_cfg: DataConfig, run_dir: Pat
     """Refuse to resume a run trained in another [trainer_data] prompt_layout
     (PromptLayoutMismatchError naming the fix); a run written before the setting existed
     was trained in "target"."""
-    saved = (meta.get("data_config") or {}).get("prompt_layout", "target")
+    saved = saved_prompt_layout(meta)
     if saved != data_cfg.prompt_layout:
         raise PromptLayoutMismatchError(
             f"the checkpoints in {run_dir} were trained with [trainer_data] prompt_layout = "

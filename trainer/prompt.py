@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,6 +50,13 @@ HOUR_MS = 3_600_000.0  # history items carry hours (schema.HistoryItem.hours_sin
 # prompt_layout, saved in every checkpoint); the gate and serving prompt in the layout the
 # checkpoint was trained in.
 PROMPT_LAYOUTS = ("target", "sequence")
+
+
+def saved_prompt_layout(meta: Mapping[str, Any], default: str = "target") -> str:
+    """The layout a trainer checkpoint's run wrote its prompts in ([trainer_data]
+    prompt_layout, saved in the meta's "data_config"); `default` when the meta has none
+    (a run from before the setting was trained in "target")."""
+    return str((meta.get("data_config") or {}).get("prompt_layout", default))
 
 
 class UnknownTargetError(LookupError):
