@@ -12,7 +12,9 @@ The model runs the production code path, from nothing:
 
 1. SIDs: SID-v2 (tokenizer.catalogue via bench.trainer_quality.name_items) trained on the
    uploads' content embeddings as published (title text, genres, year) with the
-   co-occurrence contrastive term fed with pairs from training examples only;
+   co-occurrence contrastive term fed with pairs from training examples only
+   (`sid_variant` trains another tokenizer variant instead, e.g. SID-v1, for the paper's
+   ablation);
 2. the decoder (trainer.model), step (trainer.step: AdamW, constant LR after warm-up) and
    vocabulary (trainer.vocab) of the continuous trainer, trained with the next-item
    layout (trainer.prompt.next_item_sequence): each user's training ratings cut into
@@ -63,6 +65,7 @@ from bench.trainer_quality import (
 )
 from plum.config import REPO_ROOT, default_config_path, load_section
 from streams.contracts import schema
+from tokenizer.ablation import VARIANTS, variant_config
 from tokenizer.behaviour import behaviour_embeddings
 from trainer.beam import BeamSearch
 from trainer.config import TINY, VocabConfig
@@ -126,6 +129,11 @@ class QualityConfig:
     # embedding of this width (tokenizer/behaviour.py, from training timelines only). The SID
     # service cannot compute it for a new upload, so the production tokenizer lacks it.
     sid_behaviour_dim: int = 0
+    # The tokenizer variant (tokenizer.ablation.VARIANTS), the paper's SID-v1 vs SID-v2
+    # ablation judged by the recommender trained on those SIDs: "sidv2" (the production
+    # tokenizer) or e.g. "sidv1" (every modality as one concatenated embedding, uniform
+    # codebooks at the same code space, no masking, no contrastive term)
+    sid_variant: str = "sidv2"
     # --- model (the trainer's Transformer; the rest of TINY's settings)
     # d64/d256 vs d128/d384 ran at the same tokens/s on the 2-core box (~4.5k/s, overhead-
     # bound) and the `small` preset (d256, 4 layers) 8x slower: the widest of the cheap ones
@@ -224,6 +232,8 @@ class QualityConfig:
             raise ValueError(f"drop_newest={self.drop_newest} must be >= 0")
         if self.curve_on_scored and not self.drop_newest:
             raise ValueError("curve_on_scored needs drop_newest > 0: never score test per epoch")
+        if self.sid_variant not in VARIANTS:
+            raise ValueError(f"sid_variant={self.sid_variant!r} is not one of {sorted(VARIANTS)}")
         if any(b < 1 for b in self.sweep_beams) or self.beams < 1:
             raise ValueError("beams must be >= 1")
 
@@ -582,12 +592,16 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     uploads = inputs.uploads
     if cfg.sid_behaviour_dim > 0:
         uploads = with_behaviour(uploads, user_watches(inputs), cfg.sid_behaviour_dim)
+    tok_cfg, concatenated = variant_config(
+        cfg.sid_variant, tokenizer_config(cfg, cfg.tokenizer_steps, cfg.codebook_base)
+    )
     lookup, level_sizes, base_report = name_items(
         uploads,
         lambda _: True,
         [(a, b) for _, a, b in inputs.tokenizer_pairs],
-        tokenizer_config(cfg, cfg.tokenizer_steps, cfg.codebook_base),
+        tok_cfg,
         cfg.disambiguation_size,
+        concatenated=concatenated,
     )
     timings["sids_s"] = round(time.monotonic() - t0, 1)
     vocab = vocab_for_corpus(

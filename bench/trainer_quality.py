@@ -61,6 +61,7 @@ import numpy as np
 from bench.common import bench_config, setting, write_result
 from plum.config import REPO_ROOT, default_config_path, load_section
 from streams.contracts import schema
+from tokenizer.ablation import concatenate
 from tokenizer.catalogue import name_catalogue
 from tokenizer.config import TokenizerConfig, load_tokenizer_config
 from tokenizer.data import items_from_uploads, pair_rows
@@ -253,11 +254,16 @@ def name_items(
     pairs: Sequence[tuple[str, str]],
     tok_cfg: TokenizerConfig,
     disambiguation_size: int,
+    concatenated: bool = False,
 ) -> tuple[SidLookup, tuple[int, ...], dict[str, Any]]:
-    """SID-v2 trained on the uploads `fit` accepts, every upload named in arrival order."""
+    """SIDs trained on the uploads `fit` accepts, every upload named in arrival order; with
+    `concatenated`, every modality is one input embedding (SID-v1's input,
+    tokenizer.ablation.concatenate)."""
     started = time.monotonic()
     ordered = sorted(uploads, key=lambda u: (u.ts, u.video_id))
     ids, embeddings = items_from_uploads(ordered)
+    if concatenated:
+        embeddings = concatenate(embeddings)
     first = {}
     for u in ordered:
         first.setdefault(u.video_id, u)
@@ -265,6 +271,7 @@ def name_items(
     fit_pairs = pair_rows(pairs, [ids[i] for i in fit_rows])  # rows of the fit items
     named = name_catalogue(ids, embeddings, fit_rows, fit_pairs, tok_cfg, disambiguation_size)
     report = named.report(fit_rows, fit_pairs)
+    report["inputs"] = {k: int(v.shape[1]) for k, v in sorted(embeddings.items())}
     report["seconds"] = round(time.monotonic() - started, 1)
     log.info("SIDs: %s", report)
     return SidLookup(named.version, named.sids), named.level_sizes, report

@@ -109,6 +109,20 @@ def _alignment(codes: np.ndarray, pairs: np.ndarray, seed: int) -> dict[str, flo
     return {**al, "lift": al["cooccurring"] / max(al["random"], 1e-9)}
 
 
+def variant_config(name: str, config: TokenizerConfig) -> tuple[TokenizerConfig, bool]:
+    """(`config` changed as variant `name` changes it, whether the variant trains on the
+    concatenated embedding); uniform codebooks are sized to `config`'s multi-resolution
+    code space. An unknown name raises ValueError."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown tokenizer variant {name!r}: one of {sorted(VARIANTS)}")
+    change = dict(VARIANTS[name])
+    concatenated = bool(change.pop("concatenated", False))
+    cfg = dataclasses.replace(config, **change)
+    if not cfg.multi_resolution:
+        cfg = uniform_at_equal_space(cfg)
+    return cfg, concatenated
+
+
 def run_variant(
     name: str,
     embeddings: dict[str, np.ndarray],
@@ -118,11 +132,7 @@ def run_variant(
 ) -> dict[str, Any]:
     """Train variant `name` on `embeddings` with the training `pairs`; alignment on the
     `held_out` pairs (headline) and on the training pairs (in-sample)."""
-    change = dict(VARIANTS[name])
-    concatenated = change.pop("concatenated", False)
-    cfg = dataclasses.replace(config, **change)
-    if not cfg.multi_resolution:
-        cfg = uniform_at_equal_space(cfg)
+    cfg, concatenated = variant_config(name, config)
     inputs = concatenate(embeddings) if concatenated else embeddings
     t0 = time.perf_counter()
     tok = train_tokenizer(inputs, pairs, cfg)

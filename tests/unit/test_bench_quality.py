@@ -1,5 +1,6 @@
 """`plum bench quality`: its settings, the training windows and the beam knee."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -19,8 +20,11 @@ from bench.quality import (
     until,
     windows,
 )
-from plum.config import ConfigError
-from streams.contracts.schema import HistoryItem, SftExample
+from bench.trainer_quality import name_items
+from plum.config import REPO_ROOT, ConfigError
+from streams.contracts.schema import HistoryItem, SftExample, UploadEvent
+from tokenizer.ablation import CONCATENATED
+from tokenizer.config import load_tokenizer_config
 from trainer.prompt import Watch
 
 
@@ -138,6 +142,13 @@ def test_item_dropout_is_a_probability_below_one(p):
         QualityConfig(item_dropout=p)
 
 
+def test_sid_variant_is_one_of_the_tokenizer_ablation_variants():
+    assert QualityConfig().sid_variant == "sidv2"  # the production tokenizer
+    assert QualityConfig(sid_variant="sidv1").sid_variant == "sidv1"
+    with pytest.raises(ValueError, match="sid_variant"):
+        QualityConfig(sid_variant="sidv3")
+
+
 def test_train_targets_is_every_or_one_and_item_dropout_needs_every():
     with pytest.raises(ValueError, match="train_targets"):
         QualityConfig(train_targets="some")
@@ -222,3 +233,31 @@ def test_gap_probes_ask_for_a_film_two_steps_past_a_prompt_of_training_films():
     assert [(e.user_id, e.target_video_id) for e in shorter] == [("u1", "v1")]
     assert [h.video_id for h in shorter[0].history] == ["a", "b"]
     assert shorter[0].context_video_id == "b"
+
+
+@pytest.mark.parametrize(
+    ("concatenated", "inputs"), [(False, {"genre": 3, "text": 4}), (True, {CONCATENATED: 7})]
+)
+def test_name_items_trains_sid_v1_on_every_modality_as_one_embedding(concatenated, inputs):
+    rng = np.random.default_rng(0)
+    uploads = [
+        UploadEvent(
+            f"v{i}",
+            i,
+            "t",
+            "",
+            "ch",
+            ("x",),
+            60.0,
+            {"text": tuple(rng.normal(size=4)), "genre": tuple(rng.normal(size=3))},
+        )
+        for i in range(40)
+    ]
+    cfg = dataclasses.replace(
+        load_tokenizer_config(REPO_ROOT / "configs" / "test.toml", steps=5),
+        codebook_base=8,
+        log_every=5,
+    )
+    lookup, level_sizes, report = name_items(uploads, lambda _: True, [], cfg, 8, concatenated)
+    assert report["inputs"] == inputs
+    assert level_sizes == (8, 4, 2) and report["items"] == 40

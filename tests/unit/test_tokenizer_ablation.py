@@ -15,6 +15,7 @@ from tokenizer.ablation import (
     run_variant,
     split_pairs,
     uniform_at_equal_space,
+    variant_config,
 )
 from tokenizer.config import TokenizerConfig, load_tokenizer_config
 from tokenizer.growth import REMEDIES, catalogue_growth, collision_sizes, simulated_catalogue
@@ -28,6 +29,18 @@ def test_uniform_codebooks_get_the_multi_resolution_code_space():
     v1 = uniform_at_equal_space(v2)
     assert v2.level_sizes == (128, 64, 32) and v1.level_sizes == (64, 64, 64)
     assert code_space(v1.level_sizes) == code_space(v2.level_sizes) == 2**18
+
+
+def test_variant_config_writes_each_variant_as_the_ablation_trains_it():
+    v2 = TokenizerConfig(codebook_base=128, num_levels=3)
+    v1, v1_concatenated = variant_config("sidv1", v2)
+    assert v1_concatenated and v1.level_sizes == (64, 64, 64)
+    assert not v1.progressive_masking and v1.contrastive_weight == 0.0
+    assert variant_config("sidv2", v2) == (v2, False)
+    no_fusion, concatenated = variant_config("sidv2-no-multimodal", v2)
+    assert concatenated and no_fusion.level_sizes == (128, 64, 32)
+    with pytest.raises(ValueError, match="unknown tokenizer variant"):
+        variant_config("sidv3", v2)
 
 
 def test_concatenation_keeps_every_modality_in_name_order():
