@@ -134,7 +134,9 @@ class QualityConfig:
     # tokenizer) or e.g. "sidv1" (every modality as one concatenated embedding, uniform
     # codebooks at the same code space, no masking, no contrastive term). Measured
     # (experiments/quality-ml100k-sidv1.json, seed 11, same budget): sidv1 test R@10 0.119
-    # vs 0.127, validation at equal epochs a tie: inside one run's noise
+    # vs 0.127, validation at equal epochs a tie; "sidv2-no-contrastive"
+    # (experiments/quality-ml100k-sidv2-no-contrastive.json) test 0.118, validation 0.141 vs
+    # 0.137 over epochs 21-30: both inside one run's noise
     sid_variant: str = "sidv2"
     # --- model (the trainer's Transformer; the rest of TINY's settings)
     # d64/d256 vs d128/d384 ran at the same tokens/s on the 2-core box (~4.5k/s, overhead-
