@@ -19,7 +19,9 @@ The model runs the production code path, from nothing:
    vocabulary (trainer.vocab) of the continuous trainer, trained with the next-item
    layout (trainer.prompt.next_item_sequence): each user's training ratings cut into
    windows of `history_len + 1` items, the loss on the SID of every next item at once,
-   windows re-cut at a random offset every epoch;
+   windows re-cut at a random offset every epoch; from random init, or (`cpt_steps` > 0,
+   the paper's CPT ablation) from a CPT checkpoint of trainer.cpt trained first on the
+   training ratings and the films' metadata, inside the same time budget;
 3. constrained beam search (trainer.beam via trainer.eval.ModelRanker, prompt layout
    "sequence") over the trie of every film: 0 invalid SIDs by construction, counted
    anyway from an unconstrained search.
@@ -45,6 +47,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -68,8 +71,8 @@ from streams.contracts import schema
 from tokenizer.ablation import VARIANTS, variant_config
 from tokenizer.behaviour import behaviour_embeddings
 from trainer.beam import BeamSearch
-from trainer.config import TINY, VocabConfig
-from trainer.cpt import vocab_for_corpus
+from trainer.config import TINY, ModelConfig, VocabConfig
+from trainer.cpt import CptConfig, build_corpus, load_model, train_cpt, vocab_for_corpus
 from trainer.eval import Generation, ModelRanker, candidate_ids, evaluate, fit_baselines
 from trainer.model import init_params
 from trainer.offline import PADDING, FitResult, fit
@@ -172,6 +175,15 @@ class QualityConfig:
     # reward). A step costs the same either way; "one" trains ~history_len times fewer
     # targets per step.
     train_targets: str = "every"
+    # --- continued pre-training (paper section 2.2; trainer.cpt, what `plum trainer cpt`
+    # runs). 0 = off: the recommender starts from random init (the result). > 0: that many
+    # CPT steps from random init on the training ratings as behaviour sequences and every
+    # film's metadata sentences (title, genres; 50/50), saved as a CPT checkpoint and loaded
+    # back as `plum trainer run --cpt` loads it, then SFT from it. A CPT step has the SFT
+    # step's batch and sequence length, and CPT's seconds come out of train_budget_s, so
+    # both arms get the same CPU and about the same total steps; the curve counts SFT steps.
+    cpt_steps: int = 0
+    cpt_learning_rate: float = 1e-3  # trainer.cpt.CptConfig's default
     # --- training
     epochs: int = 40  # at most; training also stops when train_budget_s is spent
     # 0 = no budget; it holds the per-epoch validation too (the 45-minute bench leaves ~6
@@ -226,6 +238,11 @@ class QualityConfig:
             raise ValueError("history_len, epochs and batch_size must be >= 1")
         if self.patience < 0:
             raise ValueError(f"patience={self.patience} must be >= 0")
+        if self.cpt_steps < 0 or not self.cpt_learning_rate > 0:
+            raise ValueError(
+                f"cpt_steps={self.cpt_steps} must be >= 0 and "
+                f"cpt_learning_rate={self.cpt_learning_rate} > 0"
+            )
         if not 0.0 <= self.item_dropout < 1.0:
             raise ValueError(f"item_dropout={self.item_dropout} must be in [0, 1)")
         if self.train_targets not in TRAIN_TARGETS:
@@ -590,6 +607,49 @@ def train_with_selection(
     return state, result, best, time.monotonic() - started - select_s, select_s
 
 
+def initial_params(
+    cfg: QualityConfig,
+    inputs: MovieLensInputs,
+    lookup: SidLookup,
+    vocab: Vocab,
+    model_cfg: ModelConfig,
+    seq_len: int,
+) -> tuple[Any, dict[str, Any] | None]:
+    """The parameters SFT starts from and CPT's report: random init (seed `cfg.seed`) when
+    `cfg.cpt_steps` is 0, else the production CPT (trainer.cpt.train_cpt) of that many
+    steps on the training ratings (`inputs.cpt_watches`) and the films' metadata, its
+    checkpoint loaded back by trainer.cpt.load_model, as `plum trainer run --cpt` does."""
+    if not cfg.cpt_steps:
+        return init_params(model_cfg, jax.random.PRNGKey(cfg.seed)), None
+    t = time.monotonic()
+    corpus = build_corpus(inputs.uploads, inputs.cpt_watches, lookup, vocab, seq_len)
+    cpt_cfg = CptConfig(
+        steps=cfg.cpt_steps,
+        batch_size=cfg.batch_size,
+        seq_len=seq_len,
+        learning_rate=cfg.cpt_learning_rate,
+        warmup_steps=min(cfg.warmup_steps, cfg.cpt_steps // 10),
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        log_every_s=cfg.log_every_s,
+    )
+    log.info("CPT: %d steps on %s", cfg.cpt_steps, corpus.describe())
+    with tempfile.TemporaryDirectory(prefix="plum-bench-quality-cpt-") as tmp:
+        result = train_cpt(cpt_cfg, model_cfg, vocab, corpus, tmp)
+        loaded = load_model(tmp)
+    if loaded.model_config != model_cfg:
+        raise ValueError(f"the CPT checkpoint's model {loaded.model_config} is not {model_cfg}")
+    return loaded.params, {
+        "steps": result.step,
+        "seconds": round(time.monotonic() - t, 1),
+        "first_loss": result.first_loss,
+        "final_loss": result.final_loss,
+        "input_tokens_per_s": round(result.tokens_per_s, 1),
+        "learning_rate": cfg.cpt_learning_rate,
+        "corpus": corpus.describe(),
+    }
+
+
 def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -681,9 +741,17 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         )
     )
     stepper = Stepper(model_cfg, tx)
-    state = init_state(init_params(model_cfg, jax.random.PRNGKey(cfg.seed)), tx)
+    params0, cpt = initial_params(cfg, inputs, lookup, vocab, model_cfg, seq_len)
+    sft_cfg = cfg
+    if cpt is not None:
+        timings["cpt_s"] = cpt["seconds"]
+        if cfg.train_budget_s > 0:  # CPT spends its seconds from the same budget
+            sft_cfg = dataclasses.replace(
+                cfg, train_budget_s=max(cfg.train_budget_s - cpt["seconds"], 1e-3)
+            )
+    state = init_state(params0, tx)
     state, result, best, train_s, select_s = train_with_selection(
-        cfg,
+        sft_cfg,
         stepper,
         state,
         per_epoch,
@@ -759,6 +827,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
             "recall@10_full_sid": report["rankers"]["model"]["recall@10"],
         },
         "sids": sid_report(lookup, level_sizes, base_report),
+        "cpt": cpt,
         "beam_sweep": sweep,
         "beam_knee": knee(sweep),
         "model_selection": {
@@ -771,6 +840,8 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         },
         "training": {
             "steps": result.steps,
+            "steps_with_cpt": result.steps + (cpt["steps"] if cpt else 0),
+            "budget_s": sft_cfg.train_budget_s,
             "steps_per_epoch": per_epoch,
             "epochs": round(result.steps / per_epoch, 2),
             "seconds": round(train_s, 1),

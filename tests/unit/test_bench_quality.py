@@ -3,6 +3,7 @@
 import dataclasses
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ from bench.quality import (
     BestEpoch,
     QualityConfig,
     gap_probes,
+    initial_params,
     knee,
     load_quality_config,
     one_target_batches,
@@ -20,12 +22,15 @@ from bench.quality import (
     until,
     windows,
 )
-from bench.trainer_quality import name_items
+from bench.trainer_quality import MovieLensInputs, name_items
 from plum.config import REPO_ROOT, ConfigError
-from streams.contracts.schema import HistoryItem, SftExample, UploadEvent
+from streams.contracts.schema import HistoryItem, SftExample, UploadEvent, WatchEvent
 from tokenizer.ablation import CONCATENATED
 from tokenizer.config import load_tokenizer_config
-from trainer.prompt import Watch
+from trainer.config import TINY, VocabConfig
+from trainer.cpt import build_corpus, vocab_for_corpus
+from trainer.model import init_params
+from trainer.prompt import SidLookup, Watch
 
 
 def _user(n: int, name: str) -> list[Watch]:
@@ -261,3 +266,54 @@ def test_name_items_trains_sid_v1_on_every_modality_as_one_embedding(concatenate
     lookup, level_sizes, report = name_items(uploads, lambda _: True, [], cfg, 8, concatenated)
     assert report["inputs"] == inputs
     assert level_sizes == (8, 4, 2) and report["items"] == 40
+
+
+@pytest.mark.parametrize(("steps", "rate"), [(-1, 1e-3), (10, 0.0)])
+def test_cpt_steps_must_not_be_negative_nor_its_learning_rate_zero(steps, rate):
+    with pytest.raises(ValueError, match="cpt_steps"):
+        QualityConfig(cpt_steps=steps, cpt_learning_rate=rate)
+
+
+def _cpt_inputs() -> tuple[MovieLensInputs, SidLookup]:
+    """Six films, four users' training ratings as watches; no split is needed for CPT."""
+    uploads = [
+        UploadEvent(f"v{i}", 0, f"title {i % 3}", "", "ch", (f"genre{i % 2}",), 60.0, {})
+        for i in range(6)
+    ]
+    watches = [
+        WatchEvent(f"e{u}{k}", f"u{u}", f"v{(u + k) % 6}", k * 60_000, 48.0, 60.0, True, "ml")
+        for u in range(4)
+        for k in range(5)
+    ]
+    inputs = MovieLensInputs(
+        split=None,
+        scored=[],
+        uploads=uploads,
+        cpt_watches=watches,
+        tokenizer_pairs=[],
+        interactions=[],
+    )
+    return inputs, SidLookup("sv", {f"v{i}": (i % 4, i // 4, 0, 0) for i in range(6)})
+
+
+def test_sft_starts_from_random_init_without_cpt_and_from_the_cpt_checkpoint_with_it():
+    inputs, lookup = _cpt_inputs()
+    vocab = vocab_for_corpus(
+        inputs.uploads, VocabConfig(text_vocab_size=300, disambiguation_size=2), (4, 2, 1)
+    )
+    model_cfg = dataclasses.replace(TINY, d_model=32, d_ff=64, max_len=64).with_vocab(vocab.size)
+    random_init = init_params(model_cfg, jax.random.PRNGKey(3))
+
+    params, report = initial_params(QualityConfig(seed=3), inputs, lookup, vocab, model_cfg, 48)
+    assert report is None
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, random_init)))
+
+    cfg = QualityConfig(seed=3, cpt_steps=20, cpt_learning_rate=3e-3, batch_size=8)
+    params, report = initial_params(cfg, inputs, lookup, vocab, model_cfg, 48)
+    # the production CPT on the training watches and every film's metadata (both halves)
+    expected = build_corpus(inputs.uploads, inputs.cpt_watches, lookup, vocab, 48).describe()
+    assert report["corpus"] == expected
+    assert expected["behaviour_sequences"] == 4 and expected["metadata_sequences"] == 12
+    assert report["steps"] == 20 and report["final_loss"] < report["first_loss"]
+    assert jax.tree.structure(params) == jax.tree.structure(random_init)
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, params, random_init)))
