@@ -82,6 +82,7 @@ from trainer.prompt import (
     TrainingSequence,
     Watch,
     collate,
+    every_position_sequence,
     next_item_sequence,
     sft_sequence,
 )
@@ -106,7 +107,7 @@ RANKERS = ("model", "popularity", "cooccurrence")
 TARGETS = {"recall@10": 0.15, "ndcg@10": 0.075, "recall@5": 0.09}
 NOISE = 0.005  # the issue's noise at 943 users
 BEHAVIOUR = "behaviour"  # the experimental tokenizer input's name
-TRAIN_TARGETS = ("every", "one")  # QualityConfig.train_targets
+TRAIN_TARGETS = ("every", "one", "examples")  # QualityConfig.train_targets
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,11 @@ class QualityConfig:
     # split.train) is one sequence with the loss on its target alone, written by
     # trainer.prompt.sft_sequence in the "sequence" layout: what `plum trainer run` with
     # [trainer_data] prompt_layout = "sequence" trains on (the stream also samples by
-    # reward). A step costs the same either way; "one" trains ~history_len times fewer
-    # targets per step.
+    # reward). "examples": the same examples, each trained at every position
+    # (trainer.prompt.every_position_sequence): what `plum trainer run` trains with
+    # train_positions = "every" as well. A step costs the same in all three; "one" trains
+    # ~history_len times fewer targets per step; "examples" as many as "every", but each
+    # rating is a target in up to history_len + 1 overlapping rows per epoch.
     train_targets: str = "every"
     # --- continued pre-training (paper section 2.2; trainer.cpt, what `plum trainer cpt`
     # runs). 0 = off: the recommender starts from random init (the result). > 0: that many
@@ -334,10 +338,13 @@ def one_target_batches(
     seq_len: int,
     rng: np.random.Generator,
 ) -> Iterator[Batch]:
-    """One epoch of train_targets = "one": every example once, shuffled, in batches, each
-    written as the continuous trainer writes it in the "sequence" layout."""
+    """One epoch of train_targets = "one" or "examples": every example once, shuffled, in
+    batches, each written as the continuous trainer writes it in the "sequence" layout
+    with train_positions "target" or "every" (trainer.data.TrainingData)."""
 
     def row(i: int) -> TrainingSequence:
+        if cfg.train_targets == "examples":
+            return every_position_sequence(examples[i], lookup, vocab, max_prompt_len)
         return sft_sequence(examples[i], lookup, vocab, max_prompt_len, layout="sequence")
 
     return shuffled_batches(len(examples), row, cfg.batch_size, seq_len, vocab, rng)

@@ -57,6 +57,7 @@ from trainer.prompt import (
     TrainingSequence,
     UnknownTargetError,
     collate,
+    every_position_sequence,
     sft_sequence,
 )
 from trainer.vocab import Vocab
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 DATA_SECTION = "trainer_data"
 WHEN_IDLE = ("history", "wait")
 REWARD_MODES = ("sampled", "weighted")
+TRAIN_POSITIONS = ("target", "every")  # DataConfig.train_positions
 # A feature value the vocabulary cannot bucket (e.g. negative hours): the example is
 # unusable under any SID version, so it is counted as malformed and not archived.
 BAD_FEATURES = "bad_features"
@@ -102,6 +104,14 @@ class DataConfig:
     # no place for the context). Saved in every checkpoint: the gate and serving prompt in
     # it, and a run directory keeps it for good (resuming in another layout is refused).
     prompt_layout: str = "target"
+    # Which positions of an example the loss covers: "target" (its target's SID alone) or,
+    # in the "sequence" layout only, "every" (trainer.prompt.every_position_sequence): the
+    # target and every history item in the prompt after the first, each predicted from the
+    # items before it, so one row trains up to history_len + 1 targets for the cost of
+    # one. Each example is still trained once; a watch is a target again in each later
+    # example whose history holds it. The history carries no click flag, so an unclicked
+    # history item (the simulator's previews) is trained as a target too.
+    train_positions: str = "target"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_prompt_len", "prefetch_batches"):
@@ -133,6 +143,15 @@ class DataConfig:
             raise ValueError(f"start_from={self.start_from!r} is not one of {START_FROM}")
         if self.prompt_layout not in PROMPT_LAYOUTS:
             raise ValueError(f"prompt_layout={self.prompt_layout!r} is not one of {PROMPT_LAYOUTS}")
+        if self.train_positions not in TRAIN_POSITIONS:
+            raise ValueError(
+                f"train_positions={self.train_positions!r} is not one of {TRAIN_POSITIONS}"
+            )
+        if self.train_positions == "every" and self.prompt_layout != "sequence":
+            raise ValueError(
+                'train_positions = "every" needs prompt_layout = "sequence": only there is '
+                "every prefix of a prompt the prompt of the item after it"
+            )
 
     @property
     def n_fresh(self) -> int:
@@ -439,6 +458,10 @@ class TrainingData:
     def _sequence(self, example: schema.SftExample) -> TrainingSequence:
         """Raises UnknownTargetError, or ValueError for features the vocab cannot bucket."""
         cfg = self.config
+        if cfg.train_positions == "every":
+            return every_position_sequence(
+                example, self._lookup, self.vocab, cfg.max_prompt_len, self._weight(example)
+            )
         return sft_sequence(
             example,
             self._lookup,

@@ -242,11 +242,19 @@ def sequence_prompt(
 
     Unlike the "target" layout (`sft_prompt`), every prefix of a user's sequence is the
     prompt of its next item, so one causal pass trains every position at once
-    (`next_item_sequence`) and gives each position the loss its one-target example would.
-    The oldest items are dropped to fit `max_prompt_len`; an item without a SID is `<unk>`;
-    a gap that would be negative (history not in time order) is written as 0.
+    (`next_item_sequence`, `every_position_sequence`) and gives each position the loss its
+    one-target example would. The oldest items are dropped to fit `max_prompt_len`; an
+    item without a SID is `<unk>`; a gap that would be negative (history not in time
+    order) is written as 0.
     """
-    hist_id = vocab.token_to_id("<hist>")
+    items = _sequence_items(history, lookup, vocab, max_prompt_len)
+    return [vocab.bos_id, vocab.token_to_id("<hist>"), *(t for _, toks in items for t in toks)]
+
+
+def _sequence_items(
+    history: Sequence[schema.HistoryItem], lookup: SidLookup, vocab: Vocab, max_prompt_len: int
+) -> list[tuple[bool, list[int]]]:
+    """`sequence_prompt`'s history items, oldest kept first: (has a SID, its tokens)."""
     room = max_prompt_len - 2
     if room < 0:
         raise ValueError(f"max_prompt_len={max_prompt_len} cannot hold even an empty history")
@@ -260,14 +268,47 @@ def sequence_prompt(
         kept.append(j)
         used += n
     kept.reverse()
-    body: list[int] = []
+    items: list[tuple[bool, list[int]]] = []
     for pos, j in enumerate(kept):
         # an item older than the one before it (a history not in time order) gets gap 0
         gap_ms = 0 if pos == 0 else max(0, ms[kept[pos - 1]] - ms[j])
         h = history[j]
         item = schema.HistoryItem(h.video_id, h.watch_ratio, h.watch_time_s, gap_ms / HOUR_MS)
-        body += _item_tokens(vocab, lookup.tokens(vocab, h.video_id), item)
-    return [vocab.bos_id, hist_id, *body]
+        sid = lookup.tokens(vocab, h.video_id)
+        items.append((sid is not None, _item_tokens(vocab, sid, item)))
+    return items
+
+
+def every_position_sequence(
+    example: schema.SftExample,
+    lookup: SidLookup,
+    vocab: Vocab,
+    max_prompt_len: int,
+    weight: float = 1.0,
+) -> TrainingSequence:
+    """An SFT example in the next-item layout trained at every position: its
+    `sequence_prompt` + its target's SID, the loss on the target's SID tokens and on those
+    of every history item in the prompt after the first that has a SID. By causality each
+    position gets the loss of the one-target example whose history is the items before it
+    in the prompt, so one row trains up to history_len + 1 targets for the cost of one.
+    Raises UnknownTargetError when the target has no SID.
+
+    The history carries no click flag: a history item the user saw but did not click
+    (the simulator's previews) is trained as a target too."""
+    target = lookup.tokens(vocab, example.target_video_id)
+    if target is None:
+        raise UnknownTargetError(
+            f"video {example.target_video_id!r} has no SID in version {lookup.version!r}"
+        )
+    tokens = [vocab.bos_id, vocab.token_to_id("<hist>")]
+    mask = [False, False]
+    for n, (has_sid, toks) in enumerate(
+        _sequence_items(example.history, lookup, vocab, max_prompt_len)
+    ):
+        sid_len = vocab.num_sid_slots if has_sid and n > 0 else 0
+        tokens += toks
+        mask += [True] * sid_len + [False] * (len(toks) - sid_len)
+    return TrainingSequence(tokens + target, 2, weight, mask + [True] * len(target))
 
 
 def next_item_sequence(

@@ -154,36 +154,43 @@ def test_sid_variant_is_one_of_the_tokenizer_ablation_variants():
         QualityConfig(sid_variant="sidv3")
 
 
-def test_train_targets_is_every_or_one_and_item_dropout_needs_every():
+def test_train_targets_is_every_one_or_examples_and_item_dropout_needs_every():
     with pytest.raises(ValueError, match="train_targets"):
         QualityConfig(train_targets="some")
-    with pytest.raises(ValueError, match="item_dropout"):
-        QualityConfig(train_targets="one", item_dropout=0.2)
+    for targets in ("one", "examples"):
+        with pytest.raises(ValueError, match="item_dropout"):
+            QualityConfig(train_targets=targets, item_dropout=0.2)
 
 
-def test_one_target_epochs_train_each_example_once_as_the_continuous_trainer_writes_it():
-    """train_targets = "one": every row is trainer.prompt.sft_sequence in the "sequence"
-    layout (what `plum trainer run` with prompt_layout = "sequence" trains), each
+@pytest.mark.parametrize("targets", ["one", "examples"])
+def test_example_epochs_train_each_example_once_as_the_continuous_trainer_writes_it(targets):
+    """train_targets = "one" / "examples": every row is what `plum trainer run` with
+    prompt_layout = "sequence" trains, with train_positions = "target"
+    (trainer.prompt.sft_sequence) / "every" (trainer.prompt.every_position_sequence), each
     example once per epoch, the order reshuffled per epoch."""
     from tests.trainer_data_support import example, lookup, tiny_vocab
-    from trainer.prompt import collate, sft_sequence
+    from trainer.prompt import collate, every_position_sequence, sft_sequence
+
+    def written(e):
+        if targets == "examples":
+            return every_position_sequence(e, sids, vocab, 40)
+        return sft_sequence(e, sids, vocab, 40, layout="sequence")
 
     vocab, sids = tiny_vocab(), lookup()
     examples = [example(i) for i in range(7)]
-    cfg = QualityConfig(batch_size=3, train_targets="one")
+    cfg = QualityConfig(batch_size=3, train_targets=targets)
     rng = np.random.default_rng(0)
     first = list(one_target_batches(examples, sids, vocab, cfg, 40, 48, rng))
     assert len(first) == 3 and all(b.inputs.shape == (3, 48) for b in first)
     want = {
-        tuple(
-            collate([sft_sequence(e, sids, vocab, 40, layout="sequence")], 48, vocab.pad_id).inputs[
-                0
-            ]
-        )
-        for e in examples
+        (tuple(b.inputs[0]), tuple(b.weights[0]))
+        for b in (collate([written(e)], 48, vocab.pad_id) for e in examples)
     }
-    rows = [tuple(r) for b in first for r, w in zip(b.inputs, b.weights, strict=True) if w.any()]
+    rows = [(tuple(r), tuple(w)) for b in first for r, w in zip(b.inputs, b.weights, strict=True)]
+    rows = [r for r in rows if any(r[1])]
     assert len(rows) == 7 and set(rows) == want
+    trained = {sum(w) for _, w in rows}  # SID tokens per row: the target's, or 3 SIDs
+    assert trained == {vocab.num_sid_slots * (1 if targets == "one" else 3)}
     second = list(one_target_batches(examples, sids, vocab, cfg, 40, 48, rng))
     assert [tuple(r) for b in second for r in b.inputs] != [
         tuple(r) for b in first for r in b.inputs

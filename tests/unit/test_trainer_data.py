@@ -100,6 +100,8 @@ def test_environment_overrides_the_toml(tmp_path):
         {"fresh_wait_ms": -1},
         {"sid_refresh_s": 0.0},
         {"prompt_layout": "columns"},
+        {"train_positions": "some"},
+        {"train_positions": "every"},  # needs the sequence layout
     ],
 )
 def test_bad_values_are_config_errors(tmp_path, bad):
@@ -419,6 +421,40 @@ def test_fresh_and_history_rows_are_written_in_the_configured_prompt_layout(voca
     np.testing.assert_array_equal(mb.batch.inputs, expected.inputs)
     np.testing.assert_array_equal(mb.batch.weights, expected.weights)
     assert vocab.token_to_id("<tgt>") not in mb.batch.inputs
+
+
+def test_every_position_rows_train_each_history_item_and_the_target_weighted_by_reward(
+    vocab, tmp_path
+):
+    """[trainer_data] train_positions = "every": every row, fresh or from the archive, is
+    the example's every_position_sequence, its weight the example's as in "target"."""
+    from trainer.prompt import collate, every_position_sequence
+
+    filled_archive(tmp_path / "archive", 1, start=500)
+    fresh = FakeFresh(partitions=1)
+    fresh.add_examples([example(0, reward=1.0)])
+    config = cfg(
+        batch_size=2,
+        prompt_layout="sequence",
+        train_positions="every",
+        reward_mode="weighted",
+        reward_max=2.0,
+    )
+    with make_data(vocab, tmp_path, fresh, config) as data:
+        mb = next_batch(data)
+    assert (mb.n_fresh, mb.n_history) == (1, 1)
+    fresh_example, history_example = example(0, reward=1.0), example(500)
+    want = [
+        every_position_sequence(e, lookup(), vocab, config.max_prompt_len, e.reward / 2.0)
+        for e in (fresh_example, history_example)
+    ]
+    expected = collate(want, config.seq_len, vocab.pad_id)
+    np.testing.assert_array_equal(mb.batch.inputs, expected.inputs)
+    np.testing.assert_array_equal(mb.batch.weights, expected.weights)
+    # more than the target's SID is trained: the history items' SIDs too
+    n_history = len(fresh_example.history)
+    assert n_history >= 2
+    assert row_weights(mb)[0] == pytest.approx(0.5 * vocab.num_sid_slots * n_history)
 
 
 def test_sampled_mode_gives_weight_one_to_the_target_tokens(vocab, tmp_path):

@@ -13,8 +13,10 @@ from trainer.model import Transformer, init_params
 from trainer.prompt import (
     SidLookup,
     TrainingSequence,
+    UnknownTargetError,
     Watch,
     collate,
+    every_position_sequence,
     next_item_sequence,
     prompt_for,
     sequence_prompt,
@@ -102,6 +104,44 @@ def test_every_position_batch_gives_the_loss_of_the_one_target_examples(vocab):
     assert every == pytest.approx(loss(singles), rel=1e-5)
     # and it is a real loss: the first target alone differs from the mean over three
     assert abs(loss(singles[:1]) - every) > 1e-3
+
+
+def test_one_example_trained_at_every_position_is_the_window_ending_in_its_target(vocab):
+    # the continuous trainer's every-position row of d's example ([trainer_data]
+    # train_positions = "every") is the bench's window of a, b, c, d up to d's SID (the
+    # window also writes d's features, never trained on): the same targets, trained alike
+    row = every_position_sequence(one_target_example(3), LOOKUP, vocab, 128)
+    window = next_item_sequence(WATCHES, LOOKUP, vocab)
+    assert row.tokens == window.tokens[: len(row.tokens)]
+    assert list(row.loss_mask) == list(window.loss_mask[: len(row.tokens)])
+    assert sum(row.loss_mask) == sum(window.loss_mask) == 3 * vocab.num_sid_slots
+
+
+def test_every_position_row_gives_the_loss_of_the_one_target_examples_it_replaces(vocab):
+    cfg = dataclasses.replace(TINY, max_len=64).with_vocab(vocab.size)
+    params = init_params(cfg, jax.random.PRNGKey(5))
+    model = Transformer(cfg)
+
+    def loss(seqs):
+        arrays = batch_arrays(collate(seqs, 40, vocab.pad_id))
+        return float(
+            weighted_loss(params, model, {k: jax.numpy.asarray(v) for k, v in arrays.items()})[1][0]
+        )
+
+    row = every_position_sequence(one_target_example(3), LOOKUP, vocab, 128)
+    singles = [one_target_sequence(i, vocab) for i in range(1, len(WATCHES))]
+    assert loss([row]) == pytest.approx(loss(singles), rel=1e-5)
+    assert abs(loss(singles[-1:]) - loss([row])) > 1e-3  # not the target's loss alone
+
+
+def test_every_position_row_trains_no_unknown_item_and_refuses_an_unknown_target(vocab):
+    lookup = SidLookup("v1", {k: v for k, v in LOOKUP.sids.items() if k != "b"})
+    row = every_position_sequence(one_target_example(3), lookup, vocab, 128)
+    n = vocab.num_sid_slots
+    assert sum(row.loss_mask) == 2 * n  # c and d; b is <unk> in the prompt, a is first
+    assert row.tokens[:-n] == sequence_prompt(one_target_example(3).history, lookup, vocab, 128)
+    with pytest.raises(UnknownTargetError):
+        every_position_sequence(one_target_example(1), lookup, vocab, 128)
 
 
 def test_sequence_prompt_gaps_are_hours_since_the_previous_item(vocab):
