@@ -240,6 +240,49 @@ def test_max_steps_ends_the_run_with_a_checkpoint_at_that_step(run_setup, topics
     assert sum(meta["position"]["fresh_offsets"].values()) == 8
 
 
+def test_every_position_training_trains_each_examples_history_and_target_from_kafka(
+    run_setup, topics, kafka_bootstrap
+):
+    """[trainer_data] prompt_layout = "sequence", train_positions = "every": the run trains
+    each consumed example once, the loss on the SIDs of its history items (all but the
+    first) and of its target, and its checkpoints say so."""
+    from trainer.prompt import every_position_sequence
+    from trainer.vocab import Vocab
+
+    config, index_path, tmp_path = run_setup
+    examples = sft_examples(0, 40)
+    produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in examples])
+    env = {
+        "PLUM_TRAINER_DATA__PROMPT_LAYOUT": "sequence",
+        "PLUM_TRAINER_DATA__TRAIN_POSITIONS": "every",
+    }
+    cfg = load_trainer_config(config, env={}, bootstrap=kafka_bootstrap, max_steps=2)
+    data_cfg = load_data_config(config, env=env)
+    lookup = index_lookup_source(index_path)
+    trainer = ContinuousTrainer(
+        cfg,
+        data_cfg,
+        RunPaths(tmp_path / "run", tmp_path / "cpt"),
+        kafka_bootstrap,
+        topics.sft_examples,
+        lookup,
+    )
+    assert trainer_runtime(trainer).run().reason == "finished"
+    store = CheckpointStore(tmp_path / "run", async_save=False)
+    meta = store.restore_meta(store.latest_step())
+    store.close()
+    assert meta["data_config"]["train_positions"] == "every"
+    assert meta["counters"]["fresh_trained"] == 8  # 2 steps of 4, each example once
+    vocab = Vocab.load(tmp_path / "cpt" / "vocab")
+    # every example written so has 3 SIDs under the loss: 2 history items and the target
+    per_row = {
+        sum(every_position_sequence(e, lookup(), vocab, data_cfg.max_prompt_len).loss_mask)
+        for e in examples
+    }
+    assert per_row == {3 * vocab.num_sid_slots}
+    assert meta["counters"]["tokens"] == 8 * 3 * vocab.num_sid_slots  # 3 SIDs a row, not 1
+
+
 def test_cpt_cli_reads_uploads_and_watches_from_kafka(
     tmp_path, topics, topic_prefix, kafka_bootstrap
 ):
