@@ -88,17 +88,23 @@ def test_every_prefix_of_the_sequence_is_the_one_target_example(vocab):
     assert len(trained) == 3 * n  # the SIDs of b, c and d; never a's, never a feature
 
 
-def test_every_position_batch_gives_the_loss_of_the_one_target_examples(vocab):
+def batch_loss(vocab: Vocab, seed: int):
+    """The trainer's weighted loss of a batch of sequences under a random TINY model."""
     cfg = dataclasses.replace(TINY, max_len=64).with_vocab(vocab.size)
-    params = init_params(cfg, jax.random.PRNGKey(3))
+    params = init_params(cfg, jax.random.PRNGKey(seed))
     model = Transformer(cfg)
 
-    def loss(seqs):
+    def loss(seqs: list[TrainingSequence]) -> float:
         arrays = batch_arrays(collate(seqs, 40, vocab.pad_id))
         return float(
             weighted_loss(params, model, {k: jax.numpy.asarray(v) for k, v in arrays.items()})[1][0]
         )
 
+    return loss
+
+
+def test_every_position_batch_gives_the_loss_of_the_one_target_examples(vocab):
+    loss = batch_loss(vocab, 3)
     every = loss([next_item_sequence(WATCHES, LOOKUP, vocab)])
     singles = [one_target_sequence(i, vocab) for i in range(1, len(WATCHES))]
     assert every == pytest.approx(loss(singles), rel=1e-5)
@@ -118,16 +124,7 @@ def test_one_example_trained_at_every_position_is_the_window_ending_in_its_targe
 
 
 def test_every_position_row_gives_the_loss_of_the_one_target_examples_it_replaces(vocab):
-    cfg = dataclasses.replace(TINY, max_len=64).with_vocab(vocab.size)
-    params = init_params(cfg, jax.random.PRNGKey(5))
-    model = Transformer(cfg)
-
-    def loss(seqs):
-        arrays = batch_arrays(collate(seqs, 40, vocab.pad_id))
-        return float(
-            weighted_loss(params, model, {k: jax.numpy.asarray(v) for k, v in arrays.items()})[1][0]
-        )
-
+    loss = batch_loss(vocab, 5)
     row = every_position_sequence(one_target_example(3), LOOKUP, vocab, 128)
     singles = [one_target_sequence(i, vocab) for i in range(1, len(WATCHES))]
     assert loss([row]) == pytest.approx(loss(singles), rel=1e-5)
