@@ -177,7 +177,7 @@ class QualityConfig:
     # (trainer.prompt.every_position_sequence): what `plum trainer run` trains with
     # train_positions = "every" as well. A step costs the same in all three; "one" trains
     # ~history_len times fewer targets per step; "examples" as many as "every", but each
-    # rating is a target in up to history_len + 1 overlapping rows per epoch.
+    # rating is a target in up to history_len overlapping rows per epoch.
     train_targets: str = "every"
     # --- continued pre-training (paper section 2.2; trainer.cpt, what `plum trainer cpt`
     # runs). 0 = off: the recommender starts from random init (the result). > 0: that many

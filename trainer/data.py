@@ -107,10 +107,12 @@ class DataConfig:
     # Which positions of an example the loss covers: "target" (its target's SID alone) or,
     # in the "sequence" layout only, "every" (trainer.prompt.every_position_sequence): the
     # target and every history item in the prompt after the first, each predicted from the
-    # items before it, so one row trains up to history_len + 1 targets for the cost of
+    # items before it, so one row trains up to history_len targets for the cost of
     # one. Each example is still trained once; a watch is a target again in each later
-    # example whose history holds it. The history carries no click flag, so an unclicked
-    # history item (the simulator's previews) is trained as a target too.
+    # example whose history holds it. With reward_mode = "weighted" every position carries
+    # the example's weight (its target's reward: history items carry none). The history
+    # carries no click flag either, so an unclicked history item (the simulator's
+    # previews) is trained as a target too.
     train_positions: str = "target"
 
     def __post_init__(self) -> None:

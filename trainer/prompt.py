@@ -149,6 +149,16 @@ def sft_prompt(
     return head + body + tail
 
 
+def target_tokens(example: schema.SftExample, lookup: SidLookup, vocab: Vocab) -> list[int]:
+    """The SID tokens of the example's target; UnknownTargetError when it has no SID."""
+    target = lookup.tokens(vocab, example.target_video_id)
+    if target is None:
+        raise UnknownTargetError(
+            f"video {example.target_video_id!r} has no SID in version {lookup.version!r}"
+        )
+    return target
+
+
 def sft_sequence(
     example: schema.SftExample,
     lookup: SidLookup,
@@ -159,11 +169,7 @@ def sft_sequence(
 ) -> TrainingSequence:
     """The example's prompt in `layout` (`prompt_for`) + its target's SID tokens, the loss
     on those alone; raises UnknownTargetError when the target has no SID."""
-    target = lookup.tokens(vocab, example.target_video_id)
-    if target is None:
-        raise UnknownTargetError(
-            f"video {example.target_video_id!r} has no SID in version {lookup.version!r}"
-        )
+    target = target_tokens(example, lookup, vocab)
     prompt = prompt_for(example, lookup, vocab, max_prompt_len, layout)
     return TrainingSequence(prompt + target, len(prompt), weight)
 
@@ -290,16 +296,12 @@ def every_position_sequence(
     `sequence_prompt` + its target's SID, the loss on the target's SID tokens and on those
     of every history item in the prompt after the first that has a SID. By causality each
     position gets the loss of the one-target example whose history is the items before it
-    in the prompt, so one row trains up to history_len + 1 targets for the cost of one.
+    in the prompt, so one row trains up to history_len targets for the cost of one.
     Raises UnknownTargetError when the target has no SID.
 
     The history carries no click flag: a history item the user saw but did not click
     (the simulator's previews) is trained as a target too."""
-    target = lookup.tokens(vocab, example.target_video_id)
-    if target is None:
-        raise UnknownTargetError(
-            f"video {example.target_video_id!r} has no SID in version {lookup.version!r}"
-        )
+    target = target_tokens(example, lookup, vocab)
     tokens = [vocab.bos_id, vocab.token_to_id("<hist>")]
     mask = [False, False]
     for n, (has_sid, toks) in enumerate(
