@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from plum.runtime import Progress
@@ -108,6 +109,18 @@ class BackfillProgress:
         while not self._stop.wait(self.interval_s):
             self.poll_once()
             self.progress.maybe_report()
+
+    def settle(self, timeout_s: float, every_s: float = 0.2) -> int:
+        """After the bounded job finished: read the positions until they reach the ends or
+        `timeout_s` passes; returns offsets done. The job's last checkpoint commits its
+        positions asynchronously, so they can reach the broker just after the job ends."""
+        total = sum(self.ends.values())
+        deadline = time.monotonic() + timeout_s
+        done = self.poll_once()
+        while done < total and time.monotonic() < deadline:
+            time.sleep(every_s)
+            done = self.poll_once()
+        return done
 
     def close(self) -> None:
         self._stop.set()

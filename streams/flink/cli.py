@@ -133,6 +133,11 @@ def _ensure_suffixed_topics(bootstrap: str, names: TopicNames, suffix: str) -> N
     ensure_topics(bootstrap, specs)
 
 
+# How long a finished backfill waits for its last checkpoint's offset commit to reach the
+# broker (asynchronous) before its progress says the final count.
+BACKFILL_SETTLE_S = 10.0
+
+
 @dataclass
 class JobOutcome:
     """How the job's `wait()` ended, filled in by the thread that waits on it."""
@@ -181,6 +186,8 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
         # The job ends by itself (a backfill) or by a signal: `stop` is set by either.
         with stop_on_signals(done, "flink job") as stop:
             stop.wait()
+        if backfill is not None and outcome.status == "finished":
+            backfill.settle(BACKFILL_SETTLE_S)  # the final checkpoint's commit, if late
     if client is not None and waiter.is_alive():
         log.info("cancelling the job (retained checkpoints stay)")
         try:

@@ -59,3 +59,29 @@ def test_the_progress_follows_the_committed_positions_and_survives_a_failed_read
     assert caplog.messages[-1] == (
         "flink backfill: 200 offsets (10.0/s now, 6.67/s overall) | done in 00:30"
     )
+
+
+def test_a_finished_backfill_waits_for_its_last_commit_before_the_final_line():
+    """The last checkpoint's offset commit is asynchronous: it can land just after the job
+    ends, so `settle` reads again until the ends are reached (or it times out)."""
+    committed: list = [{}, {0: 40}, {0: 100, 1: 100}]
+    reads = []
+
+    def positions():
+        reads.append(1)
+        return committed.pop(0) if committed else {0: 100, 1: 100}
+
+    tracker = BackfillProgress({0: 100, 1: 100}, positions, 3600)
+    try:
+        assert tracker.settle(timeout_s=30, every_s=0.01) == 200
+        assert len(reads) == 3  # stops reading once the ends are reached
+    finally:
+        tracker.close()
+
+
+def test_settle_gives_up_after_its_timeout_with_what_was_committed():
+    tracker = BackfillProgress({0: 100}, lambda: {0: 10}, 3600)
+    try:
+        assert tracker.settle(timeout_s=0.05, every_s=0.01) == 10
+    finally:
+        tracker.close()
