@@ -209,27 +209,28 @@ def test_sigterm_checkpoints_and_exits_zero_and_the_checkpoint_evaluates(
     assert report["rankers"]["model"]["hallucination_rate"] == 0.0
 
 
+def _two_step_trainer(run_setup, topics, bootstrap, data_env=None) -> ContinuousTrainer:
+    """The test config's trainer, in process, stopping at step 2; `data_env` overrides
+    its [trainer_data]."""
+    config, index_path, tmp_path = run_setup
+    return ContinuousTrainer(
+        load_trainer_config(config, env={}, bootstrap=bootstrap, max_steps=2),
+        load_data_config(config, env=data_env or {}),
+        RunPaths(tmp_path / "run", tmp_path / "cpt"),
+        bootstrap,
+        topics.sft_examples,
+        index_lookup_source(index_path),
+    )
+
+
 def test_max_steps_ends_the_run_with_a_checkpoint_at_that_step(run_setup, topics, kafka_bootstrap):
     """In process, on the runtime: the run is "finished" at max_steps and the runtime's
     final checkpoint (not the every-3-steps one) holds step 2; a restart trains no more."""
-    config, index_path, tmp_path = run_setup
+    tmp_path = run_setup[2]
     produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in sft_examples(0, 40)])
-    cfg = load_trainer_config(config, env={}, bootstrap=kafka_bootstrap, max_steps=2)
-    paths = RunPaths(tmp_path / "run", tmp_path / "cpt")
-
-    def trainer() -> ContinuousTrainer:
-        return ContinuousTrainer(
-            cfg,
-            load_data_config(config, env={}),
-            paths,
-            kafka_bootstrap,
-            topics.sft_examples,
-            index_lookup_source(index_path),
-        )
-
-    first = trainer()
+    first = _two_step_trainer(run_setup, topics, kafka_bootstrap)
     assert trainer_runtime(first).run().reason == "finished"
-    again = trainer()
+    again = _two_step_trainer(run_setup, topics, kafka_bootstrap)
     result = trainer_runtime(again).run()
     assert (result.reason, result.done, int(again.state.step)) == ("finished", 0, 2)
     store = CheckpointStore(tmp_path / "run", async_save=False)
@@ -249,25 +250,16 @@ def test_every_position_training_trains_each_examples_history_and_target_from_ka
     from trainer.prompt import every_position_sequence
     from trainer.vocab import Vocab
 
-    config, index_path, tmp_path = run_setup
+    _, index_path, tmp_path = run_setup
     examples = sft_examples(0, 40)
     produce(kafka_bootstrap, topics.sft_examples, [schema.encode(e) for e in examples])
     env = {
         "PLUM_TRAINER_DATA__PROMPT_LAYOUT": "sequence",
         "PLUM_TRAINER_DATA__TRAIN_POSITIONS": "every",
     }
-    cfg = load_trainer_config(config, env={}, bootstrap=kafka_bootstrap, max_steps=2)
-    data_cfg = load_data_config(config, env=env)
-    lookup = index_lookup_source(index_path)
-    trainer = ContinuousTrainer(
-        cfg,
-        data_cfg,
-        RunPaths(tmp_path / "run", tmp_path / "cpt"),
-        kafka_bootstrap,
-        topics.sft_examples,
-        lookup,
-    )
+    trainer = _two_step_trainer(run_setup, topics, kafka_bootstrap, env)
     assert trainer_runtime(trainer).run().reason == "finished"
+    data_cfg, lookup = trainer.data_cfg, index_lookup_source(index_path)
     store = CheckpointStore(tmp_path / "run", async_save=False)
     meta = store.restore_meta(store.latest_step())
     store.close()
