@@ -13,7 +13,7 @@ example reads exactly like one the Flink job would build from the replayed watch
 | history hours_since | `(target ts - rated ts) / 1 h` |
 | context | the user's previous rated movie (None for the first) |
 | reward | `rating / 5` |
-| event_id, ids, ts | as `watch_events` (`{prefix}-{user}-{item}-{timestamp}`, ms) |
+| event_id, ids, ts | as `watch_events` (`{prefix}-{user}-{timestamp}-{tie:04d}-{item}`, ms) |
 
 Unlike the stream (streams.flink.reward), no example is dropped by reward sampling: an offline
 evaluation wants every rating as a query.

@@ -15,7 +15,7 @@ Mapping (every choice here is a documented assumption; MovieLens has no watches)
 |---|---|
 | `video_id` | `"{id_prefix}-m{item_id}"` (prefixed so it never collides with simulated ids) |
 | `user_id` | `"{id_prefix}-u{user_id}"` |
-| watch `event_id` | `"{id_prefix}-{user}-{item}-{timestamp}"`: deterministic, unique per rating |
+| watch `event_id` | `"{id_prefix}-{user}-{timestamp}-{tie:04d}-{item}"`: deterministic, unique per rating. `tie` is the rating's place among the user's ratings of the same second, in file order (`Rating.tie`), so a user's watches of one millisecond sorted by event id (the Flink job's tie rule, streams/flink/timeline.py) keep the file's order, as the standard split does |
 | watch `ts` | `timestamp * 1000` (ms) |
 | watch ratio | `min(1, rating / 5)`: 1 star = 0.2 of the film, 5 stars = a full watch |
 | `watch_time_s` | `ratio * duration_s` (rounded to ms) |
@@ -47,6 +47,7 @@ Release year: the `release_year` column when it is four digits, else a trailing
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ USER_FILE = "ml-100k.user"
 REQUIRED_FILES = (INTER_FILE, ITEM_FILE)
 
 MAX_STARS = 5.0
+MAX_TIE = 9_999  # the event id writes Rating.tie in 4 digits, so that text order is its order
 CHANNEL = "movielens-100k"
 EMBEDDING_DECIMALS = 6  # keeps an upload ~1 KB smaller; norms stay within 1e-5 of 1
 
@@ -116,6 +118,9 @@ class Rating:
     item_id: str
     stars: float
     timestamp: int  # unix seconds
+    # This rating's place among the same user's ratings of the same second, in file order
+    # (0 for the first). The watch's event id carries it (see the module docstring).
+    tie: int = 0
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,7 @@ def read_ratings(path: Path | str) -> tuple[Rating, ...]:
         path, names, ("user_id", "item_id", "rating", "timestamp")
     )
     ratings = []
+    ties: Counter[tuple[str, int]] = Counter()  # (user, second) -> ratings read so far
     for row in rows:
         try:
             stars = float(row[i_rating])
@@ -242,7 +248,14 @@ def read_ratings(path: Path | str) -> tuple[Rating, ...]:
             )
         if ts_float < 0 or not ts_float.is_integer():
             raise MovieLensFormatError(f"{path}: timestamp {row[i_ts]!r} is not whole unix seconds")
-        ratings.append(Rating(row[i_user].strip(), row[i_item].strip(), stars, int(ts_float)))
+        user, ts = row[i_user].strip(), int(ts_float)
+        tie = ties[(user, ts)]
+        if tie > MAX_TIE:
+            raise MovieLensFormatError(
+                f"{path}: user {user} has more than {MAX_TIE + 1} ratings at timestamp {ts}"
+            )
+        ties[(user, ts)] += 1
+        ratings.append(Rating(user, row[i_item].strip(), stars, ts, tie))
     ratings.sort(key=rating_order_key)
     return tuple(ratings)
 
@@ -322,7 +335,7 @@ def watch_events(ratings: Sequence[Rating], cfg: MovieLensConfig) -> Iterator[Wa
     for r in ratings:
         ratio = watch_ratio(r.stars)
         yield WatchEvent(
-            event_id=f"{cfg.id_prefix}-{r.user_id}-{r.item_id}-{r.timestamp}",
+            event_id=f"{cfg.id_prefix}-{r.user_id}-{r.timestamp}-{r.tie:04d}-{r.item_id}",
             user_id=user_id(r.user_id, cfg),
             video_id=video_id(r.item_id, cfg),
             ts=r.timestamp * 1000,

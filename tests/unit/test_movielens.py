@@ -136,7 +136,7 @@ def test_watch_fields_follow_the_documented_mapping(sample):
     assert len(watches) == len(RATINGS)
     first = watches[0]
     assert first == WatchEvent(
-        event_id="ml100k-2-1-900",
+        event_id="ml100k-2-900-0000-1",
         user_id="ml100k-u2",
         video_id="ml100k-m1",
         ts=900_000,
@@ -147,11 +147,59 @@ def test_watch_fields_follow_the_documented_mapping(sample):
         context_video_id=None,
         satisfaction=1.0,
     )
-    one_star = next(w for w in watches if w.event_id == "ml100k-2-2-1000")  # 1 star
+    one_star = next(w for w in watches if w.event_id == "ml100k-2-1000-0001-2")  # 1 star
     assert one_star.watch_ratio == pytest.approx(0.2)
     assert one_star.satisfaction == 0.0
     assert all(w.clicked for w in watches)
     assert len({w.event_id for w in watches}) == len(watches)
+
+
+def test_ratings_count_their_place_among_the_users_ratings_of_the_same_second(sample):
+    ties = {(r.user_id, r.item_id): r.tie for r in sample.ratings}
+    # user 2 rated item 10, then item 2, in second 1000; every other rating is alone
+    assert ties.pop(("2", "10")) == 0 and ties.pop(("2", "2")) == 1
+    assert set(ties.values()) == {0}
+
+
+def test_event_ids_of_one_users_same_second_sort_in_file_order(tmp_path):
+    # in file order 3, 10, 2: text order of the item ids would give 10, 2, 3
+    ratings = [("5", "3", "3", "700"), ("5", "10", "4", "700"), ("5", "2", "5", "700")]
+    data = ml.load(write_sample(tmp_path / "ml", ratings=ratings))
+    watches = sorted(ml.watch_events(data.ratings, CFG), key=lambda w: (w.ts, w.event_id))
+    assert [w.video_id for w in watches] == ["ml100k-m3", "ml100k-m10", "ml100k-m2"]
+
+
+def test_the_flink_timeline_builds_the_splits_histories_from_the_replayed_watches(tmp_path):
+    """The stream and the split agree: the Flink job's reference, fed the watches in the
+    import's order, writes each rating's history as trainer.movielens_examples does, ties
+    in the same second included (the job orders them by event id)."""
+    from streams.flink.job import FlinkConfig
+    from streams.flink.reference import RefParams, run_reference
+    from trainer.movielens_examples import movielens_examples
+
+    ratings = [
+        ("5", "3", "3", "700"),
+        ("5", "10", "4", "700"),
+        ("5", "2", "5", "700"),
+        ("5", "12", "2", "760"),
+        ("5", "1", "4", "760"),
+        ("5", "11", "1", "800"),
+        ("2", "12", "4", "700"),
+        ("2", "3", "4", "700"),
+    ]
+    data = ml.load(write_sample(tmp_path / "ml", ratings=ratings))
+    watches = list(ml.watch_events(data.ratings, CFG))
+    records = [(0, offset, encode(w)) for offset, w in enumerate(watches)]
+    params = RefParams.from_flink_config(
+        FlinkConfig(history_len=3, w_ratio=0.0, w_satisfaction=0.0)
+    )
+    stream = run_reference(records, params, 10**13, None, "watches").examples
+    split = movielens_examples(data.ratings, CFG, history_len=3)
+    assert len(split) == len(ratings) - 2  # a user's first rating has no history
+    for example in split:
+        assert [h.video_id for h in stream[example.event_id].history] == [
+            h.video_id for h in example.history
+        ], example.event_id
 
 
 def test_context_is_the_users_previous_rated_item(sample):

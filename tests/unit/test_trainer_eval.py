@@ -341,7 +341,7 @@ def test_movielens_ratings_become_time_ordered_examples_per_user():
         ("ml100k-u1", "ml100k-m40"),
     ]  # user 2 has one rating: no history, no example
     second = out[1]
-    assert second.ts == 7_200_000 and second.event_id == "ml100k-1-30-7200"
+    assert second.ts == 7_200_000 and second.event_id == "ml100k-1-7200-0000-30"
     assert second.reward == pytest.approx(0.8)
     assert second.context_video_id == "ml100k-m20"
     assert second.history == (
