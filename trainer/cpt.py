@@ -213,10 +213,7 @@ def train_cpt(
         "final_loss": fitted.final_loss,
         **(extra_meta or {}),
     }
-    store = CheckpointStore(out_dir, max_to_keep=1, async_save=False)
-    vocab.save(store.vocab_dir)
-    store.save(cfg.steps, {"params": state.params}, result_meta)
-    store.close()
+    save_cpt_checkpoint(out_dir, cfg.steps, state.params, vocab, result_meta)
     log.info(
         "CPT checkpoint %s step %d (final loss %.4f)", out_dir, cfg.steps, result_meta["final_loss"]
     )
@@ -228,6 +225,23 @@ def train_cpt(
         fitted.tokens / elapsed,
         out_dir,
     )
+
+
+def save_cpt_checkpoint(
+    out_dir: Path | str, step: int, params: Any, vocab: Vocab, meta: dict[str, Any]
+) -> Path:
+    """`params` and `vocab` as the CPT checkpoint `plum trainer run --cpt` starts from
+    (`meta` must hold the model's `model_config`). Step 0 is an untrained start: the same
+    random init as an SFT run that had no CPT."""
+    if "model_config" not in meta:
+        raise ValueError("a CPT checkpoint's meta needs the model_config")
+    store = CheckpointStore(out_dir, max_to_keep=1, async_save=False)
+    try:
+        vocab.save(store.vocab_dir)
+        store.save(step, {"params": params}, meta)
+    finally:
+        store.close()
+    return Path(out_dir)
 
 
 @dataclass(frozen=True)

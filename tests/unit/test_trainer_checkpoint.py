@@ -17,6 +17,7 @@ from trainer.cpt import (
     build_corpus,
     load_model,
     sample_batch,
+    save_cpt_checkpoint,
     train_cpt,
     vocab_for_corpus,
 )
@@ -96,6 +97,23 @@ def test_cpt_trains_both_halves_of_the_mixture_and_saves_a_loadable_checkpoint(t
     assert loaded.step == 25 and loaded.meta["sid_version"] == "sv1"
     assert loaded.model_config.vocab_size == vocab.size == loaded.vocab.size
     assert loaded.params["embed_tokens"]["embedding"].shape == (vocab.size, 32)
+
+
+def test_an_untrained_start_saved_as_step_0_is_what_the_trainer_loads_as_its_cpt(tmp_path):
+    uploads, _, _ = _corpus_inputs()
+    vocab = vocab_for_corpus(
+        uploads, VocabConfig(text_vocab_size=300, disambiguation_size=2), (4, 2, 1)
+    )
+    model = CFG.with_vocab(vocab.size)
+    params = init_params(model, jax.random.PRNGKey(7))
+    meta = {"kind": "cpt", "model_config": model.to_dict(), "sid_version": "sv1"}
+    save_cpt_checkpoint(tmp_path / "cpt", 0, params, vocab, meta)
+    loaded = load_model(tmp_path / "cpt")
+    assert loaded.step == 0 and loaded.model_config == model and loaded.meta["sid_version"] == "sv1"
+    assert loaded.vocab.size == vocab.size
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, loaded.params, params)))
+    with pytest.raises(ValueError, match="model_config"):
+        save_cpt_checkpoint(tmp_path / "other", 0, params, vocab, {"kind": "cpt"})
 
 
 def test_cpt_refuses_a_corpus_without_any_sid():
