@@ -657,9 +657,51 @@ def initial_params(
     }
 
 
-def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
-    timings: dict[str, float] = {}
-    t0 = time.monotonic()
+@dataclass
+class SeedModel:
+    """What one seed trains and scores with: the items' SIDs, the vocabulary, the model's
+    shape and its prompt/sequence lengths, and the constrained-beam rankers over every
+    film (their searches compiled once, shared across parameters)."""
+
+    cfg: QualityConfig
+    lookup: SidLookup
+    level_sizes: tuple[int, ...]
+    sid_base_report: dict[str, Any]
+    vocab: Vocab
+    model_cfg: ModelConfig
+    max_prompt_len: int
+    seq_len: int
+    candidates: Any  # trainer.eval.candidate_ids: the films with a SID
+    searches: dict[tuple[int, bool], BeamSearch] = dataclasses.field(default_factory=dict)
+
+    def with_sid(self, examples: Sequence[Any]) -> list[Any]:
+        """The examples whose target has a SID: evaluate() skips the others, and the
+        model's generation, made once and handed to it, must be made for exactly those."""
+        return [e for e in examples if e.target_video_id in self.candidates]
+
+    def ranker(self, beams: int, constrained: bool, params: Any) -> ModelRanker:
+        key = (beams, constrained)
+        if key not in self.searches:
+            self.searches[key] = BeamSearch.for_vocab(
+                self.model_cfg, self.vocab, beams, constrained
+            )
+        return ModelRanker(
+            self.model_cfg,
+            params,
+            self.vocab,
+            self.lookup,
+            beams=beams,
+            max_prompt_len=self.max_prompt_len,
+            batch_size=self.cfg.eval_batch,
+            constrained=constrained,
+            layout="sequence",
+            search=self.searches[key],
+        )
+
+
+def seed_model(cfg: QualityConfig, inputs: MovieLensInputs) -> SeedModel:
+    """The seed's SIDs (the tokenizer trained on the catalogue and training pairs only),
+    vocabulary and model shape."""
     uploads = inputs.uploads
     if cfg.sid_behaviour_dim > 0:
         uploads = with_behaviour(uploads, user_watches(inputs), cfg.sid_behaviour_dim)
@@ -674,7 +716,6 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         cfg.disambiguation_size,
         concatenated=concatenated,
     )
-    timings["sids_s"] = round(time.monotonic() - t0, 1)
     vocab = vocab_for_corpus(
         inputs.uploads,
         VocabConfig(
@@ -696,32 +737,34 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         dropout=cfg.dropout,
         max_len=max(seq_len, max_prompt_len + vocab.num_sid_slots),
     ).with_vocab(vocab.size)
+    return SeedModel(
+        cfg,
+        lookup,
+        tuple(level_sizes),
+        base_report,
+        vocab,
+        model_cfg,
+        max_prompt_len,
+        seq_len,
+        candidate_ids(lookup, vocab),
+    )
 
-    cands = candidate_ids(lookup, vocab)
-    # evaluate() skips examples whose target has no SID; the model's generation is made
-    # once and handed to it, so it must be made for exactly the examples evaluate keeps
 
-    def with_sid(examples: Sequence[Any]) -> list[Any]:
-        return [e for e in examples if e.target_video_id in cands]
+def example_batches(
+    examples: Sequence[schema.SftExample], m: SeedModel, rng: np.random.Generator
+) -> Iterator[Batch]:
+    """One epoch of the seed's training examples (train_targets "one" or "examples")."""
+    return one_target_batches(examples, m.lookup, m.vocab, m.cfg, m.max_prompt_len, m.seq_len, rng)
 
-    searches: dict[tuple[int, bool], BeamSearch] = {}  # compiled once, shared across params
 
-    def make_ranker(beams: int, constrained: bool, params: Any) -> ModelRanker:
-        key = (beams, constrained)
-        if key not in searches:
-            searches[key] = BeamSearch.for_vocab(model_cfg, vocab, beams, constrained)
-        return ModelRanker(
-            model_cfg,
-            params,
-            vocab,
-            lookup,
-            beams=beams,
-            max_prompt_len=max_prompt_len,
-            batch_size=cfg.eval_batch,
-            constrained=constrained,
-            layout="sequence",
-            search=searches[key],
-        )
+def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    m = seed_model(cfg, inputs)
+    timings["sids_s"] = round(time.monotonic() - t0, 1)
+    lookup, level_sizes, base_report = m.lookup, m.level_sizes, m.sid_base_report
+    vocab, model_cfg, seq_len = m.vocab, m.model_cfg, m.seq_len
+    cands, with_sid, make_ranker = m.candidates, m.with_sid, m.ranker
 
     validation = with_sid(inputs.split.validation)
     scored = with_sid(inputs.scored)
@@ -736,7 +779,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         per_epoch = math.ceil(len(train) / cfg.batch_size)
 
         def epoch(rng: np.random.Generator) -> Iterator[Batch]:
-            return one_target_batches(train, lookup, vocab, cfg, max_prompt_len, seq_len, rng)
+            return example_batches(train, m, rng)
 
     tx = make_optimizer(
         OptimizerConfig(
