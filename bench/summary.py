@@ -32,6 +32,7 @@ RESULT_COMMANDS: dict[str, str] = {
     "trainer-quality": "plum bench trainer-quality",
     "quality-ml100k": "plum bench quality --dataset ml-100k",
     "quality-ml100k-gpu": "plum bench quality --dataset ml-100k",  # the same, on a GPU
+    "quality-ml100k-trainer-path": "plum bench trainer-path",
     "serving": "plum bench serving",
     "freshness": "plum bench freshness",
 }

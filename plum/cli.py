@@ -147,6 +147,11 @@ COMMANDS: tuple[Command, ...] = (
         "MovieLens-100k, standard protocol: the model vs popularity/co-occurrence, beam sweep",
     ),
     Command(
+        "bench trainer-path",
+        "bench.trainer_path:cli",
+        "plum trainer run on the MovieLens replay (Kafka, Flink) vs bench quality, equal steps",
+    ),
+    Command(
         "serve", "serving.cli:serve", "the retrieval server: /v1/retrieve, hot swap, SID deltas"
     ),
     Command(
