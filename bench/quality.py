@@ -235,6 +235,16 @@ class QualityConfig:
     curve_on_scored: bool = False
     log_every_s: float = 30.0
 
+    def optimizer(self) -> OptimizerConfig:
+        """SFT's AdamW (trainer.step; b1, b2 at their defaults), gradients clipped at norm 1."""
+        return OptimizerConfig(
+            self.learning_rate,
+            self.warmup_steps,
+            self.weight_decay,
+            grad_clip=1.0,
+            ema_decay=self.ema_decay,
+        )
+
     def __post_init__(self) -> None:
         if self.eval_on not in ("fresh", "validation"):
             raise ValueError(f"eval_on={self.eval_on!r} must be 'fresh' or 'validation'")
@@ -781,15 +791,7 @@ def run_seed(cfg: QualityConfig, inputs: MovieLensInputs) -> dict[str, Any]:
         def epoch(rng: np.random.Generator) -> Iterator[Batch]:
             return example_batches(train, m, rng)
 
-    tx = make_optimizer(
-        OptimizerConfig(
-            cfg.learning_rate,
-            cfg.warmup_steps,
-            cfg.weight_decay,
-            grad_clip=1.0,
-            ema_decay=cfg.ema_decay,
-        )
-    )
+    tx = make_optimizer(cfg.optimizer())
     stepper = Stepper(model_cfg, tx)
     params0, cpt = initial_params(cfg, inputs, lookup, vocab, model_cfg, seq_len)
     sft_cfg = cfg
@@ -1043,23 +1045,33 @@ def _table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cli(argv: list[str]) -> int:
+def quality_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The arguments every MovieLens quality bench takes: the data set, its directory, the
+    `[quality]` settings (--config, --set F=V) and where the result goes."""
     parser = argparse.ArgumentParser(
-        prog="plum bench quality",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-100k")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--eval-on", choices=("fresh", "validation"))
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="F=V")
-    parser.add_argument("--before", type=Path, default=None, help="a trainer-quality JSON")
     parser.add_argument("--out-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def log_progress() -> None:
+    """INFO lines with times (the training's progress), without absl's chatter."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def cli(argv: list[str]) -> int:
+    parser = quality_parser("plum bench quality", __doc__)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--eval-on", choices=("fresh", "validation"))
+    parser.add_argument("--before", type=Path, default=None, help="a trainer-quality JSON")
+    args = parser.parse_args(argv)
+    log_progress()
     overrides = {"eval_on": args.eval_on, **dict(args.set)}
     if "sweep_beams" in overrides:
         overrides["sweep_beams"] = tuple(overrides["sweep_beams"])

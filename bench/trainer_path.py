@@ -34,7 +34,6 @@ bench/results/quality-ml100k-trainer-path.json.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -46,14 +45,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import bench_broker, bench_config, setting, write_result
+from bench.common import bench_broker, bench_config, write_result
 from bench.quality import (
-    DATASETS,
-    DEFAULT_DATA,
     KS,
     NDCG_KS,
     SECTION,
@@ -63,7 +60,9 @@ from bench.quality import (
     example_batches,
     hits,
     initial_params,
+    log_progress,
     paired_difference,
+    quality_parser,
     rng_for,
     seed_model,
 )
@@ -81,7 +80,7 @@ from trainer.cpt import save_cpt_checkpoint
 from trainer.eval import evaluate
 from trainer.offline import fit
 from trainer.prompt import every_position_sequence
-from trainer.step import OptimizerConfig, Stepper, evaluated_params, init_state, make_optimizer
+from trainer.step import Stepper, evaluated_params, init_state, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +144,14 @@ def _replay_training_ratings(
     return names, counts.watches, newest
 
 
+def _plum(words: Sequence[str], bootstrap: str, prefix: str) -> list[str]:
+    """`plum WORDS` on RUN_CONFIG, the private broker and the run's topic prefix."""
+    return [
+        *(sys.executable, "-m", "plum.cli", *words),
+        *("--config", str(RUN_CONFIG), "--bootstrap", bootstrap, "--topic-prefix", prefix),
+    ]
+
+
 def _flink_backfill(
     bootstrap: str, prefix: str, until_ms: int, cfg: QualityConfig, work: Path
 ) -> float:
@@ -161,17 +168,7 @@ def _flink_backfill(
         FLINK_LOG_DIR=str(work / "flink-log"),
     )
     cmd = [
-        sys.executable,
-        "-m",
-        "plum.cli",
-        "flink",
-        "run",
-        "--config",
-        str(RUN_CONFIG),
-        "--bootstrap",
-        bootstrap,
-        "--topic-prefix",
-        prefix,
+        *_plum(("flink", "run"), bootstrap, prefix),
         "--backfill",
         "--from",
         "0",
@@ -205,13 +202,8 @@ def _trainer_run(
     env = dict(
         os.environ,
         PLUM_STATE_DIR=str(work / "state"),
-        PLUM_TRAINER__LEARNING_RATE=str(cfg.learning_rate),
-        PLUM_TRAINER__WARMUP_STEPS=str(cfg.warmup_steps),
-        PLUM_TRAINER__WEIGHT_DECAY=str(cfg.weight_decay),
-        PLUM_TRAINER__B1="0.9",  # bench.quality's OptimizerConfig defaults
-        PLUM_TRAINER__B2="0.95",
-        PLUM_TRAINER__GRAD_CLIP="1.0",
-        PLUM_TRAINER__EMA_DECAY=str(cfg.ema_decay),
+        # the bench's optimizer: [trainer] has the same fields
+        **{f"PLUM_TRAINER__{k.upper()}": str(v) for k, v in asdict(cfg.optimizer()).items()},
         PLUM_TRAINER__SEED=str(cfg.seed),
         PLUM_TRAINER__CHECKPOINT_EVERY_STEPS=str(steps),
         PLUM_TRAINER__CHECKPOINT_EVERY_S="1000000",
@@ -236,17 +228,7 @@ def _trainer_run(
     )
     run_dir = work / "run"
     cmd = [
-        sys.executable,
-        "-m",
-        "plum.cli",
-        "trainer",
-        "run",
-        "--config",
-        str(RUN_CONFIG),
-        "--bootstrap",
-        bootstrap,
-        "--topic-prefix",
-        prefix,
+        *_plum(("trainer", "run"), bootstrap, prefix),
         "--index",
         str(work / "sid-index.sqlite"),
         "--cpt",
@@ -270,15 +252,7 @@ def _bench_arm(
 ) -> tuple[Any, dict[str, Any]]:
     """The quality bench's training, `steps` steps of its `examples` rows (shuffled
     epochs), from `params0`; returns the evaluated (averaged) parameters and a report."""
-    tx = make_optimizer(
-        OptimizerConfig(
-            cfg.learning_rate,
-            cfg.warmup_steps,
-            cfg.weight_decay,
-            grad_clip=1.0,
-            ema_decay=cfg.ema_decay,
-        )
-    )
+    tx = make_optimizer(cfg.optimizer())
     rng = rng_for(cfg)
     epochs = (example_batches(train, m, rng) for _ in itertools.count())
     batches = itertools.islice(itertools.chain.from_iterable(epochs), steps)
@@ -449,22 +423,12 @@ def run(
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="plum bench trainer-path",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-100k")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser = quality_parser("plum bench trainer-path", __doc__)
     parser.add_argument("--steps", type=int, default=0, help="0: one pass over the examples")
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--set", type=setting, action="append", default=[], metavar="F=V")
-    parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.steps < 0:
         parser.error(f"--steps must be >= 0, got {args.steps}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    log_progress()
     cfg = bench_config(parser, QualityConfig, SECTION, args.config, dict(args.set))
     from streams.datasets import cli as data_cli
 
