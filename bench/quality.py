@@ -339,6 +339,20 @@ def epoch_batches(
     return shuffled_batches(len(seqs), seqs.__getitem__, cfg.batch_size, seq_len, vocab, rng)
 
 
+def example_row(
+    example: schema.SftExample,
+    lookup: SidLookup,
+    vocab: Vocab,
+    cfg: QualityConfig,
+    max_prompt_len: int,
+) -> TrainingSequence:
+    """A training example as the continuous trainer writes it in the "sequence" layout:
+    with train_positions "every" (train_targets = "examples") or "target" ("one")."""
+    if cfg.train_targets == "examples":
+        return every_position_sequence(example, lookup, vocab, max_prompt_len)
+    return sft_sequence(example, lookup, vocab, max_prompt_len, layout="sequence")
+
+
 def one_target_batches(
     examples: Sequence[schema.SftExample],
     lookup: SidLookup,
@@ -346,18 +360,16 @@ def one_target_batches(
     cfg: QualityConfig,
     max_prompt_len: int,
     seq_len: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
 ) -> Iterator[Batch]:
-    """One epoch of train_targets = "one" or "examples": every example once, shuffled, in
-    batches, each written as the continuous trainer writes it in the "sequence" layout
-    with train_positions "target" or "every" (trainer.data.TrainingData)."""
+    """One epoch of train_targets = "one" or "examples": every example once, shuffled
+    (`rng`; None = in the order given), in batches, each written by `example_row`."""
 
     def row(i: int) -> TrainingSequence:
-        if cfg.train_targets == "examples":
-            return every_position_sequence(examples[i], lookup, vocab, max_prompt_len)
-        return sft_sequence(examples[i], lookup, vocab, max_prompt_len, layout="sequence")
+        return example_row(examples[i], lookup, vocab, cfg, max_prompt_len)
 
-    return shuffled_batches(len(examples), row, cfg.batch_size, seq_len, vocab, rng)
+    order = np.arange(len(examples)) if rng is None else rng.permutation(len(examples))
+    return batches_of(order, row, cfg.batch_size, seq_len, vocab)
 
 
 def shuffled_batches(
@@ -368,10 +380,20 @@ def shuffled_batches(
     vocab: Vocab,
     rng: np.random.Generator,
 ) -> Iterator[Batch]:
-    """Rows `row(0 .. n-1)` in one random order, collated `batch_size` at a time (the last
-    batch padded with zero-weight rows); a row is built when its batch is."""
-    order = rng.permutation(n)
-    for start in range(0, n, batch_size):
+    """Rows `row(0 .. n-1)` in one random order, in batches (`batches_of`)."""
+    return batches_of(rng.permutation(n), row, batch_size, seq_len, vocab)
+
+
+def batches_of(
+    order: np.ndarray,
+    row: Callable[[int], TrainingSequence],
+    batch_size: int,
+    seq_len: int,
+    vocab: Vocab,
+) -> Iterator[Batch]:
+    """Rows `row(i)` for i in `order`, collated `batch_size` at a time (the last batch
+    padded with zero-weight rows); a row is built when its batch is."""
+    for start in range(0, len(order), batch_size):
         rows: list[TrainingSequence] = [row(int(i)) for i in order[start : start + batch_size]]
         rows += [PADDING] * (batch_size - len(rows))
         yield collate(rows, seq_len, vocab.pad_id)
@@ -761,9 +783,10 @@ def seed_model(cfg: QualityConfig, inputs: MovieLensInputs) -> SeedModel:
 
 
 def example_batches(
-    examples: Sequence[schema.SftExample], m: SeedModel, rng: np.random.Generator
+    examples: Sequence[schema.SftExample], m: SeedModel, rng: np.random.Generator | None
 ) -> Iterator[Batch]:
-    """One epoch of the seed's training examples (train_targets "one" or "examples")."""
+    """One epoch of the seed's training examples (train_targets "one" or "examples"),
+    shuffled by `rng` (None: in the order given)."""
     return one_target_batches(examples, m.lookup, m.vocab, m.cfg, m.max_prompt_len, m.seq_len, rng)
 
 

@@ -11,19 +11,21 @@ SIDs, vocabulary, model and initial parameters (bench.quality's seed: `seed_mode
    Reward weights are click-only, so every rating is kept with weight 1, as the bench
    trains every example; `history_len` is the bench's.
 3. A check that both arms train the same rows: each of the bench's training examples
-   against the job's example of the same event id, as `trainer.prompt.every_position_sequence`
-   writes both. A difference stops the bench. The job also writes an example for each
-   user's first rating (empty history), which the split does not train: counted, and
-   trained by the trainer run as production trains them.
+   against the job's example of the same event id, as both arms write it
+   (`bench.quality.example_row`). A difference stops the bench. The job also writes an
+   example for each user's first rating (empty history), which the split does not
+   train: counted, and trained by the trainer run as production trains them.
 4. The bench's SIDs in a SID index, the initial parameters as a step-0 CPT checkpoint
    (`trainer.cpt.save_cpt_checkpoint`), and `plum trainer run --max-steps N` as a
-   subprocess: `prompt_layout = "sequence"`, `train_positions = "every"`, fresh fraction 1
-   (every row from Kafka, in the topic's order), the bench's optimizer and averaging.
-5. The bench: the same N steps in-process (`train_targets = "examples"`: the same rows,
-   shuffled, epoch after epoch).
-6. Both scored by the bench's ranker (constrained beam of `beams`) on test and validation:
-   Recall@1/5/10, NDCG@10, and the paired difference of the trainer run's hits and the
-   bench's.
+   subprocess: `prompt_layout = "sequence"`, `train_positions = "every"` (or "target"
+   with `--set train_targets=one`), fresh fraction 1 (every row from Kafka, read once as
+   the consumer fetches it), the bench's optimizer and averaging.
+5. The bench: the same N steps in-process on the same rows (`train_targets =
+   "examples"`), shuffled, epoch after epoch. A diagnostic arm trains them in timeline
+   order (event time, not shuffled), as a stream delivers them.
+6. Every arm scored by the bench's ranker (constrained beam of `beams`) on test and
+   validation: Recall@1/5/10, NDCG@5/10, and the paired difference of the trainer run's
+   hits and each other arm's.
 
     plum bench trainer-path [--steps N] [--data-dir DIR] [--set F=V] [--out-dir DIR]
 
@@ -57,7 +59,9 @@ from bench.quality import (
     Fixed,
     QualityConfig,
     SeedModel,
+    copy_tree,
     example_batches,
+    example_row,
     hits,
     initial_params,
     log_progress,
@@ -79,7 +83,6 @@ from tokenizer.index import SidIndex
 from trainer.cpt import save_cpt_checkpoint
 from trainer.eval import evaluate
 from trainer.offline import fit
-from trainer.prompt import every_position_sequence
 from trainer.step import Stepper, evaluated_params, init_state, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,9 @@ log = logging.getLogger(__name__)
 NAME = "quality-ml100k-trainer-path"
 RUN_CONFIG = REPO_ROOT / "configs" / "test.toml"  # the rest of each process's settings
 AGREEMENT = 0.01  # the issue's tolerance on test Recall@10
+# QualityConfig.train_targets -> the trainer's [trainer_data] train_positions writing the
+# same rows (bench.quality.example_row); the bench's windows ("every") have no trainer twin
+TRAIN_POSITIONS = {"examples": "every", "one": "target"}
 BACKFILL_TIMEOUT_S = 1800
 
 
@@ -108,7 +114,7 @@ def compare_rows(
     flink: Sequence[schema.SftExample], bench: Sequence[schema.SftExample], m: SeedModel
 ) -> RowCheck:
     """Each bench example against the job's example of the same event id, as the rows
-    `every_position_sequence` writes for them (tokens and loss mask)."""
+    both arms train (bench.quality.example_row: tokens and loss mask)."""
     by_id = {e.event_id: e for e in flink}
     identical = different = missing = 0
     for b in bench:
@@ -116,8 +122,8 @@ def compare_rows(
         if f is None:
             missing += 1
             continue
-        row_f = every_position_sequence(f, m.lookup, m.vocab, m.max_prompt_len)
-        row_b = every_position_sequence(b, m.lookup, m.vocab, m.max_prompt_len)
+        row_f = example_row(f, m.lookup, m.vocab, m.cfg, m.max_prompt_len)
+        row_b = example_row(b, m.lookup, m.vocab, m.cfg, m.max_prompt_len)
         same = row_f.tokens == row_b.tokens and row_f.loss_mask == row_b.loss_mask
         identical, different = identical + same, different + (not same)
     bench_ids = {b.event_id for b in bench}
@@ -217,7 +223,7 @@ def _trainer_run(
         PLUM_TRAINER_DATA__PREFETCH_BATCHES="8",
         PLUM_TRAINER_DATA__REWARD_MODE="sampled",
         PLUM_TRAINER_DATA__PROMPT_LAYOUT="sequence",
-        PLUM_TRAINER_DATA__TRAIN_POSITIONS="every",
+        PLUM_TRAINER_DATA__TRAIN_POSITIONS=TRAIN_POSITIONS[cfg.train_targets],
         PLUM_TRAINER_DATA__SID_REFRESH_S="3600",
         # the model comes from the CPT checkpoint; [trainer_model] says the same, for the
         # config checks that hold the data's lengths to it
@@ -248,21 +254,28 @@ def _trainer_run(
 
 
 def _bench_arm(
-    cfg: QualityConfig, m: SeedModel, train: Sequence[schema.SftExample], params0: Any, steps: int
+    cfg: QualityConfig,
+    m: SeedModel,
+    train: Sequence[schema.SftExample],
+    params0: Any,
+    steps: int,
+    shuffled: bool,
 ) -> tuple[Any, dict[str, Any]]:
-    """The quality bench's training, `steps` steps of its `examples` rows (shuffled
-    epochs), from `params0`; returns the evaluated (averaged) parameters and a report."""
+    """The quality bench's training: `steps` steps of its example rows from `params0`,
+    epoch after epoch, each shuffled (the bench) or in the examples' timeline order (a
+    stream read in event time, as a diagnostic); returns the evaluated (averaged)
+    parameters and a report."""
     tx = make_optimizer(cfg.optimizer())
-    rng = rng_for(cfg)
+    rng = rng_for(cfg) if shuffled else None
     epochs = (example_batches(train, m, rng) for _ in itertools.count())
     batches = itertools.islice(itertools.chain.from_iterable(epochs), steps)
     t = time.monotonic()
     state, result = fit(
         Stepper(m.model_cfg, tx),
-        init_state(params0, tx),
+        init_state(copy_tree(params0), tx),  # the step donates its state
         batches,
         steps,
-        "trainer-path/bench",
+        f"trainer-path/bench ({'shuffled' if shuffled else 'timeline order'})",
         cfg.log_every_s,
     )
     return evaluated_params(state), {
@@ -270,15 +283,17 @@ def _bench_arm(
         "seconds": round(time.monotonic() - t, 1),
         "first_loss": result.first_loss,
         "final_loss": result.final_loss,
-        "order": "the training examples shuffled, epoch after epoch",
+        "order": "the training examples shuffled, epoch after epoch"
+        if shuffled
+        else "the training examples in timeline order (event time), not shuffled",
     }
 
 
 def score(
     m: SeedModel, params: dict[str, Any], examples: Sequence[schema.SftExample]
 ) -> dict[str, Any]:
-    """Every arm's metrics on `examples` and the paired Recall@10 difference of the
-    trainer run against the bench."""
+    """Every arm's metrics on `examples`, and the paired Recall@10 difference of the
+    trainer run against each other arm."""
     generations = {
         name: m.ranker(m.cfg.beams, True, p).generate(examples) for name, p in params.items()
     }
@@ -290,11 +305,13 @@ def score(
         ndcg_ks=NDCG_KS,
     )
     targets = [e.target_video_id for e in examples]
-    paired = paired_difference(
-        hits(generations["trainer_run"].ranked, targets),
-        hits(generations["bench"].ranked, targets),
-    )
-    return {"rankers": report["rankers"], "trainer_run_minus_bench_paired": paired}
+    trainer_hits = hits(generations["trainer_run"].ranked, targets)
+    paired = {
+        f"trainer_run_minus_{name}": paired_difference(trainer_hits, hits(g.ranked, targets))
+        for name, g in generations.items()
+        if name != "trainer_run"
+    }
+    return {"rankers": report["rankers"], "paired": paired}
 
 
 def run(
@@ -306,6 +323,10 @@ def run(
 ) -> tuple[dict[str, Any], Path]:
     from publisher.export import checkpoint_steps, read_checkpoint
 
+    if cfg.train_targets not in TRAIN_POSITIONS:
+        raise ValueError(
+            f"train_targets={cfg.train_targets!r}: the trainer trains {sorted(TRAIN_POSITIONS)}"
+        )
     started = time.monotonic()
     config_path = config_path or default_config_path()
     inputs = movielens_inputs(directory, config_path, cfg.history_len)
@@ -365,9 +386,15 @@ def run(
             "order": "the SFT examples topic once, as the consumer fetches it (each partition "
             "in offset order; fresh_fraction 1)",
         }
-    bench_params, bench_report = _bench_arm(cfg, m, train, params0, steps)
+    bench_params, bench_report = _bench_arm(cfg, m, train, params0, steps, shuffled=True)
+    ordered_params, ordered_report = _bench_arm(cfg, m, train, params0, steps, shuffled=False)
     timings["bench_train_s"] = bench_report["seconds"]
-    params = {"trainer_run": checkpoint.params, "bench": bench_params}
+    timings["bench_timeline_order_train_s"] = ordered_report["seconds"]
+    params = {
+        "trainer_run": checkpoint.params,
+        "bench": bench_params,
+        "bench_timeline_order": ordered_params,
+    }
     t = time.monotonic()
     test = score(m, params, m.with_sid(inputs.split.test))
     validation = score(m, params, m.with_sid(inputs.split.validation))
@@ -385,7 +412,9 @@ def run(
         "trainer_run": {**arm("trainer_run"), "training": trainer_meta},
         "recall@10_trainer_run_minus_bench": diff,
         f"test_recall@10_within_{AGREEMENT}": abs(diff["test"]) <= AGREEMENT,
-        "paired": {on: sc["trainer_run_minus_bench_paired"] for on, sc in scores.items()},
+        "paired": {on: sc["paired"] for on, sc in scores.items()},
+        # a diagnostic arm: the bench's rows in timeline order, as a stream delivers them
+        "bench_timeline_order": {**arm("bench_timeline_order"), "training": ordered_report},
         "rows": {**dataclasses.asdict(rows), "flink_examples": len(flink_examples)},
         "cpt": cpt,
     }
@@ -429,7 +458,11 @@ def cli(argv: list[str]) -> int:
     if args.steps < 0:
         parser.error(f"--steps must be >= 0, got {args.steps}")
     log_progress()
-    cfg = bench_config(parser, QualityConfig, SECTION, args.config, dict(args.set))
+    # the rows `train_positions = "every"` writes, unless --set train_targets=one
+    overrides = {"train_targets": "examples", **dict(args.set)}
+    if overrides["train_targets"] not in TRAIN_POSITIONS:
+        parser.error(f"--set train_targets: one of {sorted(TRAIN_POSITIONS)}")
+    cfg = bench_config(parser, QualityConfig, SECTION, args.config, overrides)
     from streams.datasets import cli as data_cli
 
     data_cli.fetch_movielens(args.data_dir)
