@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +46,22 @@ def bench_broker(bootstrap: str | None = None, heap_mb: int = 1024) -> Iterator[
             yield broker.bootstrap
         finally:
             broker.down()
+
+
+def write_sid_index(path: Path, version: str, sids: Mapping[str, Sequence[int]]) -> Path:
+    """A SID index at `path` holding `sids` (video id -> SID) as `version`, switched
+    active: what a trainer reads when a bench hands it SIDs made in advance."""
+    from tokenizer.index import SidIndex
+
+    index = SidIndex(path)
+    try:
+        with index.transaction():
+            for video, sid in sids.items():
+                index.record(version, video, tuple(sid), 0)
+        index.switch(version)
+    finally:
+        index.close()
+    return path
 
 
 def machine() -> dict[str, Any]:

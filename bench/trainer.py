@@ -33,13 +33,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bench.common import bench_broker, write_result
+from bench.common import bench_broker, write_result, write_sid_index
 from bench.mfu import StepCost, utilisation
 from streams.contracts import schema
 from streams.contracts.topics import TopicNames, topic_set
 from streams.kafka.admin import ensure_topics
 from streams.kafka.clients import make_producer
-from tokenizer.index import SidIndex
 from trainer.config import VocabConfig, model_preset
 from trainer.cpt import CptConfig, build_corpus, train_cpt, vocab_for_corpus
 from trainer.data import DataConfig, index_lookup_source
@@ -156,12 +155,7 @@ def run(args: argparse.Namespace) -> Path:
         bench_broker(args.bootstrap) as bootstrap,
     ):
         tmp = Path(tmp)
-        index = SidIndex(tmp / "index.sqlite")
-        with index.transaction():
-            for v, sid in sids.items():
-                index.record("bench", v, sid, 0)
-        index.switch("bench")
-        index.close()
+        write_sid_index(tmp / "index.sqlite", "bench", sids)
         corpus = build_corpus(uploads, [], lookup, vocab, 32)
         train_cpt(
             CptConfig(steps=1, batch_size=4, seq_len=32), model_cfg, vocab, corpus, tmp / "cpt"

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import bench_broker, bench_config, write_result
+from bench.common import bench_broker, bench_config, write_result, write_sid_index
 from bench.quality import (
     KS,
     NDCG_KS,
@@ -79,7 +79,6 @@ from streams.datasets import movielens as ml
 from streams.datasets.cli import write_timeline
 from streams.kafka.admin import ensure_topics
 from streams.kafka.clients import read_all
-from tokenizer.index import SidIndex
 from trainer.cpt import save_cpt_checkpoint
 from trainer.eval import evaluate
 from trainer.offline import fit
@@ -188,16 +187,6 @@ def _flink_backfill(
     if done.returncode != 0:
         raise RuntimeError(f"the Flink backfill failed (exit {done.returncode})")
     return time.monotonic() - t
-
-
-def _sid_index(path: Path, m: SeedModel) -> Path:
-    index = SidIndex(path)
-    with index.transaction():
-        for video, sid in m.lookup.sids.items():
-            index.record(m.lookup.version, video, tuple(sid), 0)
-    index.switch(m.lookup.version)
-    index.close()
-    return path
 
 
 def _trainer_run(
@@ -359,7 +348,7 @@ def run(
             raise RuntimeError(
                 f"the Flink job's examples are not the bench's training rows: {rows}"
             )
-        _sid_index(work / "sid-index.sqlite", m)
+        write_sid_index(work / "sid-index.sqlite", m.lookup.version, m.lookup.sids)
         save_cpt_checkpoint(
             work / "cpt",
             cpt["steps"] if cpt else 0,
