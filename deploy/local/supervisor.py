@@ -141,6 +141,17 @@ def log_holds(path: Path, text: str, start: int = 0) -> bool:
         return False
 
 
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log file (from its last 64 KiB), or why there are none."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - (1 << 16)))
+            text = fh.read().decode(errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
 class Supervisor:
     def __init__(
         self,
@@ -293,7 +304,13 @@ class Supervisor:
                 try:
                     child.proc.wait(timeout=grace_s)
                 except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop in %.0f s; killing", child.spec.name, grace_s)
+                    log.warning(
+                        "%s did not stop in %.0f s; killing. The end of its log (%s):\n%s",
+                        child.spec.name,
+                        grace_s,
+                        child.log_path,
+                        log_tail(child.log_path),
+                    )
                     self._kill_group(child)
                     child.proc.wait()
                 child.exit_code = child.proc.returncode

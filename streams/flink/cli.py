@@ -12,7 +12,10 @@ resumes from the newest retained checkpoint under the checkpoint dir unless `--f
 the same command again. A backfill always starts fresh (it reads the replay topic from
 the beginning, keeps records with T1 <= ts < T2), writes to the same output topics (or
 `<topic><suffix>` side by side) and exits when the bounded input is done. SIGTERM/SIGINT
-cancel the job; the retained checkpoint stays for the next start.
+cancel the job; the retained checkpoint stays for the next start. Flink's confirmation of
+the cancel is awaited 30 s at most (`CANCEL_TIMEOUT_S`); past that the driver says what
+the job was still doing and exits 0 all the same, as the next start restores the retained
+checkpoint exactly as after a kill.
 
 While the job runs, this driver polls Flink's REST endpoint (`--rest-port`, 0 = a free
 one) for the job's state and checkpoints and serves them as the `flink_job` metrics on
@@ -37,9 +40,11 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from plum.config import ConfigError
 from plum.ports import free_port
@@ -136,6 +141,9 @@ def _ensure_suffixed_topics(bootstrap: str, names: TopicNames, suffix: str) -> N
 # How long a finished backfill waits for its last checkpoint's offset commit to reach the
 # broker (asynchronous) before its progress says the final count.
 BACKFILL_SETTLE_S = 10.0
+# How long a stopping driver waits for Flink to confirm the cancel (see `cancel_job`):
+# well inside the demo's grace before SIGKILL (configs/demo.toml grace_s).
+CANCEL_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -189,16 +197,64 @@ def run_job(cfg: FlinkConfig, opts: RunOptions, checkpoint_dir: Path) -> int:
         if backfill is not None and outcome.status == "finished":
             backfill.settle(BACKFILL_SETTLE_S)  # the final checkpoint's commit, if late
     if client is not None and waiter.is_alive():
-        log.info("cancelling the job (retained checkpoints stay)")
-        try:
-            client.cancel().result()
-        except Exception as exc:  # already finished or failing: the status says which
-            log.info("cancel: %s", exc)
-    waiter.join(timeout=30)
+        rest = FlinkRest(rest_url(cfg)) if cfg.rest_port > 0 else None
+        if cancel_job(client, CANCEL_TIMEOUT_S, lambda: job_state(rest, job_id)):
+            waiter.join(timeout=30)
+        else:
+            outcome.status = "cancel not confirmed"
+    else:
+        waiter.join(timeout=30)
     log.info(
         "flink job %s ended after %.1f s: %s", job_id, time.monotonic() - started, outcome.status
     )
     return 0 if outcome.ok else 1
+
+
+def cancel_job(client: Any, timeout_s: float, describe: Callable[[], str]) -> bool:
+    """Ask Flink to cancel the job and wait at most `timeout_s` for it to confirm; True when
+    it did (or the job had already ended). Past the timeout the driver goes on without the
+    confirmation, saying what the job was doing (`describe()`): its checkpoints are
+    retained, so the next start restores the newest one, as after a kill -9, which the job
+    survives exactly once. A stopping driver then exits within its supervisor's grace
+    instead of being killed in it."""
+    log.info("cancelling the job (retained checkpoints stay)")
+    confirmed = threading.Event()
+
+    def cancel() -> None:
+        try:
+            client.cancel().result()
+        except Exception as exc:  # already finished or failing: the status says which
+            log.info("cancel: %s", exc)
+        finally:
+            confirmed.set()
+
+    threading.Thread(target=cancel, name="flink-cancel", daemon=True).start()
+    if confirmed.wait(timeout_s):
+        return True
+    log.warning(
+        "Flink did not confirm the cancel in %.0f s (%s); going on without it: the retained "
+        "checkpoints stay, and the next start restores the newest, as after a kill",
+        timeout_s,
+        describe(),
+    )
+    return False
+
+
+def job_state(rest: FlinkRest | None, job_id: object) -> str:
+    """The job's state and its vertices not yet cancelled, as Flink's REST API says them
+    (for a log line; never raises)."""
+    if rest is None or job_id is None:
+        return "no REST endpoint to ask"
+    try:
+        job = rest.job(str(job_id))
+    except Exception as exc:
+        return f"REST: {exc}"
+    waiting = [
+        f"{v.get('name', '?')[:60]} {v.get('status', '?')}"
+        for v in job.get("vertices", [])
+        if v.get("status") != "CANCELED"
+    ]
+    return f"job {job.get('state', '?')}; vertices not cancelled: {waiting or 'none'}"
 
 
 def rest_url(cfg: FlinkConfig) -> str:

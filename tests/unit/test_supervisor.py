@@ -147,7 +147,9 @@ def test_a_oneshot_step_is_done_when_it_exits_zero_and_unblocks_its_dependents(l
         sup.shutdown(grace_s=2.0)
 
 
-def test_shutdown_stops_in_reverse_order_and_kills_a_child_that_ignores_sigterm(tmp_path, logs):
+def test_shutdown_stops_in_reverse_order_and_kills_a_child_that_ignores_sigterm(
+    tmp_path, logs, caplog
+):
     order = tmp_path / "order"
     polite = (
         "import signal, sys, time\n"
@@ -164,6 +166,7 @@ def test_shutdown_stops_in_reverse_order_and_kills_a_child_that_ignores_sigterm(
         f"g = subprocess.Popen([{PY!r}, '-c', 'import time; time.sleep(60)'])\n"
         f"open({str(tmp_path / 'grandchild')!r}, 'w').write(str(g.pid))\n"
         "print('up', flush=True)\n"
+        "print('busy with something that ignores SIGTERM', flush=True)\n"
         "time.sleep(60)\n"
     )
     specs = [
@@ -191,6 +194,10 @@ def test_shutdown_stops_in_reverse_order_and_kills_a_child_that_ignores_sigterm(
     assert order.read_text().split() == ["second", "first"]  # reverse of the start order
     assert codes["first"] == 0 and codes["second"] == 0
     assert codes["stubborn"] == -9  # killed after the grace period
+    # The warning says what the killed child was doing: the end of its log.
+    killed = [r.getMessage() for r in caplog.records if "did not stop" in r.getMessage()]
+    assert len(killed) == 1 and killed[0].startswith("stubborn did not stop in 0 s")
+    assert killed[0].endswith("up\nbusy with something that ignores SIGTERM")
     assert 0.5 <= took < 5.0
     assert all(sup.state(n) is State.STOPPED for n in pids)
     deadline = time.monotonic() + 5
