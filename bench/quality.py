@@ -140,7 +140,9 @@ class QualityConfig:
     # (experiments/quality-ml100k-sidv1.json, seed 11, same budget): sidv1 test R@10 0.119
     # vs 0.127, validation at equal epochs a tie; "sidv2-no-contrastive"
     # (experiments/quality-ml100k-sidv2-no-contrastive.json) test 0.118, validation 0.141 vs
-    # 0.137 over epochs 21-30: both inside one run's noise
+    # 0.137 over epochs 21-30; "sidv2-no-multimodal"
+    # (experiments/quality-ml100k-sidv2-no-multimodal.json) test 0.123, validation 0.145 vs
+    # 0.136 over epochs 21-27: all inside one run's noise
     sid_variant: str = "sidv2"
     # --- model (the trainer's Transformer; the rest of TINY's settings)
     # d64/d256 vs d128/d384 ran at the same tokens/s on the 2-core box (~4.5k/s, overhead-
